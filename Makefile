@@ -1,0 +1,40 @@
+# The README's two commands are `make run` and `make test`; both run `make setup` first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup run test unit lint kafka-jars bench clean
+
+setup: $(STAMP) kafka-jars ## virtualenv with the `metering` CLI, Kafka jars
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ not found: install python3 (3.11 or newer)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+kafka-jars:
+	@deploy/local/fetch.sh
+
+run: setup ## the whole pipeline on this machine with demo traffic
+	$(BIN)/metering run --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test: setup lint ## everything: lint, types, unit, integration
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/compute_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,203 @@
+"""`metering compute`: the billing rules over a JSON-lines file, with the stream's own engine.
+
+The file is read once in file order through a ``Meter`` with the stream's lateness rules; a
+file in time order (within the allowed lateness) is therefore metered in one pass with memory
+bound by its open conversations. If an event turns out to be late, because the file is not
+in time order, the result of that pass would not be the true one, so the file is metered
+again in time order (an external sort, in runs), which is exact for any order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Final
+from zoneinfo import ZoneInfo
+
+from pipeline.events import (
+    AgentsSubscribed,
+    Event,
+    FundsAdded,
+    PlanChanged,
+    Rejection,
+    decode_event,
+)
+from pipeline.rules.attribution import UsageBook, UsageRow
+from pipeline.rules.config import MINUTE, RulesConfig
+from pipeline.rules.meter import Meter, MeterStats, Outcome
+
+RUN_SIZE: Final = 400_000
+
+OnInvalid = Callable[[int, str], None]
+OnProgress = Callable[[int], None]
+
+
+@dataclass
+class ComputeResult:
+    rows: list[UsageRow]
+    stats: MeterStats
+    lines: int = 0
+    invalid: int = 0
+    plan_events: int = 0
+    resorted: bool = False
+    late_after_sort: int = 0
+
+
+class _Late(Exception):
+    """The file is not in time order: the single pass stops here."""
+
+
+def compute(
+    path: Path,
+    tz: ZoneInfo,
+    config: RulesConfig,
+    *,
+    now_ms: int,
+    on_invalid: OnInvalid,
+    on_progress: OnProgress | None = None,
+) -> ComputeResult:
+    """Per-app per-day usage of the events in ``path``; invalid lines go to ``on_invalid``."""
+    fast = replace(config, dedupe_horizon_ms=0)
+    result = ComputeResult(rows=[], stats=MeterStats())
+    meter = Meter(fast)
+    book = UsageBook(tz)
+    reported = 0
+    try:
+        with path.open("rb") as f:
+            for lineno, t, event in _events(f, now_ms, on_invalid, on_progress, result):
+                reported = lineno
+                if _apply(meter, t, event, result) is Outcome.LATE:
+                    raise _Late
+                if meter.sessions:
+                    book.add_all(meter.drain()[0])
+    except _Late:
+        return _compute_sorted(path, tz, config, now_ms=now_ms, on_invalid=on_invalid, reported=reported)
+    meter.finish()
+    book.add_all(meter.drain()[0])
+    result.rows = book.rows()
+    result.stats = meter.stats
+    return result
+
+
+def _compute_sorted(
+    path: Path, tz: ZoneInfo, config: RulesConfig, *, now_ms: int, on_invalid: OnInvalid, reported: int
+) -> ComputeResult:
+    """Exact for any order: meter the valid events sorted by time (external sort in runs)."""
+
+    def report_new(lineno: int, reason: str) -> None:
+        if lineno > reported:
+            on_invalid(lineno, reason)
+
+    result = ComputeResult(rows=[], stats=MeterStats(), resorted=True)
+    meter = Meter(config)
+    book = UsageBook(tz)
+    with tempfile.TemporaryDirectory(prefix="metering-sort-") as tmp, path.open("rb") as f:
+        valid = ((t, lineno, line) for lineno, t, line in _valid_lines(f, now_ms, report_new, result))
+        for t, event in _sorted_events(valid, Path(tmp), now_ms):
+            if _apply(meter, t, event, result) is Outcome.LATE:
+                result.late_after_sort += 1
+            if meter.sessions:
+                book.add_all(meter.drain()[0])
+    meter.finish()
+    book.add_all(meter.drain()[0])
+    result.rows = book.rows()
+    result.stats = meter.stats
+    return result
+
+
+def _apply(meter: Meter, t: int, event: Event, result: ComputeResult) -> Outcome:
+    kind = type(event)
+    if kind is PlanChanged:
+        result.plan_events += 1
+        timeout = event.idle_timeout_minutes  # type: ignore[union-attr]
+        meter.plan_changed(event.app_id, t, None if timeout is None else timeout * MINUTE)
+        return Outcome.APPLIED
+    if kind is FundsAdded or kind is AgentsSubscribed:
+        result.plan_events += 1
+        return Outcome.APPLIED
+    return meter.apply(t, event)  # type: ignore[arg-type]
+
+
+def _events(
+    f: IO[bytes],
+    now_ms: int,
+    on_invalid: OnInvalid,
+    on_progress: OnProgress | None,
+    result: ComputeResult,
+) -> Iterator[tuple[int, int, Event]]:
+    """Valid events of a JSON-lines file with their line numbers; invalid lines reported."""
+    lineno = 0
+    done = 0
+    for lineno, line in enumerate(f, 1):
+        if on_progress is not None:
+            done += len(line)
+            if not lineno & 0xFFFF:
+                on_progress(done)
+        decoded = decode_event(line, now_ms)
+        if type(decoded) is Rejection:
+            if line.strip():
+                result.invalid += 1
+                on_invalid(lineno, decoded.reason)
+            continue
+        t, event = decoded  # type: ignore[misc]
+        yield lineno, t, event
+    result.lines = lineno
+    if on_progress is not None:
+        on_progress(done)
+
+
+def _valid_lines(
+    f: IO[bytes], now_ms: int, on_invalid: OnInvalid, result: ComputeResult
+) -> Iterator[tuple[int, int, bytes]]:
+    lineno = 0
+    for lineno, line in enumerate(f, 1):
+        decoded = decode_event(line, now_ms)
+        if type(decoded) is Rejection:
+            if line.strip():
+                result.invalid += 1
+                on_invalid(lineno, decoded.reason)
+            continue
+        yield lineno, decoded[0], line.rstrip(b"\r\n")  # type: ignore[index]
+    result.lines = lineno
+
+
+def _sorted_events(
+    lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int
+) -> Iterator[tuple[int, Event]]:
+    """Events in (time, line) order; runs beyond ``RUN_SIZE`` are spilled to ``tmp`` and merged."""
+    runs: list[Path] = []
+    run: list[tuple[int, int, bytes]] = []
+    for item in lines:
+        run.append(item)
+        if len(run) >= RUN_SIZE:
+            runs.append(_spill(sorted(run), tmp, len(runs)))
+            run = []
+    run.sort()
+    merged: Iterable[tuple[int, int, bytes]] = (
+        heapq.merge(*(_read_run(p) for p in runs), run) if runs else run
+    )
+    for _, _, line in merged:
+        decoded = decode_event(line, now_ms)
+        assert type(decoded) is not Rejection, "a line valid before sorting is valid after"
+        yield decoded  # type: ignore[misc]
+
+
+def _spill(run: list[tuple[int, int, bytes]], tmp: Path, index: int) -> Path:
+    path = tmp / f"run-{index:05d}"
+    with path.open("wb") as out:
+        for t, lineno, line in run:
+            out.write(b"%d\t%d\t%s\n" % (t, lineno, line))
+    return path
+
+
+def _read_run(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    with path.open("rb") as f:
+        for row in f:
+            t, lineno, line = row.rstrip(b"\n").split(b"\t", 2)
+            yield int(t), int(lineno), line
+        os.unlink(path)
+

@@ -1,0 +1,254 @@
+"""The event contract (``schemas/v1``) as typed structs, and the one decoder every entry point uses.
+
+Input events are decoded straight into these structs by msgspec, so type checks, string
+limits and the tagged ``type`` field are enforced in C; what JSON Schema cannot say (the
+time window, the payload size, money rules) is checked here, once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION: Final = "v1"
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+MAX_FUTURE_MS: Final = 24 * 3600 * 1000
+EARLIEST_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+MIN_IDLE_TIMEOUT_MINUTES: Final = 5
+MAX_IDLE_TIMEOUT_MINUTES: Final = 14 * 24 * 60
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+Id = Annotated[str, Meta(min_length=1, max_length=128)]
+Channel = Annotated[str, Meta(min_length=1, max_length=64)]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+DecimalString = Annotated[str, Meta(pattern=r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+IdleTimeoutMinutes = Annotated[int, Meta(ge=MIN_IDLE_TIMEOUT_MINUTES, le=MAX_IDLE_TIMEOUT_MINUTES)]
+
+
+class _Event(Struct, tag_field="type", kw_only=True, frozen=True):
+    event_id: Id
+    occurred_at: Timestamp
+    account_id: Id
+    app_id: Id
+
+
+class ConversationTurn(_Event, tag="conversation_turn", frozen=True):
+    conversation_id: Id
+    user_id: Id
+    channel: Channel
+    speaker: Literal["user", "bot", "agent"]
+    end_of_conversation: bool = False
+    is_test: bool = False
+    message_id: Id | None = None
+
+
+class AgentTransfer(_Event, tag="agent_transfer", frozen=True):
+    conversation_id: Id
+    action: Literal["started", "ended"]
+    agent_id: Id | None = None
+    user_id: Id | None = None
+
+
+class AlertDelivered(_Event, tag="alert_delivered", frozen=True):
+    user_id: Id
+    alert_id: Id
+    channel: Channel | None = None
+    is_test: bool = False
+
+
+class PlanChanged(_Event, tag="plan_changed", frozen=True):
+    plan: Id
+    price_per_usage_session: DecimalString
+    price_per_alert_session: DecimalString
+    price_per_voice_session: DecimalString
+    currency: Currency = "USD"
+    low_balance_threshold: DecimalString = "50.00"
+    idle_timeout_minutes: IdleTimeoutMinutes | None = None
+
+
+class FundsAdded(_Event, tag="funds_added", frozen=True):
+    amount: DecimalString
+    currency: Currency = "USD"
+
+
+class AgentsSubscribed(_Event, tag="agents_subscribed", frozen=True):
+    agents: Annotated[int, Meta(ge=0, le=10_000_000)]
+
+
+ConversationEvent = ConversationTurn | AgentTransfer
+PlanEvent = PlanChanged | FundsAdded | AgentsSubscribed
+Event = ConversationTurn | AgentTransfer | AlertDelivered | PlanChanged | FundsAdded | AgentsSubscribed
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    "conversation_turn": ConversationTurn,
+    "agent_transfer": AgentTransfer,
+    "alert_delivered": AlertDelivered,
+    "plan_changed": PlanChanged,
+    "funds_added": FundsAdded,
+    "agents_subscribed": AgentsSubscribed,
+}
+
+#: Default input topic of each event type (`events.md`); configurable in the settings.
+DEFAULT_TOPIC_OF_TYPE: Final[dict[str, str]] = {
+    "conversation_turn": "conversation-turns",
+    "agent_transfer": "agent-transfers",
+    "alert_delivered": "alerts-delivered",
+    "plan_changed": "billing-plans",
+    "funds_added": "billing-plans",
+    "agents_subscribed": "billing-plans",
+}
+
+
+class Rejection(Struct, frozen=True):
+    """Why a payload is not a valid event: bad input is data, routed to the dead-letter topic."""
+
+    code: Literal[
+        "too_large", "not_json", "not_an_object", "unknown_type", "schema", "out_of_range"
+    ]
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+_DECODER: Final = msgspec.json.Decoder(Event)
+
+
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the epoch, truncated: billing works in whole milliseconds."""
+    return (value - EPOCH) // _ONE_MS
+
+
+def format_ms(ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds, the form every output record uses."""
+    return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
+    """Decode and validate one message; ``now_ms`` bounds how far in the future it may be."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejection("too_large", f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
+    try:
+        event = _DECODER.decode(payload)
+    except msgspec.ValidationError as exc:
+        return _schema_rejection(str(exc))
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        return Rejection("not_json", str(exc) or type(exc).__name__)
+    t = to_ms(event.occurred_at)
+    if t < EARLIEST_MS:
+        return Rejection("out_of_range", "occurred_at is before 2000-01-01")
+    if t > now_ms + MAX_FUTURE_MS:
+        return Rejection("out_of_range", "occurred_at is more than 24 h in the future")
+    problem = _money_problem(event)
+    if problem:
+        return Rejection("schema", problem)
+    return t, event
+
+
+def _schema_rejection(message: str) -> Rejection:
+    if message.startswith("Expected `object`"):
+        return Rejection("not_an_object", message)
+    if "$.type" in message or "missing required field `type`" in message:
+        return Rejection("unknown_type", message)
+    return Rejection("schema", message)
+
+
+def _money_problem(event: Event) -> str:
+    if isinstance(event, FundsAdded):
+        if Decimal(event.amount) <= 0:
+            return "amount must be greater than zero"
+    elif isinstance(event, PlanChanged):
+        for field in ("price_per_usage_session", "price_per_alert_session", "price_per_voice_session"):
+            if Decimal(getattr(event, field)) < 0:
+                return f"{field} must not be negative"
+    return ""
+
+
+def parse_decimal(value: str) -> Decimal:
+    """Decimal from a contract string; raises ValueError with the value if it is not one."""
+    try:
+        return Decimal(value)
+    except InvalidOperation as exc:
+        raise ValueError(f"not a decimal string: {value!r}") from exc
+
+
+
+# -- output records ------------------------------------------------------------------------
+
+
+class BillingSessionRecord(Struct, frozen=True, kw_only=True):
+    """A `billing-sessions` message (schemas/v1/billing_session.json)."""
+
+    billing_session_id: str
+    kind: Literal["usage", "voice", "alert"]
+    account_id: str
+    app_id: str
+    conversation_session_id: str | None
+    conversation_id: str | None
+    user_id: str
+    channel: str | None
+    session_index: int
+    started_at: datetime
+    ended_at: datetime
+    conversation_started_at: datetime | None = None
+    conversation_ended_at: datetime | None = None
+    bot_ms: int | None = None
+    agent_ms: int | None = None
+    alert_id: str | None = None
+    schema_version: str = SCHEMA_VERSION
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+class DeadLetter(Struct, frozen=True, kw_only=True):
+    """A `metering-dlq` message (R10): the original bytes, where they came from, and why."""
+
+    reason: str
+    code: str
+    payload_base64: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    received_at: datetime
+    schema_version: str = SCHEMA_VERSION
+
+
+class LateRecord(Struct, frozen=True, kw_only=True):
+    """A `metering-late` message (R9): a valid event that arrived after its session was final."""
+
+    reason: str
+    event: msgspec.Raw
+    app_id: str
+    event_id: str
+    occurred_at: datetime
+    partition_clock: datetime
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    schema_version: str = SCHEMA_VERSION
+
+
+class BalanceAlert(Struct, frozen=True, kw_only=True):
+    """A `balance-alerts` message (R12): one per crossing of the low threshold or zero."""
+
+    alert_event_id: str
+    account_id: str
+    app_id: str
+    state: Literal["low", "depleted", "recovered"]
+    balance: DecimalString
+    threshold: DecimalString
+    currency: Currency
+    occurred_at: datetime
+    schema_version: str = SCHEMA_VERSION

@@ -1,0 +1,461 @@
+"""The incremental rules engine: events in arrival order in, final billing sessions out (R1-R9).
+
+One ``Meter`` owns one input partition: its event-time clock, the state of the conversations
+routed to it and the alert ids it has seen. It holds no I/O and reads no clock: wall-clock
+time arrives as an argument (``idle_tick``, ``clock_ceiling``) so that replays are exact.
+
+Invariants the tests hold it to:
+- every event no older than the allowed lateness is billed exactly as in a batch run over
+  the same events sorted by time, whatever the arrival order;
+- an event that would change a final conversation session is returned as late, never billed;
+- applying an event twice changes nothing; a billing session is emitted once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from typing import Final
+
+from msgspec import Struct
+
+from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn
+from pipeline.rules.billing import bill_alert, bill_segment
+from pipeline.rules.config import IdleTimeouts, RulesConfig
+from pipeline.rules.model import (
+    AGENT,
+    BOT,
+    END_OF_CONVERSATION,
+    EVENT_ID,
+    TEST,
+    TRANSFER_ENDED,
+    TRANSFER_STARTED,
+    USER,
+    WHAT,
+    BillingSession,
+    Buffered,
+    LateEvent,
+    Segment,
+    T,
+)
+from pipeline.rules.segmentation import gap_limit, horizon, split
+
+_SPEAKER: Final = {"user": USER, "bot": BOT, "agent": AGENT}
+NEVER: Final = -(2**62)
+FOREVER: Final = 2**62
+
+LATE_FINAL: Final = "would change a conversation session that is already final"
+LATE_CLOCK: Final = "older than the partition clock minus the allowed lateness"
+
+
+class Outcome(IntEnum):
+    APPLIED = 0
+    DUPLICATE = 1
+    LATE = 2
+
+
+class ConversationState(Struct, array_like=True):
+    """What a conversation needs between events: its open sessions' events and its ids.
+
+    ``events`` holds only events of sessions not yet final, sorted. ``seen`` maps event ids to
+    their time, for deduplication, and outlives the events by the dedupe horizon. The ``tail_*``
+    fields describe the last open session so that an in-order event costs O(1).
+    """
+
+    app_id: str
+    conversation_id: str
+    events: list[Buffered]
+    seen: dict[str, int]
+    horizon: int = NEVER
+    tail_start: int = 0
+    tail_first: str = ""
+    tail_timeout: int = 0
+    tail_eoc: bool = False
+    tail_transfer_open: bool = False
+    scheduled: int = FOREVER
+
+
+class PartitionClock(Struct, array_like=True):
+    """R9's partition clock: event time, or wall-clock time while the partition is idle.
+
+    ``high_water`` is the highest event time ever seen; it never follows the wall clock, so
+    an idle spell cannot expire state that a resumed replay still needs.
+    """
+
+    clock: int = NEVER
+    high_water: int = NEVER
+    idle: bool = False
+
+
+@dataclass(slots=True)
+class MeterStats:
+    """Counters that explain every event: nothing disappears unexplained (R3, R4, R9)."""
+
+    events: int = 0
+    duplicates: int = 0
+    late: int = 0
+    sessions_final: int = 0
+    sessions_billable: int = 0
+    sessions_non_interactive: int = 0
+    sessions_test: int = 0
+    alerts_test: int = 0
+    transfers_ended_without_start: int = 0
+    transfers_started_while_open: int = 0
+    transfers_left_open: int = 0
+    usage_sessions: int = 0
+    voice_sessions: int = 0
+    alert_sessions: int = 0
+
+    def add(self, other: MeterStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def conversation_key(app_id: str, conversation_id: str) -> str:
+    return f"c\x1f{app_id}\x1f{conversation_id}"
+
+
+def alert_key(app_id: str, event_id: str) -> str:
+    return f"a\x1f{app_id}\x1f{event_id}"
+
+
+class Meter:
+    """Incremental billing for one partition; see the module docstring for its guarantees."""
+
+    def __init__(
+        self,
+        config: RulesConfig,
+        timeouts: IdleTimeouts | None = None,
+        *,
+        track_changes: bool = False,
+    ) -> None:
+        self.config = config
+        self.timeouts = timeouts or IdleTimeouts(config)
+        self.partition = PartitionClock()
+        self.conversations: dict[str, ConversationState] = {}
+        self.alerts_seen: dict[str, int] = {}
+        self.stats = MeterStats()
+        self.sessions: list[BillingSession] = []
+        self.late: list[LateEvent] = []
+        #: The clock never moves past this (the shell sets wall clock + skew) so one event
+        #: stamped hours ahead cannot finalize everything else early.
+        self.clock_ceiling = FOREVER
+        self._lateness = config.allowed_lateness_ms
+        self._transfer_timeout = config.open_transfer_timeout_ms
+        self._retention = config.allowed_lateness_ms + config.dedupe_horizon_ms
+        self._due: list[tuple[int, str]] = []
+        self._expiry: list[tuple[int, str]] = []
+        self._track = track_changes
+        self.changed: set[str] = set()
+        self.removed: set[str] = set()
+
+    # -- input ---------------------------------------------------------------------------
+
+    def apply(self, t: int, event: ConversationTurn | AgentTransfer | AlertDelivered) -> Outcome:
+        """Apply one event received now; billing sessions it finalizes land in ``sessions``.
+
+        The in-order path is written out flat: it runs for nearly every event of a stream.
+        """
+        self.stats.events += 1
+        p = self.partition
+        if t > p.high_water:
+            p.high_water = t
+            if self._expiry and self._expiry[0][0] < t:
+                self._expire()
+        capped = t if t < self.clock_ceiling else self.clock_ceiling
+        if p.idle:
+            p.idle = False
+            p.clock = capped
+        elif capped > p.clock:
+            p.clock = capped
+        if isinstance(event, ConversationTurn):
+            code = _SPEAKER[event.speaker]
+            if event.end_of_conversation:
+                code |= END_OF_CONVERSATION
+            if event.is_test:
+                code |= TEST
+            e: Buffered = (t, event.event_id, code, event.channel, event.user_id, "", event.account_id)
+        elif isinstance(event, AgentTransfer):
+            code = TRANSFER_STARTED if event.action == "started" else TRANSFER_ENDED
+            e = (t, event.event_id, code, "", event.user_id or "", event.agent_id or "", event.account_id)
+        else:
+            outcome = self._apply_alert(t, event)
+            self._sweep()
+            return outcome
+        key = f"c\x1f{event.app_id}\x1f{event.conversation_id}"
+        conv = self.conversations.get(key)
+        stale = t < p.clock - self._lateness
+        if conv is None:
+            if stale:
+                return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
+            conv = ConversationState(event.app_id, event.conversation_id, [], {})
+            self.conversations[key] = conv
+        elif event.event_id in conv.seen:
+            self.stats.duplicates += 1
+            return Outcome.DUPLICATE
+        elif t <= conv.horizon:
+            return self._late(t, event.event_id, event.app_id, LATE_FINAL)
+        events = conv.events
+        if events and e < events[-1]:
+            if not self._insert(key, conv, e, stale):
+                return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
+        else:
+            if events and not conv.tail_eoc:
+                limit = conv.tail_timeout
+                if conv.tail_transfer_open and self._transfer_timeout > limit:
+                    limit = self._transfer_timeout
+                new_session = t - events[-1][0] > limit
+            else:
+                new_session = True
+            if new_session:
+                if stale:
+                    return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
+                conv.tail_start = t
+                conv.tail_first = e[1]
+                conv.tail_timeout = self.timeouts.at(conv.app_id, t)
+                conv.tail_transfer_open = False
+            events.append(e)
+            if code & END_OF_CONVERSATION:
+                conv.tail_eoc = True
+                due = t + self._lateness
+            else:
+                conv.tail_eoc = False
+                what = code & WHAT
+                if what == TRANSFER_STARTED:
+                    conv.tail_transfer_open = True
+                elif what == TRANSFER_ENDED:
+                    conv.tail_transfer_open = False
+                limit = conv.tail_timeout
+                if conv.tail_transfer_open and self._transfer_timeout > limit:
+                    limit = self._transfer_timeout
+                due = t + limit + self._lateness
+            if due < conv.scheduled:
+                conv.scheduled = due
+                heapq.heappush(self._due, (due, key))
+        conv.seen[event.event_id] = t
+        if self._track:
+            self.changed.add(key)
+        due_list = self._due
+        if due_list and due_list[0][0] < p.clock:
+            self._sweep()
+        return Outcome.APPLIED
+
+    def idle_tick(self, now_ms: int) -> None:
+        """The partition received nothing for a while: its clock follows the wall clock (R9)."""
+        p = self.partition
+        p.idle = True
+        p.clock = max(p.clock, now_ms)
+        self._sweep()
+
+    def plan_changed(self, app_id: str, at_ms: int, idle_timeout_ms: int | None) -> None:
+        """An app's idle timeout changes from ``at_ms`` on; its open conversations are re-planned."""
+        self.timeouts.plan_changed(app_id, at_ms, idle_timeout_ms)
+        for key, conv in self.conversations.items():
+            if conv.app_id == app_id and conv.events:
+                self._set_tail(conv, self._split(conv)[-1])
+                self._schedule(key, conv, NEVER)
+        self._sweep()
+
+    def finish(self) -> None:
+        """End of input (offline compute): every open conversation session becomes final."""
+        self.partition.clock = FOREVER
+        self._sweep()
+
+    def drain(self) -> tuple[list[BillingSession], list[LateEvent]]:
+        sessions, late = self.sessions, self.late
+        self.sessions, self.late = [], []
+        return sessions, late
+
+    # -- state ---------------------------------------------------------------------------
+
+    def restore(
+        self,
+        partition: PartitionClock,
+        conversations: Iterable[ConversationState],
+        alerts: Iterable[tuple[str, int]],
+    ) -> None:
+        """Load persisted state (after a restart or rebalance) and rebuild the schedules."""
+        self.partition = partition
+        for conv in conversations:
+            key = conversation_key(conv.app_id, conv.conversation_id)
+            self.conversations[key] = conv
+            if conv.events:
+                conv.scheduled = FOREVER
+                self._schedule(key, conv, NEVER)
+            else:
+                heapq.heappush(self._expiry, (conv.horizon + self._retention, key))
+        for key, t in alerts:
+            self.alerts_seen[key] = t
+            heapq.heappush(self._expiry, (t + self._retention, key))
+
+    def take_changes(self) -> tuple[dict[str, ConversationState | int], set[str]]:
+        """Keys changed since the last call (with their value) and keys removed, for persistence."""
+        upserts: dict[str, ConversationState | int] = {}
+        for key in self.changed - self.removed:
+            value: ConversationState | int | None = (
+                self.conversations.get(key) if key[0] == "c" else self.alerts_seen.get(key)
+            )
+            if value is not None:
+                upserts[key] = value
+        removed = self.removed - upserts.keys()
+        self.changed, self.removed = set(), set()
+        return upserts, removed
+
+    @property
+    def open_conversations(self) -> int:
+        return sum(1 for c in self.conversations.values() if c.events)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _late(self, t: int, event_id: str, app_id: str, reason: str) -> Outcome:
+        self.stats.late += 1
+        self.late.append(LateEvent(t, event_id, app_id, reason, self.partition.clock))
+        return Outcome.LATE
+
+    def _apply_alert(self, t: int, event: AlertDelivered) -> Outcome:
+        key = alert_key(event.app_id, event.event_id)
+        if key in self.alerts_seen:
+            self.stats.duplicates += 1
+            return Outcome.DUPLICATE
+        if t < self.partition.clock - self._lateness:
+            return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
+        self.alerts_seen[key] = t
+        heapq.heappush(self._expiry, (t + self._retention, key))
+        if self._track:
+            self.changed.add(key)
+        if event.is_test:
+            self.stats.alerts_test += 1
+        else:
+            self.stats.alert_sessions += 1
+            self.sessions.append(bill_alert(t, event))
+        return Outcome.APPLIED
+
+    def _insert(self, key: str, conv: ConversationState, e: Buffered, stale: bool) -> bool:
+        """Insert an out-of-order event; False if, being stale, it would open a session of its own."""
+        events = conv.events
+        insort(events, e)
+        segments = self._split(conv)
+        if stale and _alone(segments, e):
+            events.remove(e)
+            return False
+        self._set_tail(conv, segments[-1])
+        self._schedule(key, conv, e[T] + self._lateness)
+        return True
+
+    def _tail_deadline(self, conv: ConversationState) -> int:
+        last = conv.events[-1][T]
+        if conv.tail_eoc:
+            return last + self._lateness
+        return last + gap_limit(conv.tail_timeout, conv.tail_transfer_open, self._transfer_timeout) + self._lateness
+
+    def _set_tail(self, conv: ConversationState, seg: Segment) -> None:
+        conv.tail_start = seg.start
+        conv.tail_first = seg.first_event_id
+        conv.tail_timeout = seg.timeout_ms
+        conv.tail_eoc = seg.end_of_conversation
+        conv.tail_transfer_open = seg.transfer_open
+
+    def _split(self, conv: ConversationState) -> list[Segment]:
+        app_id = conv.app_id
+        at = self.timeouts.at
+        return split(conv.events, lambda t: at(app_id, t), self._transfer_timeout)
+
+    def _schedule(self, key: str, conv: ConversationState, due: int) -> None:
+        if due < conv.scheduled:
+            conv.scheduled = due
+            heapq.heappush(self._due, (due, key))
+
+    def _sweep(self) -> None:
+        due = self._due
+        clock = self.partition.clock
+        while due and due[0][0] < clock:
+            when, key = heapq.heappop(due)
+            conv = self.conversations.get(key)
+            if conv is not None and conv.scheduled == when:
+                self._finalize_due(key, conv, clock)
+
+    def _finalize_due(self, key: str, conv: ConversationState, clock: int) -> None:
+        conv.scheduled = FOREVER
+        events = conv.events
+        if events[0][EVENT_ID] == conv.tail_first:
+            deadline = self._tail_deadline(conv)
+            if deadline >= clock:
+                self._schedule(key, conv, deadline)
+                return
+        segments = self._split(conv)
+        done = 0
+        for seg in segments:
+            edge = horizon(seg, self._transfer_timeout)
+            if edge + self._lateness >= clock:
+                self._schedule(key, conv, edge + self._lateness)
+                break
+            self._finalize(conv, seg)
+            conv.horizon = edge
+            done += seg.events
+        if not done:
+            return
+        del events[:done]
+        if self._track:
+            self.changed.add(key)
+        if events:
+            self._set_tail(conv, segments[-1])
+        else:
+            conv.tail_eoc = conv.tail_transfer_open = False
+            heapq.heappush(self._expiry, (conv.horizon + self._retention, key))
+        floor = min(self.partition.high_water - self._retention, conv.horizon + 1)
+        if any(t < floor for t in conv.seen.values()):
+            conv.seen = {k: t for k, t in conv.seen.items() if t >= floor}
+
+    def _finalize(self, conv: ConversationState, seg: Segment) -> None:
+        s = self.stats
+        s.sessions_final += 1
+        s.transfers_ended_without_start += seg.ended_without_start
+        s.transfers_started_while_open += seg.started_while_open
+        if seg.transfer_open:
+            s.transfers_left_open += 1
+        if not seg.interactive:
+            s.sessions_non_interactive += 1
+            return
+        if seg.test:
+            s.sessions_test += 1
+            return
+        s.sessions_billable += 1
+        billed = bill_segment(conv.app_id, conv.conversation_id, seg)
+        if billed[0].kind == "voice":
+            s.voice_sessions += len(billed)
+        else:
+            s.usage_sessions += len(billed)
+        self.sessions.extend(billed)
+
+    def _expire(self) -> None:
+        """Forget conversations and alert ids older than the dedupe horizon (high-water time)."""
+        expiry = self._expiry
+        high_water = self.partition.high_water
+        while expiry and expiry[0][0] < high_water:
+            _, key = heapq.heappop(expiry)
+            if key[0] == "a":
+                t = self.alerts_seen.get(key)
+                if t is not None and t + self._retention < high_water:
+                    del self.alerts_seen[key]
+                    self._forget(key)
+                continue
+            conv = self.conversations.get(key)
+            if conv is not None and not conv.events and conv.horizon + self._retention < high_water:
+                del self.conversations[key]
+                self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        if self._track:
+            self.removed.add(key)
+
+
+def _alone(segments: list[Segment], e: Buffered) -> bool:
+    """True if ``e`` would form a conversation session of its own."""
+    event_id = e[EVENT_ID]
+    return any(seg.events == 1 and seg.first_event_id == event_id for seg in segments)

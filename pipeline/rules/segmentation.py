@@ -1,0 +1,99 @@
+"""R2 and R4: cut a conversation's events into conversation sessions and measure agent time.
+
+Pure functions over events already sorted by (event time, event id); the incremental engine
+and every test go through them, so there is one definition of a conversation session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from pipeline.rules.model import (
+    AGENT,
+    END_OF_CONVERSATION,
+    TEST,
+    TRANSFER_STARTED,
+    USER,
+    WHAT,
+    Buffered,
+    Segment,
+)
+
+
+def gap_limit(timeout_ms: int, transfer_open: bool, open_transfer_timeout_ms: int) -> int:
+    """Longest gap that keeps a session going: an open transfer holds it (R2), up to a bound."""
+    return max(timeout_ms, open_transfer_timeout_ms) if transfer_open else timeout_ms
+
+
+def split(
+    events: Sequence[Buffered],
+    timeout_at: Callable[[int], int],
+    open_transfer_timeout_ms: int,
+) -> list[Segment]:
+    """Conversation sessions of ``events`` (sorted, deduplicated) in time order."""
+    out: list[Segment] = []
+    if not events:
+        return out
+    first = events[0]
+    seg = Segment(start=first[0], end=first[0], first_event_id=first[1], account_id=first[6], timeout_ms=0)
+    timeout = seg.timeout_ms = timeout_at(first[0])
+    hold = max(timeout, open_transfer_timeout_ms)
+    last = first[0]
+    count = 0
+    open_since = -1
+    eoc = False
+    intervals = seg.agent_intervals
+    for t, event_id, code, channel, user_id, _, account_id in events:
+        if count and (eoc or t - last > (hold if open_since >= 0 else timeout)):
+            seg.end = last
+            seg.events = count
+            out.append(_close(seg, open_since))
+            seg = Segment(start=t, end=t, first_event_id=event_id, account_id=account_id, timeout_ms=0)
+            timeout = seg.timeout_ms = timeout_at(t)
+            hold = max(timeout, open_transfer_timeout_ms)
+            intervals = seg.agent_intervals
+            count = 0
+            open_since = -1
+            eoc = False
+        last = t
+        count += 1
+        what = code & WHAT
+        if what <= AGENT:
+            if seg.channel is None:
+                seg.channel = channel
+                seg.user_id = user_id
+            if what == USER and not seg.interactive:
+                seg.interactive = True
+                seg.user_id = user_id
+            if code & TEST:
+                seg.test = True
+            if code & END_OF_CONVERSATION:
+                eoc = seg.end_of_conversation = True
+        elif what == TRANSFER_STARTED:
+            if open_since < 0:
+                open_since = t
+            else:
+                seg.started_while_open += 1
+        elif open_since < 0:
+            seg.ended_without_start += 1
+        else:
+            intervals.append((open_since, t))
+            open_since = -1
+    seg.end = last
+    seg.events = count
+    out.append(_close(seg, open_since))
+    return out
+
+
+def _close(seg: Segment, open_since: int) -> Segment:
+    if open_since >= 0:
+        seg.agent_intervals.append((open_since, seg.end))
+        seg.transfer_open = True
+    return seg
+
+
+def horizon(seg: Segment, open_transfer_timeout_ms: int) -> int:
+    """Latest instant at which another event would still belong to ``seg``."""
+    if seg.end_of_conversation:
+        return seg.end
+    return seg.end + gap_limit(seg.timeout_ms, seg.transfer_open, open_transfer_timeout_ms)

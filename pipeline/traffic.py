@@ -1,0 +1,146 @@
+"""Realistic synthetic traffic: the demo generator, the benchmarks and the end-to-end tests use it.
+
+Conversations on several channels with idle gaps, human-agent transfers (some left open),
+end-of-conversation markers, test and bot-only sessions, alerts, producer duplicates and a
+little arrival jitter, all from one seed so that every run is reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from pipeline.events import format_ms
+from pipeline.rules.config import MINUTE, SECOND
+
+CHANNELS = (("web", 45), ("whatsapp", 20), ("slack", 8), ("msteams", 7), ("voice", 12), ("ivr", 8))
+
+
+@dataclass(frozen=True)
+class TrafficShape:
+    accounts: int = 8
+    apps_per_account: int = 4
+    conversations_per_minute: float = 40.0
+    alert_share: float = 0.08
+    transfer_share: float = 0.15
+    open_transfer_share: float = 0.02
+    test_share: float = 0.02
+    bot_only_share: float = 0.03
+    duplicate_share: float = 0.01
+    jitter_ms: int = 5 * SECOND
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def events(start_ms: int, count: int, seed: int = 7, shape: TrafficShape | None = None) -> Iterator[dict[str, Any]]:
+    """``count`` events from ``start_ms`` on, in arrival order (time order plus jitter)."""
+    shape = shape or TrafficShape()
+    rng = random.Random(seed)
+    apps = [(f"acct-{a:02d}", f"app-{a:02d}-{b}") for a in range(shape.accounts) for b in range(shape.apps_per_account)]
+    names, weights = zip(*CHANNELS, strict=True)
+    pending: list[tuple[int, int, dict[str, Any]]] = []
+    seq = 0
+    emitted = 0
+    now = start_ms
+    conv_no = 0
+    while emitted < count:
+        now += int(rng.expovariate(shape.conversations_per_minute) * MINUTE)
+        for ev in _conversation(rng, shape, apps, names, weights, now, conv_no):
+            arrival = ev["_t"] + rng.randint(0, shape.jitter_ms)
+            heapq.heappush(pending, (arrival, seq, ev))
+            seq += 1
+        conv_no += 1
+        while pending and pending[0][0] <= now and emitted < count:
+            _, _, ev = heapq.heappop(pending)
+            emitted += 1
+            yield _public(ev)
+            if rng.random() < shape.duplicate_share and emitted < count:
+                emitted += 1
+                yield _public(ev)
+    while pending and emitted < count:
+        emitted += 1
+        yield _public(heapq.heappop(pending)[2])
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return _encode(event)
+
+
+def _public(ev: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ev.items() if k != "_t"}
+
+
+def _conversation(  # noqa: PLR0917
+    rng: random.Random,
+    shape: TrafficShape,
+    apps: list[tuple[str, str]],
+    channels: tuple[str, ...],
+    weights: tuple[int, ...],
+    start: int,
+    no: int,
+) -> list[dict[str, Any]]:
+    account, app = apps[int(rng.paretovariate(1.2)) % len(apps)]
+    user = f"u-{rng.randrange(200_000)}"
+    if rng.random() < shape.alert_share * 2:
+        return [
+            _base(rng, "alert_delivered", start, account, app)
+            | {"user_id": user, "alert_id": f"sub-{rng.randrange(50)}", "channel": rng.choice(channels),
+               **({"is_test": True} if rng.random() < shape.test_share else {})}
+        ]
+    conv = f"conv-{no}"
+    channel = rng.choices(channels, weights)[0]
+    test = rng.random() < shape.test_share
+    bot_only = rng.random() < shape.bot_only_share
+    turns = 1 + int(rng.expovariate(1 / 11))
+    transfer_at = rng.randrange(turns) if rng.random() < shape.transfer_share else -1
+    out: list[dict[str, Any]] = []
+    t = start
+    transfer_open = False
+    for i in range(turns):
+        speaker = "bot" if bot_only or i % 2 else "user"
+        if transfer_open:
+            speaker = rng.choice(("user", "agent"))
+        turn = _base(rng, "conversation_turn", t, account, app) | {
+            "conversation_id": conv, "user_id": user, "channel": channel, "speaker": speaker,
+        }
+        if test:
+            turn["is_test"] = True
+        out.append(turn)
+        if i == transfer_at:
+            t += rng.randint(1, 20) * SECOND
+            out.append(_transfer(rng, t, account=account, app=app, conv=conv, action="started"))
+            transfer_open = True
+        elif transfer_open and rng.random() < 0.25 and rng.random() > shape.open_transfer_share * 10:
+            t += rng.randint(1, 30) * SECOND
+            out.append(_transfer(rng, t, account=account, app=app, conv=conv, action="ended"))
+            transfer_open = False
+        gap = rng.random()
+        t += int(rng.uniform(20 * MINUTE, 40 * MINUTE)) if gap < 0.02 else int(rng.expovariate(1 / 45) * SECOND) + 500
+    if transfer_open and rng.random() > shape.open_transfer_share * 10:
+        out.append(_transfer(rng, t, account=account, app=app, conv=conv, action="ended"))
+    if rng.random() < 0.6 and out[-1]["type"] == "conversation_turn":
+        out[-1]["end_of_conversation"] = True
+    return out
+
+
+def _transfer(rng: random.Random, t: int, *, account: str, app: str, conv: str, action: str) -> dict[str, Any]:
+    return _base(rng, "agent_transfer", t, account, app) | {
+        "conversation_id": conv, "action": action, "agent_id": f"agent-{rng.randrange(40)}",
+    }
+
+
+def _base(rng: random.Random, kind: str, t: int, account: str, app: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "event_id": f"{rng.getrandbits(64):016x}",
+        "occurred_at": format_ms(t),
+        "account_id": account,
+        "app_id": app,
+        "_t": t,
+    }

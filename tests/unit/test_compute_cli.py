@@ -1,0 +1,173 @@
+"""`metering compute` as `interfaces.md` fixes it: columns, formats, zones, bad lines, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline import compute as compute_module
+from pipeline import traffic
+from pipeline.cli import main
+from tests.support import T0, Conversation, alert, in_time_order
+
+HEADER = "account_id,app_id,day,conversations,usage_sessions,voice_sessions,alert_sessions,billing_sessions"
+
+
+def write(path: Path, events: list[dict[str, Any]], extra_lines: dict[int, bytes] | None = None) -> Path:
+    lines = [json.dumps(ev).encode() for ev in events]
+    for index, raw in sorted((extra_lines or {}).items()):
+        lines.insert(index, raw)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, ["compute", *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    events = [
+        *Conversation(conversation_id="chat").user(0).bot(10).user(20).bot(31).events,
+        *Conversation(conversation_id="call", channel="voice").user(1).bot(15).user(30).bot(45).user(47).events,
+        alert(2),
+        *Conversation(conversation_id="late-night", start=T0 + (8 * 60 + 29) * 60_000).user(0).events,
+    ]
+    return write(tmp_path / "events.jsonl", in_time_order(events))
+
+
+def test_csv_columns_order_and_rows(sample: Path) -> None:
+    result = run("--events", str(sample))
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        HEADER,
+        "acme,support-bot,2026-11-01,3,4,4,1,5",
+    ]
+
+
+def test_timezone_moves_sessions_to_the_local_day(sample: Path) -> None:
+    result = run("--events", str(sample), "--timezone", "Asia/Kolkata")
+    assert result.stdout.splitlines() == [
+        HEADER,
+        "acme,support-bot,2026-11-01,3,4,4,1,5",
+    ]
+    result = run("--events", str(sample), "--timezone", "Asia/Tokyo")  # 18:29 UTC is 03:29 the next day
+    assert result.stdout.splitlines()[1:] == [
+        "acme,support-bot,2026-11-01,2,3,4,1,4",
+        "acme,support-bot,2026-11-02,1,1,0,0,1",
+    ]
+    result = run("--events", str(sample), "--timezone", "Pacific/Kiritimati")  # UTC+14
+    assert result.stdout.splitlines()[1:] == ["acme,support-bot,2026-11-02,3,4,4,1,5"]
+
+
+def test_idle_timeout_option(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.jsonl", Conversation().user(0).user(20).events)
+    assert run("--events", str(path)).stdout.splitlines()[1] == "acme,support-bot,2026-11-01,2,2,0,0,2"
+    assert run("--events", str(path), "--idle-timeout", "30").stdout.splitlines()[1] == (
+        "acme,support-bot,2026-11-01,1,2,0,0,2"
+    )
+
+
+def test_idle_timeout_outside_the_allowed_range_is_a_usage_error(sample: Path) -> None:
+    result = run("--events", str(sample), "--idle-timeout", "4")
+    assert result.exit_code == 2
+    assert "--idle-timeout" in result.stderr
+
+
+def test_unknown_zone_is_a_usage_error(sample: Path) -> None:
+    result = run("--events", str(sample), "--timezone", "Mars/Olympus")
+    assert result.exit_code == 2
+    assert "unknown time zone 'Mars/Olympus'" in result.stderr
+
+
+def test_json_and_table_formats(sample: Path) -> None:
+    rows = json.loads(run("--events", str(sample), "--format", "json").stdout)
+    assert rows == [
+        {
+            "account_id": "acme",
+            "app_id": "support-bot",
+            "day": "2026-11-01",
+            "conversations": 3,
+            "usage_sessions": 4,
+            "voice_sessions": 4,
+            "alert_sessions": 1,
+            "billing_sessions": 5,
+        }
+    ]
+    table = run("--events", str(sample), "--format", "table").stdout
+    assert "support-bot" in table
+    assert "billing_sessions" in table
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_skipped(tmp_path: Path) -> None:
+    events = Conversation().user(0).bot(5).events
+    path = write(
+        tmp_path / "bad.jsonl",
+        events,
+        {
+            1: b"this is not json",
+            2: b'{"type":"conversation_turn","event_id":"x"}',
+            3: b'{"type":"conversation_turn","event_id":' + b'"' + b"y" * 200 + b'"}',
+            4: b"\xff\xfe\x00garbage",
+            5: b"",
+        },
+    )
+    result = run("--events", str(path))
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1] == "acme,support-bot,2026-11-01,1,1,0,0,1"
+    reported = [line.split(":")[1] for line in result.stderr.splitlines() if "skipped" in line]
+    assert reported == ["2", "3", "4", "5"]
+    assert "4 invalid" in result.stderr
+
+
+def test_unreadable_file_exits_2(tmp_path: Path) -> None:
+    missing = run("--events", str(tmp_path / "missing.jsonl"))
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.stderr
+    directory = run("--events", str(tmp_path))
+    assert directory.exit_code == 2
+
+
+def test_file_in_any_order_gives_the_same_result_as_sorted(tmp_path: Path) -> None:
+    events = [traffic.encode(ev) for ev in traffic.events(T0, 3000, seed=3)]
+    in_order = tmp_path / "sorted.jsonl"
+    in_order.write_bytes(b"\n".join(events) + b"\n")
+    shuffled_events = list(events)
+    random.Random(5).shuffle(shuffled_events)
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_bytes(b"\n".join(shuffled_events) + b"\n")
+    expected = run("--events", str(in_order))
+    got = run("--events", str(shuffled))
+    assert "not in time order" in got.stderr
+    assert got.stdout == expected.stdout
+    assert len(expected.stdout.splitlines()) > 10
+
+
+def test_external_sort_spills_runs_and_merges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compute_module, "RUN_SIZE", 500)
+    events = [traffic.encode(ev) for ev in traffic.events(T0, 3000, seed=4)]
+    in_order = tmp_path / "sorted.jsonl"
+    in_order.write_bytes(b"\n".join(events) + b"\n")
+    reversed_file = tmp_path / "reversed.jsonl"
+    reversed_file.write_bytes(b"\n".join(reversed(events)) + b"\n")
+    assert run("--events", str(reversed_file)).stdout == run("--events", str(in_order)).stdout
+
+
+def test_rows_are_sorted_by_account_app_day(tmp_path: Path) -> None:
+    events = [
+        *Conversation(app_id="zeta", account_id="b").user(0).events,
+        *Conversation(app_id="alpha", account_id="b").user(0).events,
+        *Conversation(app_id="mid", account_id="a", start=T0 + 24 * 3_600_000).user(0).events,
+        *Conversation(app_id="mid", account_id="a").user(0).events,
+    ]
+    out = run("--events", str(write(tmp_path / "e.jsonl", in_time_order(events)))).stdout
+    keys = [tuple(row[:3]) for row in csv.reader(io.StringIO(out))][1:]
+    assert keys == [("a", "mid", "2026-11-01"), ("a", "mid", "2026-11-02"), ("b", "alpha", "2026-11-01"),
+                    ("b", "zeta", "2026-11-01")]

@@ -27,8 +27,9 @@ _ONE_MS: Final = timedelta(milliseconds=1)
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
 Channel = Annotated[str, Meta(min_length=1, max_length=64)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
-DecimalString = Annotated[str, Meta(pattern=r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+# `(?!\n)$`: a plain `$` would also match before a final newline, in Python and in JSON Schema.
+DecimalString = Annotated[str, Meta(pattern=r"^-?[0-9]{1,15}(\.[0-9]{1,6})?(?!\n)$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}(?!\n)$")]
 IdleTimeoutMinutes = Annotated[int, Meta(ge=MIN_IDLE_TIMEOUT_MINUTES, le=MAX_IDLE_TIMEOUT_MINUTES)]
 
 
@@ -138,6 +139,11 @@ def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
     """Decode and validate one message; ``now_ms`` bounds how far in the future it may be."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejection("too_large", f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
+    if not payload.isascii():
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejection("not_json", f"not utf-8: 'utf-8' codec can't decode byte {exc.start}: {exc.reason}")
     try:
         event = _DECODER.decode(payload)
     except msgspec.ValidationError as exc:

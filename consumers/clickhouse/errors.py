@@ -1,0 +1,48 @@
+"""The exceptions of the ClickHouse layer, each saying what failed and what to do about it.
+
+Callers branch on the type (a bad setting stops start-up, an unavailable server is retried
+by whoever owns the loop), and people read the message, so every message names the setting,
+table or ClickHouse error code involved and the likely fix. Driver exceptions are chained as
+``__cause__`` so nothing of the original is lost.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClickHouseConfigError",
+    "ClickHouseError",
+    "ClickHouseUnavailableError",
+    "ClickHouseWriteError",
+    "MigrationError",
+]
+
+#: The one setting that names the database; every connection message points at it.
+URL_SETTING = "METERING_CLICKHOUSE_URL"
+
+
+class ClickHouseError(Exception):
+    """Base of every error raised by ``consumers.clickhouse``."""
+
+
+class ClickHouseConfigError(ClickHouseError, ValueError):
+    """A setting is wrong (bad URL, bad database name): fix the configuration, do not retry."""
+
+
+class ClickHouseUnavailableError(ClickHouseError):
+    """The database could not be reached or opened; retrying later may succeed."""
+
+
+class MigrationError(ClickHouseError):
+    """The schema and this code disagree (edited or unknown migration, failed statement)."""
+
+
+class ClickHouseWriteError(ClickHouseError):
+    """An insert failed; ``transient`` says whether retrying the same batch may succeed.
+
+    ``code`` is the ClickHouse error code when the server gave one.
+    """
+
+    def __init__(self, message: str, *, code: int | None, transient: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient

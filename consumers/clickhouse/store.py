@@ -1,0 +1,157 @@
+"""Write billing sessions to ClickHouse so that a retried or replayed batch never counts twice.
+
+Two layers of protection, because the sink can fail after ClickHouse accepted a batch and
+before the Kafka offsets were committed:
+
+1. A retry of the same batch carries the same ``token`` (the sink derives it from the
+   topic, partition and offset range). ClickHouse keeps the block ids of recent inserts
+   (``non_replicated_deduplication_window`` / the replicated log) and drops a block whose
+   ``insert_deduplication_token`` it has seen, in ``billing_sessions`` and, with
+   ``deduplicate_blocks_in_dependent_materialized_views``, in ``usage_15m`` too.
+2. A replay that re-emits the same sessions under another token (a reset consumer group, a
+   worker re-finalizing after a crash) is inserted again, and absorbed by the schema:
+   ``billing_sessions`` replaces rows by session id on merge, and ``usage_15m`` holds sets of
+   session ids, so every figure stays exact before and after merges.
+
+Inserts are synchronous (``async_insert = 0``): when :meth:`SessionStore.insert` returns, the
+rows are written, which is what lets the sink commit offsets afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from consumers.clickhouse.client import check_database_name
+from consumers.clickhouse.errors import ClickHouseWriteError
+from pipeline.events import EPOCH, BillingSessionRecord
+
+__all__ = ["COLUMNS", "TABLE", "SessionStore", "SessionWriter", "record_columns"]
+
+TABLE: Final = "billing_sessions"
+
+#: Columns written, in this order; ``inserted_at`` is filled by the server.
+COLUMNS: Final = (
+    "account_id",
+    "app_id",
+    "billing_session_id",
+    "kind",
+    "channel",
+    "user_id",
+    "conversation_id",
+    "conversation_session_id",
+    "session_index",
+    "started_at",
+    "ended_at",
+    "conversation_started_at",
+    "conversation_ended_at",
+    "bot_ms",
+    "agent_ms",
+    "alert_id",
+    "schema_version",
+)
+
+#: Per-insert settings: synchronous, deduplicated by token, in the materialized view too.
+INSERT_SETTINGS: Final[dict[str, Any]] = {
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
+
+
+class SessionWriter(Protocol):
+    """The one storage operation the billing-sessions sink needs.
+
+    ``insert`` must be idempotent per ``token``: calling it again with the same records and
+    token after a failure or a crash must not count anything twice. A token always stands
+    for the same records in the same order (derive it from the offsets the batch came
+    from), because a block whose token was seen is dropped whatever it holds. It returns
+    once the records are durable and raises otherwise (never a partial silent success).
+    """
+
+    def insert(self, records: Sequence[BillingSessionRecord], token: str) -> None: ...
+
+
+class SessionStore:
+    """:class:`SessionWriter` backed by the ``billing_sessions`` table.
+
+    Takes a ready client (see ``client.connect``) and does no I/O until :meth:`insert`.
+    """
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self._database = check_database_name(database)
+
+    @property
+    def table(self) -> str:
+        return f"{self._database}.{TABLE}"
+
+    def insert(self, records: Sequence[BillingSessionRecord], token: str) -> None:
+        """Insert ``records`` as one deduplicated block set; ``token`` identifies the batch."""
+        if not token:
+            raise ValueError("an insert token is required: an empty one turns token deduplication off")
+        if not records:
+            return
+        columns = record_columns(records)
+        try:
+            self._client.insert(
+                TABLE,
+                columns,
+                column_names=list(COLUMNS),
+                database=self._database,
+                column_oriented=True,
+                settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
+            )
+        except OperationalError as exc:
+            raise ClickHouseWriteError(
+                f"insert of {len(records)} billing sessions into {self.table} (token {token!r}) did not complete: "
+                f"{exc}. The database is unreachable or timed out; retry the same batch with the same token.",
+                code=exc.code,
+                transient=True,
+            ) from exc
+        except DatabaseError as exc:
+            raise ClickHouseWriteError(
+                f"insert of {len(records)} billing sessions into {self.table} (token {token!r}) was refused "
+                f"(ClickHouse code {exc.code}): {exc}. Check that the migrations ran (metering run applies them).",
+                code=exc.code,
+                transient=False,
+            ) from exc
+
+
+def record_columns(records: Sequence[BillingSessionRecord]) -> list[list[Any]]:
+    """Column-oriented values of ``records`` in :data:`COLUMNS` order; times as epoch ms."""
+    return [
+        [r.account_id for r in records],
+        [r.app_id for r in records],
+        [r.billing_session_id for r in records],
+        [r.kind for r in records],
+        [r.channel for r in records],
+        [r.user_id for r in records],
+        [r.conversation_id for r in records],
+        [r.conversation_session_id for r in records],
+        [r.session_index for r in records],
+        [_ms(r.started_at) for r in records],
+        [_ms(r.ended_at) for r in records],
+        [_ms_or_none(r.conversation_started_at) for r in records],
+        [_ms_or_none(r.conversation_ended_at) for r in records],
+        [r.bot_ms for r in records],
+        [r.agent_ms for r in records],
+        [r.alert_id for r in records],
+        [r.schema_version for r in records],
+    ]
+
+
+def _ms(value: datetime) -> int:
+    """Epoch milliseconds (DateTime64(3) ticks); a naive time is refused, not guessed."""
+    if value.tzinfo is None:
+        raise ValueError(f"billing session time {value.isoformat()} has no time zone")
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _ms_or_none(value: datetime | None) -> int | None:
+    return None if value is None else _ms(value)

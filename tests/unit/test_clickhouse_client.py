@@ -10,21 +10,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from consumers.clickhouse import ClickHouseConfigError, ClickHouseUnavailableError, Client, connect, parse_url
 from consumers.clickhouse.client import Target, redact
-
-
-@pytest.fixture(scope="session")
-def chdb_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """The process's embedded chDB; every ClickHouse test module opens this same path."""
-    client = connect(f"chdb://{tmp_path_factory.getbasetemp() / 'chdb'}", "metering")
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.clickhouse import Client, MigrationError, connect, migrate
+from consumers.clickhouse import Client, MigrationError, migrate
 from consumers.clickhouse.migrations import Migration, load_migrations, split_statements
-
-
-@pytest.fixture(scope="session")
-def chdb_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """The process's embedded chDB; every ClickHouse test module opens this same path."""
-    client = connect(f"chdb://{tmp_path_factory.getbasetemp() / 'chdb'}", "metering")
-    yield client
-    client.close()
 
 
 @pytest.fixture

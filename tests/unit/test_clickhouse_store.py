@@ -9,33 +9,16 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from consumers.clickhouse import ClickHouseWriteError, Client, SessionStore, connect, migrate, usage
+from consumers.clickhouse import ClickHouseWriteError, Client, SessionStore, usage
 from consumers.clickhouse.fake import FakeSessionWriter
 from consumers.clickhouse.store import SessionWriter
 from pipeline.events import BillingSessionRecord
 
 # -- fixtures: one chDB per process, one database per test ----------------------------------------
-
-
-@pytest.fixture(scope="session")
-def chdb_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """The process's embedded chDB; every ClickHouse test module opens this same path."""
-    client = connect(f"chdb://{tmp_path_factory.getbasetemp() / 'chdb'}", "metering")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def database(chdb_client: Client) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, name)
-    yield name
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": name})
 
 
 # -- helpers ----------------------------------------------------------------------------------------

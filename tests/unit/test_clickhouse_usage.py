@@ -8,35 +8,17 @@ session-wide path (``<basetemp>/chdb``) and each test gets its own uuid-named da
 from __future__ import annotations
 
 import random
-import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from consumers.clickhouse import Client, SessionStore, connect, migrate, usage
+from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.usage import Period, UnknownZoneError, named_query
 from pipeline.events import BillingSessionRecord, ms_to_datetime, to_ms
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageBook, UsageRow, zone
 from pipeline.rules.model import BillingSession, Kind
-
-
-@pytest.fixture(scope="session")
-def chdb_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """The process's embedded chDB; every ClickHouse test module opens this same path."""
-    client = connect(f"chdb://{tmp_path_factory.getbasetemp() / 'chdb'}", "metering")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def database(chdb_client: Client) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, name)
-    yield name
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": name})
-
 
 # -- building sessions -------------------------------------------------------------------------------
 

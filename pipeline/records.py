@@ -1,0 +1,73 @@
+"""Output messages built from the engine's results: billing sessions, dead letters, late events."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+import msgspec
+
+from pipeline.events import (
+    BillingSessionRecord,
+    DeadLetter,
+    LateRecord,
+    Rejection,
+    ms_to_datetime,
+)
+from pipeline.rules.model import BillingSession, LateEvent
+
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+
+
+def billing_session_record(s: BillingSession) -> BillingSessionRecord:
+    return BillingSessionRecord(
+        billing_session_id=s.billing_session_id,
+        kind=s.kind,
+        account_id=s.account_id,
+        app_id=s.app_id,
+        conversation_session_id=s.conversation_session_id,
+        conversation_id=s.conversation_id,
+        user_id=s.user_id,
+        channel=s.channel,
+        session_index=s.session_index,
+        started_at=ms_to_datetime(s.started_ms),
+        ended_at=ms_to_datetime(s.ended_ms),
+        conversation_started_at=_maybe_datetime(s.conversation_started_ms),
+        conversation_ended_at=_maybe_datetime(s.conversation_ended_ms),
+        bot_ms=s.bot_ms,
+        agent_ms=s.agent_ms,
+        alert_id=s.alert_id,
+    )
+
+
+def _maybe_datetime(ms: int | None) -> datetime | None:
+    return None if ms is None else ms_to_datetime(ms)
+
+
+def dead_letter(
+    payload: bytes, rejection: Rejection, *, topic: str, partition: int, offset: int, received_at: datetime
+) -> DeadLetter:
+    return DeadLetter(
+        reason=rejection.reason,
+        code=rejection.code,
+        payload_base64=base64.b64encode(payload).decode("ascii"),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        received_at=received_at,
+    )
+
+
+def late_record(payload: bytes, late: LateEvent, *, topic: str, partition: int, offset: int) -> LateRecord:
+    return LateRecord(
+        reason=late.reason,
+        event=msgspec.Raw(payload),
+        app_id=late.app_id,
+        event_id=late.event_id,
+        occurred_at=ms_to_datetime(late.t),
+        partition_clock=ms_to_datetime(late.clock),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+    )

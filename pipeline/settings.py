@@ -1,0 +1,261 @@
+"""One settings object for every process, read from the environment once and validated.
+
+Only the CLI calls ``Settings.from_env``; everything else receives the object (or the part it
+needs), so no module reads the environment behind the user's back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final, TypeVar
+from urllib.parse import urlparse
+
+from pipeline.rules.attribution import UnknownZoneError, zone
+from pipeline.rules.config import DAY, MINUTE, SECOND, RulesConfig, RulesConfigError
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+PREFIX: Final = "METERING_"
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names the variable and what to do."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    turns: str = "conversation-turns"
+    transfers: str = "agent-transfers"
+    alerts: str = "alerts-delivered"
+    plans: str = "billing-plans"
+    billing_sessions: str = "billing-sessions"
+    dlq: str = "metering-dlq"
+    late: str = "metering-late"
+    balance_alerts: str = "balance-alerts"
+    ticks: str = "metering-ticks"
+
+    def of_type(self, event_type: str) -> str:
+        return {
+            "conversation_turn": self.turns,
+            "agent_transfer": self.transfers,
+            "alert_delivered": self.alerts,
+            "plan_changed": self.plans,
+            "funds_added": self.plans,
+            "agents_subscribed": self.plans,
+        }[event_type]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.turns, self.transfers, self.alerts, self.plans)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.inputs, self.billing_sessions, self.dlq, self.late, self.balance_alerts, self.ticks)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = ROOT / "var"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
+    clickhouse_url: str = ""
+    clickhouse_database: str = "metering"
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 6
+    replication_factor: int = 1
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    idle_partition_seconds: float = 30.0
+    max_clock_skew_seconds: float = 300.0
+    state_store: str = "memory"
+    app_id: str = "metering"
+    workers: int = 1
+    batch_size: int = 5000
+    batch_seconds: float = 0.5
+    sink_batch_size: int = 5000
+    sink_batch_seconds: float = 1.0
+    api_host: str = "127.0.0.1"
+    api_port: int = 8470
+    metrics_port: int = 9470
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    timezone: str = "UTC"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+    def with_clickhouse_default(self) -> Settings:
+        if self.clickhouse_url:
+            return self
+        return replace(self, clickhouse_url=f"chdb://{(self.data_dir / 'clickhouse').resolve()}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``METERING_*`` variables; raise SettingsError naming every wrong one."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        base = cls()
+        idle = reader.get("IDLE_TIMEOUT_MINUTES", _int, 15)
+        lateness = reader.get("ALLOWED_LATENESS_SECONDS", _float, 60.0)
+        try:
+            rules = RulesConfig(
+                idle_timeout_ms=idle * MINUTE,
+                app_idle_timeout_ms=reader.get("APP_IDLE_TIMEOUTS", _app_minutes, {}),
+                allowed_lateness_ms=int(lateness * SECOND),
+                open_transfer_timeout_ms=reader.get("OPEN_TRANSFER_TIMEOUT_MINUTES", _int, 24 * 60) * MINUTE,
+                dedupe_horizon_ms=int(reader.get("DEDUPE_HORIZON_DAYS", _float, 7.0) * DAY),
+            )
+        except RulesConfigError as exc:
+            reader.errors.append(f"billing rules: {exc}")
+            rules = base.rules
+        topics = Topics(**{
+            name: reader.get(f"TOPIC_{name.upper()}", _topic, getattr(Topics(), name))
+            for name in Topics.__dataclass_fields__
+        })
+        settings = cls(
+            data_dir=reader.get("DATA_DIR", Path, base.data_dir),
+            kafka_bootstrap=reader.get("KAFKA_BOOTSTRAP", _bootstrap, base.kafka_bootstrap),
+            kafka_config=reader.get("KAFKA_CONFIG", _pairs, {}),
+            clickhouse_url=reader.get("CLICKHOUSE_URL", _clickhouse_url, ""),
+            clickhouse_database=reader.get("CLICKHOUSE_DATABASE", _identifier, base.clickhouse_database),
+            topics=topics,
+            partitions=reader.get("PARTITIONS", _positive_int, base.partitions),
+            replication_factor=reader.get("REPLICATION_FACTOR", _positive_int, base.replication_factor),
+            rules=rules,
+            idle_partition_seconds=reader.get("IDLE_PARTITION_SECONDS", _positive_float, base.idle_partition_seconds),
+            max_clock_skew_seconds=reader.get("MAX_CLOCK_SKEW_SECONDS", _positive_float, base.max_clock_skew_seconds),
+            state_store=reader.get("STATE_STORE", _choice("memory", "rocksdb"), base.state_store),
+            app_id=reader.get("APP_ID", _identifier, base.app_id),
+            workers=reader.get("WORKERS", _positive_int, base.workers),
+            batch_size=reader.get("BATCH_SIZE", _positive_int, base.batch_size),
+            batch_seconds=reader.get("BATCH_SECONDS", _positive_float, base.batch_seconds),
+            sink_batch_size=reader.get("SINK_BATCH_SIZE", _positive_int, base.sink_batch_size),
+            sink_batch_seconds=reader.get("SINK_BATCH_SECONDS", _positive_float, base.sink_batch_seconds),
+            api_host=reader.get("API_HOST", str, base.api_host),
+            api_port=reader.get("API_PORT", _port, base.api_port),
+            metrics_port=reader.get("METRICS_PORT", _port, base.metrics_port),
+            log_level=reader.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), base.log_level),
+            log_format=reader.get("LOG_FORMAT", _choice("auto", "json", "console"), base.log_format),
+            timezone=reader.get("TIMEZONE", _zone, base.timezone),
+        )
+        if reader.errors:
+            raise SettingsError("invalid settings:\n  " + "\n  ".join(reader.errors))
+        return settings.with_clickhouse_default()
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(PREFIX + name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, RulesConfigError, UnknownZoneError) as exc:
+            self.errors.append(f"{PREFIX}{name}={raw!r}: {exc}")
+            return default
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _positive_float(raw: str) -> float:
+    value = _float(raw)
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("a port is 0 (any free port) to 65535")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        for option in options:
+            if raw.lower() == option.lower():
+                return option
+        raise ValueError(f"expected one of {', '.join(options)}")
+
+    return parse
+
+
+def _identifier(raw: str) -> str:
+    if not raw.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("use letters, digits, '-' and '_' only")
+    return raw
+
+
+def _topic(raw: str) -> str:
+    if len(raw) > 249 or not all(c.isalnum() or c in "._-" for c in raw):
+        raise ValueError("a Kafka topic name is up to 249 letters, digits, '.', '_' and '-'")
+    return raw
+
+
+def _bootstrap(raw: str) -> str:
+    for server in raw.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("expected host:port[,host:port...], e.g. 127.0.0.1:9092")
+    return raw
+
+
+def _pairs(raw: str) -> dict[str, str]:
+    """``key=value`` pairs separated by commas: librdkafka settings passed through (e.g. SASL)."""
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError("expected key=value[,key=value...]")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _app_minutes(raw: str) -> dict[str, int]:
+    return {app: _int(minutes) * MINUTE for app, minutes in _pairs(raw).items()}
+
+
+def _clickhouse_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme == "chdb":
+        if not parsed.path or parsed.netloc:
+            raise ValueError("an embedded database is chdb:///absolute/path (three slashes)")
+        return raw
+    if parsed.scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise ValueError("expected http(s)://user:password@host:port/database")
+        return raw
+    raise ValueError("expected chdb:///path (embedded) or http(s)://user:password@host:port/database")
+
+
+def _zone(raw: str) -> str:
+    zone(raw)
+    return raw

@@ -1,0 +1,37 @@
+"""Fixtures shared by unit and integration tests.
+
+chDB can open one directory per process, so every test that touches ClickHouse in this pytest
+process uses the one session-wide path (``<basetemp>/chdb``), with a uuid-named database each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.clickhouse import Client, connect, migrate
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "chdb"
+
+
+@pytest.fixture(scope="session")
+def chdb_client(chdb_path: Path) -> Iterator[Client]:
+    """The process's embedded chDB."""
+    client = connect(f"chdb://{chdb_path}", "metering")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def database(chdb_client: Client) -> Iterator[str]:
+    """A migrated database of the test's own."""
+    name = f"t_{uuid.uuid4().hex}"
+    migrate(chdb_client, name)
+    yield name
+    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": name})

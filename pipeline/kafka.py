@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.logs import fields
 from pipeline.settings import Settings
@@ -32,7 +32,7 @@ class KafkaSetupError(RuntimeError):
 
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition a Java-compatible producer picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Final, TypeVar
 from urllib.parse import urlparse
 
 from pipeline.rules.attribution import UnknownZoneError, zone
-from pipeline.rules.config import DAY, MINUTE, SECOND, RulesConfig, RulesConfigError
+from pipeline.rules.config import DAY, MINUTE, SECOND, RulesConfig, RulesConfigError, check_idle_timeout
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 PREFIX: Final = "METERING_"
@@ -99,7 +99,7 @@ class Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         base = cls()
-        idle = reader.get("IDLE_TIMEOUT_MINUTES", _int, 15)
+        idle = reader.get("IDLE_TIMEOUT_MINUTES", _idle_minutes, 15)
         lateness = reader.get("ALLOWED_LATENESS_SECONDS", _float, 60.0)
         try:
             rules = RulesConfig(
@@ -239,8 +239,15 @@ def _pairs(raw: str) -> dict[str, str]:
     return out
 
 
+def _idle_minutes(raw: str) -> int:
+    minutes = _int(raw)
+    check_idle_timeout(minutes * MINUTE, "idle timeout")
+    return minutes
+
+
 def _app_minutes(raw: str) -> dict[str, int]:
-    return {app: _int(minutes) * MINUTE for app, minutes in _pairs(raw).items()}
+    """``app=minutes,app2=minutes``: per-app idle timeouts."""
+    return {app: _idle_minutes(minutes) * MINUTE for app, minutes in _pairs(raw).items()}
 
 
 def _clickhouse_url(raw: str) -> str:

@@ -10,14 +10,28 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+from pipeline import logs
 from pipeline.compute import OnProgress
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
 from pipeline.report import FORMATS, Format, render
 from pipeline.rules.attribution import USAGE_COLUMNS, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
+from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
+EXIT_BAD_SETTINGS = 78
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, logging configured; a clear exit on a wrong setting."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        sys.exit(EXIT_BAD_SETTINGS)
+    logs.setup(settings.log_level, settings.log_format)
+    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,6 +83,15 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
         f"{s.duplicates} duplicates; {s.sessions_billable} billable conversation sessions, "
         f"{s.sessions_non_interactive} non-interactive, {s.sessions_test} test{note}\n"
     )
+
+
+@main.command()
+@click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
+def worker(metrics_port: int | None) -> None:
+    """Run one stream worker; start several with the same settings to share the partitions."""
+    from pipeline.stream.worker import run_worker  # faust is imported only by the commands that need it
+
+    run_worker(load_settings(), metrics_port)
 
 
 class _progress:

@@ -111,7 +111,7 @@ class Rejection(Struct, frozen=True):
     """Why a payload is not a valid event: bad input is data, routed to the dead-letter topic."""
 
     code: Literal[
-        "too_large", "not_json", "not_an_object", "unknown_type", "schema", "out_of_range"
+        "too_large", "not_json", "not_an_object", "unknown_type", "schema", "out_of_range", "wrong_topic", "misrouted"
     ]
     detail: str
 

@@ -117,7 +117,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], config: Mapping[str,
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise KafkaSetupError(f"cannot create topic {name!r}: {exc}") from exc
         log.info("created topics", extra=fields(topics=missing, partitions=settings.partitions))
-    existing = client.list_topics(timeout=15).topics
+    existing = _wait_listed(client, names)
     co_partitioned = {settings.topics.turns, settings.topics.transfers, settings.topics.ticks}
     for name in names:
         meta = existing.get(name)
@@ -128,6 +128,16 @@ def ensure_topics(settings: Settings, names: Iterable[str], config: Mapping[str,
                 f"topic {name!r} has {len(meta.partitions)} partitions, but METERING_PARTITIONS is "
                 f"{settings.partitions}: {', '.join(sorted(co_partitioned))} must all have the same count"
             )
+
+
+def _wait_listed(client: AdminClient, names: list[str], timeout: float = 15.0) -> dict[str, Any]:
+    """Topic metadata once every name is listed: a new topic shows up a moment after creation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        existing: dict[str, Any] = client.list_topics(timeout=15).topics
+        if all(n in existing for n in names) or time.monotonic() > deadline:
+            return existing
+        time.sleep(0.1)
 
 
 def missing_topics(settings: Settings, names: Iterable[str]) -> list[str]:

@@ -8,10 +8,11 @@ little arrival jitter, all from one seed so that every run is reproducible.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 import msgspec
 
@@ -35,37 +36,78 @@ class TrafficShape:
     jitter_ms: int = 5 * SECOND
 
 
+#: Mean events per conversation of the default shape (alerts, transfers and duplicates
+#: included), measured as ``live``'s rate over hours: it turns an event rate into a
+#: conversation rate.
+EVENTS_PER_CONVERSATION: Final = 10.2
+LIVE_WARMUP_MS: Final = 15 * MINUTE
+
 _encode = msgspec.json.Encoder().encode
 
 
 def events(start_ms: int, count: int, seed: int = 7, shape: TrafficShape | None = None) -> Iterator[dict[str, Any]]:
     """``count`` events from ``start_ms`` on, in arrival order (time order plus jitter)."""
+    for _, event in itertools.islice(_arrivals(start_ms, random.Random(seed), shape or TrafficShape(), "conv-"), count):
+        yield event
+
+
+def live(
+    start_ms: int,
+    rate: float,
+    seed: int,
+    *,
+    shape: TrafficShape | None = None,
+    conversation_prefix: str = "conv-",
+    warmup_ms: int = LIVE_WARMUP_MS,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Endless ``(due_ms, event)`` pairs at about ``rate`` events/s, for pacing against the wall clock.
+
+    ``due_ms`` is when the event arrives (its ``occurred_at`` plus up to ``jitter_ms``), from
+    ``start_ms`` on and never decreasing. The model runs ``warmup_ms`` before ``start_ms`` and
+    what would have arrived earlier is dropped, so the stream starts with conversations in
+    progress at about 80% of its steady rate (the long conversations fill in the rest) instead
+    of at a seventh of it. ``conversation_prefix`` keeps conversation ids of one run apart from
+    another's.
+    """
+    if rate <= 0:
+        raise ValueError(f"rate must be greater than 0 events/s, not {rate}")
+    shape = replace(shape or TrafficShape(), conversations_per_minute=rate * 60 / EVENTS_PER_CONVERSATION)
+    for due, event in _arrivals(start_ms - warmup_ms, random.Random(seed), shape, conversation_prefix):
+        if due >= start_ms:
+            yield due, event
+
+
+def apps(shape: TrafficShape | None = None) -> list[tuple[str, str]]:
+    """``(account_id, app_id)`` of every app the traffic can come from."""
     shape = shape or TrafficShape()
-    rng = random.Random(seed)
-    apps = [(f"acct-{a:02d}", f"app-{a:02d}-{b}") for a in range(shape.accounts) for b in range(shape.apps_per_account)]
+    return [(f"acct-{a:02d}", f"app-{a:02d}-{b}") for a in range(shape.accounts) for b in range(shape.apps_per_account)]
+
+
+def _arrivals(
+    start_ms: int, rng: random.Random, shape: TrafficShape, conversation_prefix: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Endless ``(arrival_ms, event)`` in arrival order: ``events`` and ``live`` are views of it.
+
+    The order of the ``rng`` calls is the seeds' contract: tests pin the traffic of a seed.
+    """
+    all_apps = apps(shape)
     names, weights = zip(*CHANNELS, strict=True)
     pending: list[tuple[int, int, dict[str, Any]]] = []
     seq = 0
-    emitted = 0
     now = start_ms
     conv_no = 0
-    while emitted < count:
+    while True:
         now += int(rng.expovariate(shape.conversations_per_minute) * MINUTE)
-        for ev in _conversation(rng, shape, apps, names, weights, now, conv_no):
+        for ev in _conversation(rng, shape, all_apps, names, weights, now, f"{conversation_prefix}{conv_no}"):
             arrival = ev["_t"] + rng.randint(0, shape.jitter_ms)
             heapq.heappush(pending, (arrival, seq, ev))
             seq += 1
         conv_no += 1
-        while pending and pending[0][0] <= now and emitted < count:
-            _, _, ev = heapq.heappop(pending)
-            emitted += 1
-            yield _public(ev)
-            if rng.random() < shape.duplicate_share and emitted < count:
-                emitted += 1
-                yield _public(ev)
-    while pending and emitted < count:
-        emitted += 1
-        yield _public(heapq.heappop(pending)[2])
+        while pending and pending[0][0] <= now:
+            arrival, _, ev = heapq.heappop(pending)
+            yield arrival, _public(ev)
+            if rng.random() < shape.duplicate_share:
+                yield arrival, _public(ev)
 
 
 def encode(event: dict[str, Any]) -> bytes:
@@ -83,7 +125,7 @@ def _conversation(  # noqa: PLR0917
     channels: tuple[str, ...],
     weights: tuple[int, ...],
     start: int,
-    no: int,
+    conv: str,
 ) -> list[dict[str, Any]]:
     account, app = apps[int(rng.paretovariate(1.2)) % len(apps)]
     user = f"u-{rng.randrange(200_000)}"
@@ -93,7 +135,6 @@ def _conversation(  # noqa: PLR0917
             | {"user_id": user, "alert_id": f"sub-{rng.randrange(50)}", "channel": rng.choice(channels),
                **({"is_test": True} if rng.random() < shape.test_share else {})}
         ]
-    conv = f"conv-{no}"
     channel = rng.choices(channels, weights)[0]
     test = rng.random() < shape.test_share
     bot_only = rng.random() < shape.bot_only_share

@@ -1,0 +1,162 @@
+"""`metering usage` and `metering migrate`: read or migrate ClickHouse, wherever it is held.
+
+A ClickHouse server is queried directly. An embedded chDB database can be open in one
+process only: when a store process (``metering run``/``sink``) announced itself in the data
+directory, its API answers; otherwise the database is opened here. A lock held by a process
+that did not announce itself is reported with its pid and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
+from consumers.clickhouse.client import redact
+from consumers.clickhouse.usage import named_query
+from consumers.service import LOCAL_OPENER, discovery_file, find_running_store, read_discovery
+from consumers.usage_api import UsageParameterError, UsageQuery, usage_query, usage_report
+from pipeline.settings import Settings
+
+__all__ = ["StoreBusyError", "migrate_text", "usage_text"]
+
+_API_TIMEOUT_SECONDS = 120.0
+
+
+class StoreBusyError(RuntimeError):
+    """The database is held by a process that cannot be asked; the message says which and what to do."""
+
+
+def usage_text(
+    settings: Settings,
+    *,
+    start: date | None,
+    end: date | None,
+    apps: Sequence[str],
+    account: str | None,
+    by: str,
+    tz: str,
+    fmt: str,
+) -> str:
+    """What `metering usage` prints. Raises UsageParameterError for a bad option (it names it)."""
+    query = usage_query(start=start, end=end, apps=apps, account=account, by=by, tz=tz, fmt=fmt)
+    settings = settings.with_clickhouse_default()
+    if settings.embedded_clickhouse:
+        api = _running_store(settings)
+        if api is not None:
+            return _ask(api, query)
+    client = _open(settings)
+    try:
+        return usage_report(client, settings.clickhouse_database, query)
+    finally:
+        client.close()
+
+
+def migrate_text(settings: Settings) -> str:
+    """What `metering migrate` prints: the migrations applied now and before, or who applies them."""
+    settings = settings.with_clickhouse_default()
+    database = settings.clickhouse_database
+    if settings.embedded_clickhouse:
+        api = _running_store(settings)
+        if api is not None:
+            return (
+                f"the running metering service ({api}) holds the embedded database "
+                f"{parse_url(settings.clickhouse_url).path} and applies migrations when it starts: nothing done "
+                "here; restart it to apply new ones\n"
+            )
+    client = _open(settings)
+    try:
+        now = {m.version for m in migrate(client, database)}
+        applied = named_query(client, database, "applied_migrations")
+    finally:
+        client.close()
+    lines = [
+        f"database {database} at {redact(settings.clickhouse_url)}: {len(now)} migration(s) applied now, "
+        f"{len(applied)} in total"
+    ]
+    for version, name, _checksum in applied:
+        state = "applied now" if int(version) in now else "already applied"
+        lines.append(f"  {f'{int(version):03d}_{name}.sql':<40} {state}")
+    return "\n".join(lines) + "\n"
+
+
+def _running_store(settings: Settings) -> str | None:
+    """The running store's API if it serves the database asked for; StoreBusyError if it serves another."""
+    api = find_running_store(settings)
+    found = read_discovery(settings)
+    if api is None or found is None:
+        return None
+    if found.database != settings.clickhouse_database:
+        raise StoreBusyError(
+            f"the running metering service (pid {found.pid}, {api}) holds the embedded database and serves "
+            f"database {found.database!r}, not {settings.clickhouse_database!r}: set METERING_CLICKHOUSE_DATABASE "
+            f"to {found.database!r}, or stop that service"
+        )
+    return api
+
+
+def _open(settings: Settings) -> Client:
+    try:
+        return connect(settings.clickhouse_url, settings.clickhouse_database)
+    except ClickHouseUnavailableError as exc:
+        if not settings.embedded_clickhouse:
+            raise
+        path = parse_url(settings.clickhouse_url).path
+        raise StoreBusyError(
+            f"the embedded database {path} is locked by {_holder(path)}, and no running metering service "
+            f"announced itself in {discovery_file(settings)}. If that process is a metering service started with "
+            "another METERING_DATA_DIR, run this command with the same one; otherwise stop that process and run "
+            "this again (or point METERING_CLICKHOUSE_URL at a ClickHouse server)."
+        ) from exc
+
+
+def _holder(path: str) -> str:
+    """``process 123 (metering run)`` from chDB's ``status`` lock file and /proc, as far as they tell."""
+    try:
+        status = Path(path, "status").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "another process"
+    pid = next((line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("PID:")), "")
+    if not pid.isdigit():
+        return "another process"
+    try:
+        raw = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ")
+        command = " ".join(raw.decode(errors="replace").split())
+    except OSError:
+        command = ""
+    if len(command) > 120:
+        command = command[:117] + "..."
+    return f"process {pid} ({command})" if command else f"process {pid}"
+
+
+def _ask(api: str, query: UsageQuery) -> str:
+    url = f"{api}/usage?{urlencode(query.parameters())}"
+    try:
+        with LOCAL_OPENER.open(url, timeout=_API_TIMEOUT_SECONDS) as response:
+            return str(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        body = _json_body(exc)
+        if exc.code == 400 and "parameter" in body:
+            raise UsageParameterError(
+                str(body["parameter"]), str(body.get("problem", body.get("error", ""))), str(body.get("fix", ""))
+            ) from exc
+        raise ClickHouseUnavailableError(
+            f"the running metering service at {api} answered {exc.code}: {body.get('error', exc.reason)}"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise StoreBusyError(
+            f"the running metering service at {api} did not answer ({exc}); if it has just stopped, run this again"
+        ) from exc
+
+
+def _json_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
+    try:
+        data = json.loads(exc.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,391 @@
+"""The faust-streaming application: agents feed partition meters, tables keep their state.
+
+Per batch (``take_events``), in this order, which is what makes at-least-once safe:
+
+1. each partition's messages go through its ``PartitionMeter`` (no I/O);
+2. billing sessions, late events and dead letters are produced and the producer is flushed:
+   they are on the brokers before anything says they were emitted;
+3. the state changes are written to the table, i.e. to its changelog topic;
+4. faust acks the batch; its commit flushes the changelog before committing input offsets.
+
+A crash after 2 replays the batch against the old state and emits the same records with the
+same ids (the sink and the balance keep one); a crash after 3 replays it against the new
+state, where every event is a duplicate. Nothing is lost, and nothing is counted twice.
+
+Idle partitions: a timer produces one tick per partition to the ticks topic, which the
+conversation agent reads with the input topics, so idle finalization happens in the agent
+with the partition's state at hand (faust tables are only writable from a partition's event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import faust
+from confluent_kafka import Consumer, Producer, TopicPartition
+from faust.streams import _current_event  # faust keeps the partition to write tables to here
+from faust.types import TP, EventT, StreamT, TableT
+
+from pipeline import metrics
+from pipeline.events import BillingSessionRecord, DeadLetter, LateRecord
+from pipeline.kafka import producer_config
+from pipeline.logs import fields
+from pipeline.records import encode
+from pipeline.rules.config import SECOND, IdleTimeouts
+from pipeline.settings import Settings
+from pipeline.stream.partition import BatchResult, Message, PartitionMeter
+from pipeline.stream.plans import PlanFeed
+
+log = logging.getLogger(__name__)
+
+TICK_KEY: Final = b"tick"
+
+StateTable = TableT[bytes, bytes]
+
+
+TABLES: Final = ("conversations", "alerts")
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """faust's names for the tables' changelogs; created up front so faust never races for them."""
+    return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(","))
+
+
+class MeteringApp:
+    """Builds the faust app for ``settings`` and holds the per-partition meters of this worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        topics = settings.topics
+        self.app = faust.App(
+            settings.app_id,
+            broker=faust_broker_url(settings.kafka_bootstrap),
+            store="rocksdb://" if settings.state_store == "rocksdb" else "memory://",
+            datadir=str(settings.data_dir / "worker"),
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            key_serializer="raw",
+            value_serializer="raw",
+            web_enabled=False,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            broker_max_poll_records=max(settings.batch_size, 500),
+            stream_buffer_maxsize=max(2 * settings.batch_size, 4096),
+            broker_commit_interval=1.0,
+            table_cleanup_interval=3600.0,
+        )
+        self.conversations = self.app.Table("conversations", partitions=settings.partitions)
+        self.alerts = self.app.Table("alerts", partitions=settings.partitions)
+        self.conversation_topic = self.app.topic(topics.turns, topics.transfers, topics.ticks)
+        self.alert_topic = self.app.topic(topics.alerts)
+        self.timeouts = IdleTimeouts(settings.rules)
+        self.plans = PlanFeed(settings)
+        self._meters: dict[tuple[str, int], PartitionMeter] = {}
+        self._producer: Producer | None = None
+        self._offsets_reader: Consumer | None = None
+        self._last_offsets: dict[tuple[str, int], int] = {}
+        self.app.agent(self.conversation_topic, name="conversations")(self._conversation_agent)
+        self.app.agent(self.alert_topic, name="alerts")(self._alert_agent)
+        self.app.timer(interval=self.tick_interval, name="ticks")(self._tick)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    @property
+    def tick_interval(self) -> float:
+        return max(0.2, min(5.0, self.settings.idle_partition_seconds / 3))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _outputs(self) -> Producer:
+        """The output producer and the plan feed start with the first batch or tick, not before."""
+        if self._producer is None:
+            config = producer_config(self.settings, **{"client.id": f"{self.settings.app_id}-outputs"})
+            self._producer = Producer(config)
+            self.plans.start()
+            s = self.settings
+            log.info("worker started", extra=fields(group=s.app_id, store=s.state_store, partitions=s.partitions))
+        return self._producer
+
+    def close(self) -> None:
+        self.plans.stop()
+        if self._producer is not None:
+            self._producer.flush(30)
+
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Meters are rebuilt from the tables after a rebalance; the tables are the truth."""
+        self._meters.clear()
+
+    # -- agents --------------------------------------------------------------------------
+
+    async def _conversation_agent(self, stream: StreamT[bytes]) -> None:
+        batches = stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds)  # type: ignore[attr-defined]
+        async for events in batches:
+            await self._guarded("conversations", self.conversations, events)
+
+    async def _alert_agent(self, stream: StreamT[bytes]) -> None:
+        batches = stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds)  # type: ignore[attr-defined]
+        async for events in batches:
+            await self._guarded("alerts", self.alerts, events)
+
+    async def _guarded(self, kind: str, table: StateTable, events: Sequence[EventT[bytes]]) -> None:
+        """A failed batch stops the worker: it restarts from the last commit, never skips a batch."""
+        try:
+            await self._process(kind, table, events)
+        except Exception as exc:
+            log.exception("batch failed: the worker stops and restarts from its last commit", extra=fields(kind=kind))
+            await self.app.crash(exc)
+            raise
+
+    async def _process(self, kind: str, table: StateTable, events: Sequence[EventT[bytes]]) -> None:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        skew_ms = int(self.settings.max_clock_skew_seconds * SECOND)
+        by_partition: dict[int, list[EventT[bytes]]] = defaultdict(list)
+        for event in events:
+            by_partition[event.message.partition].append(event)
+        results: list[tuple[EventT[bytes], PartitionMeter, BatchResult]] = []
+        for partition, group in by_partition.items():
+            meter = self._meter(kind, table, partition)
+            for change in self.plans.drain_for(meter):
+                results.append((group[-1], meter, change))
+            ticks = [e for e in group if e.message.topic == self.settings.topics.ticks]
+            messages = [_message(e) for e in group if e.message.topic != self.settings.topics.ticks]
+            lagging = await self._lagging(kind, partition)
+            for e in group:
+                self._last_offsets[(e.message.topic, partition)] = e.message.offset
+            if messages:
+                results.append((group[-1], meter, meter.process(messages, now_ms, skew_ms, lagging=lagging)))
+            if ticks:
+                lagging = await self._lagging(kind, partition)
+                tick_ms = max(_tick_ms(e.value) for e in ticks)
+                idle_ms = int(self.settings.idle_partition_seconds * SECOND)
+                results.append((ticks[-1], meter, meter.idle_tick(tick_ms, idle_ms, backlog=bool(lagging))))
+        await self._emit([r for _, _, r in results])
+        for event, _, result in results:
+            self._persist(table, event, result)
+        self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
+
+    async def _lagging(self, kind: str, partition: int) -> list[str]:
+        """Input topics of the partition with messages in the log not yet metered.
+
+        The consumer's position is no measure: faust fetches ahead of what the agent has
+        processed. What counts is the last offset metered, or, before the first message since
+        start-up, the group's committed offset.
+        """
+        topics = self._input_topics(kind)
+        unknown = [t for t in topics if (t, partition) not in self._last_offsets]
+        committed = (
+            await asyncio.get_running_loop().run_in_executor(None, self._committed, unknown, partition)
+            if unknown
+            else {}
+        )
+        lagging = []
+        for topic in topics:
+            try:
+                highwater = self.app.consumer.highwater(TP(topic, partition))
+            except (KeyError, AssertionError, AttributeError):
+                highwater = None
+            last = self._last_offsets.get((topic, partition))
+            done = last + 1 if last is not None else committed.get(topic, 0)
+            if highwater is None or highwater > done:
+                lagging.append(topic)
+        return lagging
+
+    def _input_topics(self, kind: str) -> tuple[str, ...]:
+        topics = self.settings.topics
+        return (topics.turns, topics.transfers) if kind == "conversations" else (topics.alerts,)
+
+    def _committed(self, topics: list[str], partition: int) -> dict[str, int]:
+        if not topics:
+            return {}
+        if self._offsets_reader is None:
+            self._offsets_reader = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap,
+                    "group.id": self.settings.app_id,
+                    "enable.auto.commit": False,
+                    **self.settings.kafka_config,
+                }
+            )
+        tps = self._offsets_reader.committed([TopicPartition(t, partition) for t in topics], timeout=10)
+        return {tp.topic: max(0, tp.offset) for tp in tps}
+
+    def _meter(self, kind: str, table: StateTable, partition: int) -> PartitionMeter:
+        meter = self._meters.get((kind, partition))
+        if meter is None:
+            topics = self.settings.topics
+            meter = PartitionMeter(
+                partition,
+                self.settings.partitions,
+                self.settings.rules,
+                self.timeouts,
+                conversation_topics=(topics.turns, topics.transfers) if kind == "conversations" else (),
+                alert_topics=(topics.alerts,) if kind == "alerts" else (),
+            )
+            meter.restore(_partition_items(table, partition))
+            self._meters[(kind, partition)] = meter
+            log.info(
+                "partition meter loaded",
+                extra=fields(kind=kind, partition=partition, conversations=len(meter.meter.conversations)),
+            )
+        return meter
+
+    # -- outputs and state ---------------------------------------------------------------
+
+    async def _emit(self, results: Iterable[BatchResult]) -> None:
+        """Produce every output record of the batch and wait until the brokers have all of them."""
+        producer = self._outputs()
+        topics = self.settings.topics
+        failures: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}: {err}")
+
+        count = 0
+        for result in results:
+            for session in result.sessions:
+                _produce(producer, topics.billing_sessions, session.app_id, session, delivered)
+            for late in result.late:
+                _produce(producer, topics.late, late.app_id, late, delivered)
+            for dead in result.dead:
+                _produce(producer, topics.dlq, None, dead, delivered)
+            count += len(result.sessions) + len(result.late) + len(result.dead)
+            if count > 50_000:
+                producer.poll(0)
+                count = 0
+        remaining = await asyncio.get_running_loop().run_in_executor(None, producer.flush, 60.0)
+        if remaining or failures:
+            raise RuntimeError(
+                f"could not deliver {remaining or len(failures)} output records ({'; '.join(failures[:3])}): "
+                "the batch will be processed again after restart; check the brokers"
+            )
+
+    def _persist(self, table: StateTable, event: EventT[bytes], result: BatchResult) -> None:
+        prefix = f"{event.message.partition}\x1e"
+        with _in_partition_of(event):
+            for key, value in result.changes.items():
+                table_key = (prefix + key).encode()
+                if value is None:
+                    table.pop(table_key, None)
+                else:
+                    table[table_key] = value
+
+    def _observe(self, kind: str, results: Sequence[BatchResult], size: int, seconds: float) -> None:
+        metrics.WORKER_BATCH_EVENTS.observe(size)
+        metrics.WORKER_BATCH_SECONDS.observe(seconds)
+        for r in results:
+            for topic, n in r.received.items():
+                metrics.EVENTS_RECEIVED.labels(topic).inc(n)
+            for (topic, code), n in r.invalid.items():
+                metrics.EVENTS_INVALID.labels(topic, code).inc(n)
+            for topic, n in r.duplicates.items():
+                metrics.EVENTS_DUPLICATE.labels(topic).inc(n)
+            for topic, n in r.late_by_topic.items():
+                metrics.EVENTS_LATE.labels(topic).inc(n)
+            s = r.stats
+            for result, n in (
+                ("billable", s.sessions_billable),
+                ("non_interactive", s.sessions_non_interactive),
+                ("test", s.sessions_test),
+            ):
+                if n:
+                    metrics.CONVERSATION_SESSIONS.labels(result).inc(n)
+            for k, n in (("usage", s.usage_sessions), ("voice", s.voice_sessions), ("alert", s.alert_sessions)):
+                if n:
+                    metrics.BILLING_SESSIONS.labels(k).inc(n)
+            for anomaly, n in (
+                ("ended_without_start", s.transfers_ended_without_start),
+                ("started_while_open", s.transfers_started_while_open),
+                ("left_open", s.transfers_left_open),
+            ):
+                if n:
+                    metrics.TRANSFER_ANOMALIES.labels(anomaly).inc(n)
+
+    # -- ticks ---------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """One tick per partition: lets idle partitions follow the wall clock (R9)."""
+        producer = self._outputs()
+        now_ms = int(time.time() * 1000)
+        value = str(now_ms).encode()
+        for partition in range(self.settings.partitions):
+            producer.produce(self.settings.topics.ticks, value, TICK_KEY, partition=partition)
+        producer.poll(0)
+        self._observe_meters(now_ms)
+
+    def _observe_meters(self, now_ms: int) -> None:
+        for (kind, partition), meter in list(self._meters.items()):
+            if kind != "conversations":
+                continue
+            m = meter.meter
+            metrics.OPEN_CONVERSATIONS.labels(str(partition)).set(m.open_conversations)
+            clock = m.partition.clock
+            if clock > 0:
+                metrics.PARTITION_CLOCK_DELAY.labels(str(partition)).set(max(0.0, (now_ms - clock) / 1000))
+        consumer = self.app.consumer
+        for (topic, partition), offset in list(self._last_offsets.items()):
+            try:
+                highwater = consumer.highwater(TP(topic, partition))
+            except (KeyError, AttributeError):
+                continue
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(self.settings.app_id, topic, str(partition)).set(
+                    max(0, highwater - offset - 1)
+                )
+
+
+def _message(event: EventT[bytes]) -> Message:
+    m = event.message
+    value = event.value if isinstance(event.value, bytes) else b""
+    return Message(m.topic, m.partition, m.offset, value)
+
+
+def _tick_ms(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return int(time.time() * 1000)
+
+
+def _produce(
+    producer: Producer,
+    topic: str,
+    key: str | None,
+    record: BillingSessionRecord | LateRecord | DeadLetter,
+    on_delivery: Any,
+) -> None:
+    payload = encode(record)
+    while True:
+        try:
+            producer.produce(topic, payload, key.encode() if key else None, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def _partition_items(table: StateTable, partition: int) -> Iterator[tuple[str, bytes]]:
+    prefix = f"{partition}\x1e".encode()
+    for key, value in list(table.data.items()):
+        if isinstance(key, bytes) and key.startswith(prefix) and value is not None:
+            yield key[len(prefix) :].decode(), value
+
+
+@contextmanager
+def _in_partition_of(event: EventT[bytes]) -> Iterator[None]:
+    """Table writes go to the changelog partition of the current event: make it ``event``."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

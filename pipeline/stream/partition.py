@@ -1,0 +1,223 @@
+"""Metering of one input partition: raw messages in, output records and state changes out.
+
+The faust agent stays a thin shell: it hands each batch of one partition to a
+``PartitionMeter`` and writes back what comes out. Nothing here touches Kafka, so the whole
+message-level behaviour (DLQ, routing, late, dedupe, persistence) is tested without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+
+from pipeline.events import (
+    AgentTransfer,
+    AlertDelivered,
+    BillingSessionRecord,
+    ConversationTurn,
+    DeadLetter,
+    Event,
+    LateRecord,
+    Rejection,
+    decode_event,
+)
+from pipeline.kafka import partition_of
+from pipeline.records import billing_session_record, dead_letter, late_record
+from pipeline.rules.config import IdleTimeouts, RulesConfig
+from pipeline.rules.meter import NEVER, ConversationState, Meter, MeterStats, Outcome, PartitionClock
+
+CLOCK_KEY: Final = "p"
+
+Metered = ConversationTurn | AgentTransfer | AlertDelivered
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(ConversationState).decode
+_decode_clock = msgspec.msgpack.Decoder(PartitionClock).decode
+_decode_int = msgspec.msgpack.Decoder(int).decode
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The parts of a Kafka message the meter needs (faust and confluent messages both map here)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    sessions: list[BillingSessionRecord] = field(default_factory=list)
+    late: list[LateRecord] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    #: Persisted state: key -> encoded value, or None to delete.
+    changes: dict[str, bytes | None] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    late_by_topic: dict[str, int] = field(default_factory=dict)
+    invalid: dict[tuple[str, str], int] = field(default_factory=dict)
+    stats: MeterStats = field(default_factory=MeterStats)
+
+
+class PartitionMeter:
+    """A Meter for one partition number, with the message-level rules around it.
+
+    ``conversation_topics`` carry turns and transfers keyed by conversation id; ``alert_topics``
+    alerts keyed by app id. An event on a partition other than the one its key hashes to
+    (Java-compatible murmur2) is rejected: its conversation's state lives elsewhere, and
+    metering it here would split one conversation across two meters.
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        partitions: int,
+        config: RulesConfig,
+        timeouts: IdleTimeouts,
+        *,
+        conversation_topics: Iterable[str] = (),
+        alert_topics: Iterable[str] = (),
+    ) -> None:
+        self.partition = partition
+        self.partitions = partitions
+        self.meter = Meter(config, timeouts, track_changes=True)
+        self._conversation_topics = frozenset(conversation_topics)
+        self._alert_topics = frozenset(alert_topics)
+        self.last_event_wall_ms: int | None = None
+        self.plans_applied = 0
+        #: Highest event time seen per input topic since this meter was loaded.
+        self.topic_high: dict[str, int] = {}
+
+    def restore(self, items: Iterable[tuple[str, bytes]]) -> None:
+        clock = PartitionClock()
+        conversations: list[ConversationState] = []
+        alerts: list[tuple[str, int]] = []
+        for key, value in items:
+            if key == CLOCK_KEY:
+                clock = _decode_clock(value)
+            elif key[0] == "c":
+                conversations.append(_decode_state(value))
+            elif key[0] == "a":
+                alerts.append((key, _decode_int(value)))
+        self.meter.restore(clock, conversations, alerts)
+
+    def process(
+        self, messages: Iterable[Message], now_ms: int, max_clock_skew_ms: int, *, lagging: Iterable[str] = ()
+    ) -> BatchResult:
+        """Apply a batch of this partition's messages in order; outputs and state changes out.
+
+        ``lagging`` names input topics with messages in the log not metered before this batch.
+        The partition's clock does not pass how far such a topic has got: turns and transfers
+        are fetched separately, and one running ahead must not make the other's events late
+        (the clock of several inputs is the minimum of theirs).
+        """
+        result = BatchResult()
+        meter = self.meter
+        wall_ceiling = now_ms + max_clock_skew_ms
+        waiting = tuple(lagging)
+        high = self.topic_high
+
+        def ceiling() -> int:
+            return min([wall_ceiling, *(high.get(t, meter.partition.clock) for t in waiting)])
+
+        meter.clock_ceiling = ceiling()
+        received_at = datetime.fromtimestamp(now_ms / 1000, UTC)
+        before = _copy(meter.stats)
+        for m in messages:
+            result.received[m.topic] = result.received.get(m.topic, 0) + 1
+            self.last_event_wall_ms = now_ms
+            decoded = decode_event(m.value, now_ms)
+            if type(decoded) is Rejection:
+                self._reject(result, m, decoded, received_at)
+                continue
+            t, event = decoded  # type: ignore[misc]
+            placed = self._place(m, event)
+            if isinstance(placed, Rejection):
+                self._reject(result, m, placed, received_at)
+                continue
+            if t > high.get(m.topic, NEVER):
+                high[m.topic] = t
+                if m.topic in waiting:
+                    meter.clock_ceiling = ceiling()
+            outcome = meter.apply(t, placed)
+            if outcome is Outcome.DUPLICATE:
+                result.duplicates[m.topic] = result.duplicates.get(m.topic, 0) + 1
+            elif outcome is Outcome.LATE:
+                result.late_by_topic[m.topic] = result.late_by_topic.get(m.topic, 0) + 1
+                late = meter.late.pop()
+                result.late.append(late_record(m.value, late, topic=m.topic, partition=m.partition, offset=m.offset))
+        self._collect(result, before)
+        return result
+
+    def idle_tick(self, now_ms: int, idle_after_ms: int, *, backlog: bool) -> BatchResult:
+        """A tick from the wall clock: an idle partition's clock follows it (R9).
+
+        Idle means nothing arrived for ``idle_after_ms`` and nothing is waiting: a partition
+        with a backlog is only slow to read, and following the wall clock then would finalize
+        sessions whose next events are already in the log.
+        """
+        result = BatchResult()
+        before = _copy(self.meter.stats)
+        if self.last_event_wall_ms is None or backlog:
+            self.last_event_wall_ms = now_ms
+        if now_ms - self.last_event_wall_ms >= idle_after_ms:
+            self.meter.idle_tick(now_ms)
+        self._collect(result, before)
+        return result
+
+    def plan_changed(self, app_id: str, at_ms: int, idle_timeout_ms: int | None) -> BatchResult:
+        result = BatchResult()
+        before = _copy(self.meter.stats)
+        self.meter.plan_changed(app_id, at_ms, idle_timeout_ms)
+        self._collect(result, before)
+        return result
+
+    def _collect(self, result: BatchResult, before: MeterStats) -> None:
+        meter = self.meter
+        sessions, _ = meter.drain()
+        result.sessions.extend(billing_session_record(s) for s in sessions)
+        upserts, removed = meter.take_changes()
+        for key, value in upserts.items():
+            result.changes[key] = _encode(value)
+        for key in removed:
+            result.changes[key] = None
+        result.changes[CLOCK_KEY] = _encode(meter.partition)
+        after = meter.stats
+        result.stats = MeterStats(**{k: v - getattr(before, k) for k, v in after.as_dict().items()})
+
+    def _reject(self, result: BatchResult, m: Message, rejection: Rejection, received_at: datetime) -> None:
+        result.invalid[(m.topic, rejection.code)] = result.invalid.get((m.topic, rejection.code), 0) + 1
+        letter = dead_letter(
+            m.value, rejection, topic=m.topic, partition=m.partition, offset=m.offset, received_at=received_at
+        )
+        result.dead.append(letter)
+
+    def _place(self, m: Message, event: Event) -> Metered | Rejection:
+        """The event if it is on the topic and partition its type and key call for."""
+        if isinstance(event, ConversationTurn | AgentTransfer):
+            if m.topic not in self._conversation_topics:
+                return Rejection("wrong_topic", f"a {type(event).__name__} does not belong on topic {m.topic!r}")
+            key = event.conversation_id
+        elif isinstance(event, AlertDelivered):
+            if m.topic not in self._alert_topics:
+                return Rejection("wrong_topic", f"an alert_delivered event does not belong on topic {m.topic!r}")
+            key = event.app_id
+        else:
+            return Rejection("wrong_topic", f"a {type(event).__name__} event does not belong on topic {m.topic!r}")
+        expected = partition_of(key.encode(), self.partitions)
+        if expected != m.partition:
+            return Rejection(
+                "misrouted",
+                f"misrouted: key {key!r} belongs on partition {expected}, not {m.partition}; produce with "
+                "the key events.md names and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
+            )
+        return event
+
+
+def _copy(stats: MeterStats) -> MeterStats:
+    return MeterStats(**stats.as_dict())

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from pipeline import logs
-from pipeline.compute import OnProgress
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
+from pipeline.progress import FileProgress
 from pipeline.report import FORMATS, Format, render
 from pipeline.rules.attribution import USAGE_COLUMNS, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
@@ -68,7 +68,7 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
         size = events_path.stat().st_size
         if events_path.is_dir():
             raise IsADirectoryError(f"{events_path} is a directory")
-        with _progress(err, size, "metering") as on_progress:
+        with FileProgress(err, size, "metering") as on_progress:
             result = compute_usage(
                 events_path, tz, config, now_ms=int(time.time() * 1000), on_invalid=on_invalid, on_progress=on_progress
             )
@@ -86,39 +86,104 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
 
 
 @main.command()
+@click.option("--file", "path", required=True, type=click.Path(path_type=Path), help="JSON-lines file of events.")
+@click.option("--raw", is_flag=True, help="Send lines as they are, unvalidated and unkeyed (to exercise the DLQ).")
+def produce(path: Path, raw: bool) -> None:
+    """Publish a file of events to their input topics, keyed as the event contract says."""
+    from pipeline.produce import produce_command
+
+    sys.exit(produce_command(load_settings(), path, validate=not raw))
+
+
+@main.command()
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None, help="First day (in the zone).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last day, included.")
+@click.option("--app", "apps", multiple=True, help="Only this app (repeatable).")
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--by", type=click.Choice(["day", "week", "month"]), default="day", show_default=True)
+@click.option("--timezone", "tz_name", default=None, help="IANA zone of the days [default: METERING_TIMEZONE or UTC].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def usage(
+    start: datetime | None,
+    end: datetime | None,
+    apps: tuple[str, ...],
+    account: str | None,
+    by: str,
+    tz_name: str | None,
+    fmt: Format,
+) -> None:
+    """Per-app usage from ClickHouse (asks the running service when the database is embedded)."""
+    from consumers.clickhouse import ClickHouseError
+    from consumers.usage_api import UsageParameterError
+    from consumers.usage_command import StoreBusyError, usage_text
+
+    settings = load_settings()
+    try:
+        text = usage_text(
+            settings,
+            start=start.date() if start else None,
+            end=end.date() if end else None,
+            apps=apps,
+            account=account,
+            by=by,
+            tz=tz_name or settings.timezone,
+            fmt=fmt,
+        )
+    except UsageParameterError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
+    except (StoreBusyError, ClickHouseError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    sys.stdout.write(text)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations (idempotent; the service also migrates at start-up)."""
+    from consumers.clickhouse import ClickHouseError
+    from consumers.usage_command import StoreBusyError, migrate_text
+
+    try:
+        sys.stdout.write(migrate_text(load_settings()))
+    except (StoreBusyError, ClickHouseError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+@main.command()
+def sink() -> None:
+    """Run the ClickHouse sink with the usage API and metrics (the process that owns ClickHouse)."""
+    import signal
+    import threading
+
+    from consumers.service import StoreEndpoints, serve_store
+
+    settings = load_settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    err = Console(stderr=True)
+
+    def ready(endpoints: StoreEndpoints) -> None:
+        err.print(f"usage API {endpoints.api}  metrics {endpoints.metrics}  ClickHouse {endpoints.clickhouse_url}")
+
+    serve_store(settings, stop, ready)
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="Also generate realistic live traffic.")
+@click.option("--demo-rate", type=click.FloatRange(min=0.1), default=50.0, show_default=True, help="Demo events/s.")
+def run(demo: bool, demo_rate: float) -> None:
+    """Start everything on this machine (broker, workers, sink, usage API, metrics) until Ctrl-C."""
+    from pipeline.run import run as run_pipeline
+
+    sys.exit(run_pipeline(load_settings(), demo=demo, demo_rate=demo_rate, console=Console(soft_wrap=True)))
+
+
+@main.command()
 @click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
 def worker(metrics_port: int | None) -> None:
     """Run one stream worker; start several with the same settings to share the partitions."""
     from pipeline.stream.worker import run_worker  # faust is imported only by the commands that need it
 
     run_worker(load_settings(), metrics_port)
-
-
-class _progress:
-    """A byte-progress bar on a terminal; nothing when stderr is not one."""
-
-    def __init__(self, console: Console, total: int, label: str) -> None:
-        self._progress: Progress | None = None
-        if console.is_terminal and total > 8 * 1024 * 1024:
-            self._progress = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._task = self._progress.add_task(label, total=total)
-
-    def __enter__(self) -> OnProgress | None:
-        if self._progress is None:
-            return None
-        self._progress.start()
-        progress, task = self._progress, self._task
-        return lambda done: progress.update(task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-

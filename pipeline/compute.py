@@ -26,6 +26,7 @@ from pipeline.events import (
     Rejection,
     decode_event,
 )
+from pipeline.progress import OnProgress
 from pipeline.rules.attribution import UsageBook, UsageRow
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter, MeterStats, Outcome
@@ -33,7 +34,6 @@ from pipeline.rules.meter import Meter, MeterStats, Outcome
 RUN_SIZE: Final = 400_000
 
 OnInvalid = Callable[[int, str], None]
-OnProgress = Callable[[int], None]
 
 
 @dataclass

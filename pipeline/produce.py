@@ -23,7 +23,6 @@ from typing import IO, Final
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from pipeline.events import (
     EVENT_TYPES,
@@ -35,6 +34,7 @@ from pipeline.events import (
 )
 from pipeline.kafka import KafkaSetupError, missing_topics, producer_config, wait_for_broker
 from pipeline.logs import fields
+from pipeline.progress import FileProgress, OnProgress
 from pipeline.settings import Settings, Topics
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,8 @@ POLL_EVERY: Final = 2000
 #: How long a missing input topic may take to appear: the broker's metadata trails topic creation.
 TOPIC_VISIBLE_SECONDS: Final = 5.0
 #: Show a progress bar on a terminal for files larger than this.
-PROGRESS_MIN_BYTES: Final = 1024 * 1024
 
 OnInvalid = Callable[[int, str], None]
-OnProgress = Callable[[int], None]
 
 
 @dataclass
@@ -337,7 +335,7 @@ def produce_command(settings: Settings, path: Path, *, validate: bool = True, co
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a directory")
         size = path.stat().st_size
-        with _progress(err, size, "producing") as on_progress:
+        with FileProgress(err, size, "producing") as on_progress:
             result = produce(settings, path, validate=validate, on_invalid=on_invalid, on_progress=on_progress)
     except OSError as exc:
         err.print(f"[red]error:[/] cannot read {path}: {exc.strerror or exc}", highlight=False)
@@ -353,32 +351,3 @@ def produce_command(settings: Settings, path: Path, *, validate: bool = True, co
         err.print(f"... and {result.failed - len(result.errors):,} more failed deliveries", highlight=False)
     err.print(summary(result), markup=False, highlight=False, soft_wrap=True)
     return result.exit_code
-
-
-class _progress:
-    """A byte-progress bar on a terminal; nothing when stderr is not one or the file is small."""
-
-    def __init__(self, console: Console, total: int, label: str) -> None:
-        self._progress: Progress | None = None
-        if console.is_terminal and total > PROGRESS_MIN_BYTES:
-            self._progress = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._task = self._progress.add_task(label, total=total)
-
-    def __enter__(self) -> OnProgress | None:
-        if self._progress is None:
-            return None
-        self._progress.start()
-        progress, task = self._progress, self._task
-        return lambda done: progress.update(task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()

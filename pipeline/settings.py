@@ -93,6 +93,44 @@ class Settings:
             return self
         return replace(self, clickhouse_url=f"chdb://{(self.data_dir / 'clickhouse').resolve()}")
 
+    def to_env(self) -> dict[str, str]:
+        """The ``METERING_*`` variables that give these settings: how child processes inherit them."""
+        r = self.rules
+        env = {
+            "DATA_DIR": str(self.data_dir),
+            "KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "CLICKHOUSE_URL": self.clickhouse_url,
+            "CLICKHOUSE_DATABASE": self.clickhouse_database,
+            "PARTITIONS": str(self.partitions),
+            "REPLICATION_FACTOR": str(self.replication_factor),
+            "IDLE_TIMEOUT_MINUTES": str(r.idle_timeout_ms // MINUTE),
+            "ALLOWED_LATENESS_SECONDS": str(r.allowed_lateness_ms / SECOND),
+            "OPEN_TRANSFER_TIMEOUT_MINUTES": str(r.open_transfer_timeout_ms // MINUTE),
+            "DEDUPE_HORIZON_DAYS": str(r.dedupe_horizon_ms / DAY),
+            "IDLE_PARTITION_SECONDS": str(self.idle_partition_seconds),
+            "MAX_CLOCK_SKEW_SECONDS": str(self.max_clock_skew_seconds),
+            "STATE_STORE": self.state_store,
+            "APP_ID": self.app_id,
+            "WORKERS": str(self.workers),
+            "BATCH_SIZE": str(self.batch_size),
+            "BATCH_SECONDS": str(self.batch_seconds),
+            "SINK_BATCH_SIZE": str(self.sink_batch_size),
+            "SINK_BATCH_SECONDS": str(self.sink_batch_seconds),
+            "API_HOST": self.api_host,
+            "API_PORT": str(self.api_port),
+            "METRICS_PORT": str(self.metrics_port),
+            "LOG_LEVEL": self.log_level,
+            "LOG_FORMAT": self.log_format,
+            "TIMEZONE": self.timezone,
+        }
+        if r.app_idle_timeout_ms:
+            env["APP_IDLE_TIMEOUTS"] = ",".join(f"{a}={ms // MINUTE}" for a, ms in r.app_idle_timeout_ms.items())
+        if self.kafka_config:
+            env["KAFKA_CONFIG"] = ",".join(f"{k}={v}" for k, v in self.kafka_config.items())
+        for name in Topics.__dataclass_fields__:
+            env[f"TOPIC_{name.upper()}"] = getattr(self.topics, name)
+        return {PREFIX + k: v for k, v in env.items()}
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``METERING_*`` variables; raise SettingsError naming every wrong one."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -102,6 +103,14 @@ def meter_run(events: Iterable[dict[str, Any]], config: RulesConfig | None = Non
         meter.apply(t, e)  # type: ignore[arg-type]
     meter.finish()
     return meter.drain()[0]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
 
 
 def in_time_order(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

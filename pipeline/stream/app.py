@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import faust
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -40,12 +41,14 @@ from pipeline.logs import fields
 from pipeline.records import encode
 from pipeline.rules.config import SECOND, IdleTimeouts
 from pipeline.settings import Settings
+from pipeline.stream.continuity import OffsetGuard, Verdict
 from pipeline.stream.partition import BatchResult, Message, PartitionMeter
 from pipeline.stream.plans import PlanFeed
 
 log = logging.getLogger(__name__)
 
 TICK_KEY: Final = b"tick"
+EXIT_BATCH_FAILED: Final = 70
 
 StateTable = TableT[bytes, bytes]
 
@@ -83,18 +86,22 @@ class MeteringApp:
             broker_max_poll_records=max(settings.batch_size, 500),
             stream_buffer_maxsize=max(2 * settings.batch_size, 4096),
             broker_commit_interval=1.0,
+            broker_session_timeout=15.0,
+            broker_heartbeat_interval=3.0,
             table_cleanup_interval=3600.0,
         )
-        self.conversations = self.app.Table("conversations", partitions=settings.partitions)
-        self.alerts = self.app.Table("alerts", partitions=settings.partitions)
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "partitions": settings.partitions}
+        self.conversations = self.app.Table("conversations", **raw)
+        self.alerts = self.app.Table("alerts", **raw)
         self.conversation_topic = self.app.topic(topics.turns, topics.transfers, topics.ticks)
         self.alert_topic = self.app.topic(topics.alerts)
         self.timeouts = IdleTimeouts(settings.rules)
         self.plans = PlanFeed(settings)
         self._meters: dict[tuple[str, int], PartitionMeter] = {}
         self._producer: Producer | None = None
+        self._guard = OffsetGuard()
+        self._guard_faust_gaps()
         self._offsets_reader: Consumer | None = None
-        self._last_offsets: dict[tuple[str, int], int] = {}
         self.app.agent(self.conversation_topic, name="conversations")(self._conversation_agent)
         self.app.agent(self.alert_topic, name="alerts")(self._alert_agent)
         self.app.timer(interval=self.tick_interval, name="ticks")(self._tick)
@@ -124,6 +131,7 @@ class MeteringApp:
     async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Meters are rebuilt from the tables after a rebalance; the tables are the truth."""
         self._meters.clear()
+        self._guard.forget_all()
 
     # -- agents --------------------------------------------------------------------------
 
@@ -138,20 +146,35 @@ class MeteringApp:
             await self._guarded("alerts", self.alerts, events)
 
     async def _guarded(self, kind: str, table: StateTable, events: Sequence[EventT[bytes]]) -> None:
-        """A failed batch stops the worker: it restarts from the last commit, never skips a batch."""
+        """Run a batch so that faust acks it only once it is done.
+
+        faust's ``take_events`` acks the batch when its generator closes, for whatever reason.
+        So a shutdown waits for the batch in hand (SIGTERM: finish it, then commit), and a batch
+        that fails ends the process at once, before anything can commit it: the worker restarts
+        from the last commit and never skips a batch.
+        """
+        batch = asyncio.ensure_future(self._process(kind, table, events))
         try:
-            await self._process(kind, table, events)
-        except Exception as exc:
-            log.exception("batch failed: the worker stops and restarts from its last commit", extra=fields(kind=kind))
-            await self.app.crash(exc)
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            log.info("stopping: finishing the batch in hand", extra=fields(kind=kind, events=len(events)))
+            await self._finish(batch, kind)
             raise
+        except Exception:
+            _die(kind)
+
+    async def _finish(self, batch: asyncio.Future[None], kind: str) -> None:
+        try:
+            await batch
+        except Exception:
+            _die(kind)
 
     async def _process(self, kind: str, table: StateTable, events: Sequence[EventT[bytes]]) -> None:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         skew_ms = int(self.settings.max_clock_skew_seconds * SECOND)
         by_partition: dict[int, list[EventT[bytes]]] = defaultdict(list)
-        for event in events:
+        for event in await self._continuous(events):
             by_partition[event.message.partition].append(event)
         results: list[tuple[EventT[bytes], PartitionMeter, BatchResult]] = []
         for partition, group in by_partition.items():
@@ -160,9 +183,7 @@ class MeteringApp:
                 results.append((group[-1], meter, change))
             ticks = [e for e in group if e.message.topic == self.settings.topics.ticks]
             messages = [_message(e) for e in group if e.message.topic != self.settings.topics.ticks]
-            lagging = await self._lagging(kind, partition)
-            for e in group:
-                self._last_offsets[(e.message.topic, partition)] = e.message.offset
+            lagging = await self._lagging(kind, partition, before=group)
             if messages:
                 results.append((group[-1], meter, meter.process(messages, now_ms, skew_ms, lagging=lagging)))
             if ticks:
@@ -175,15 +196,18 @@ class MeteringApp:
             self._persist(table, event, result)
         self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
 
-    async def _lagging(self, kind: str, partition: int) -> list[str]:
-        """Input topics of the partition with messages in the log not yet metered.
+    async def _lagging(self, kind: str, partition: int, before: Sequence[EventT[bytes]] = ()) -> list[str]:
+        """Input topics of the partition with messages in the log not yet metered (``before`` the batch).
 
         The consumer's position is no measure: faust fetches ahead of what the agent has
         processed. What counts is the last offset metered, or, before the first message since
         start-up, the group's committed offset.
         """
         topics = self._input_topics(kind)
-        unknown = [t for t in topics if (t, partition) not in self._last_offsets]
+        first_in_batch: dict[tuple[str, int], int] = {}
+        for e in before:
+            first_in_batch.setdefault((e.message.topic, e.message.partition), e.message.offset)
+        unknown = [t for t in topics if self._guard.expected(t, partition) is None]
         committed = (
             await asyncio.get_running_loop().run_in_executor(None, self._committed, unknown, partition)
             if unknown
@@ -193,10 +217,13 @@ class MeteringApp:
         for topic in topics:
             try:
                 highwater = self.app.consumer.highwater(TP(topic, partition))
-            except (KeyError, AssertionError, AttributeError):
+            except (KeyError, AssertionError, AttributeError):  # not assigned (any more)
                 highwater = None
-            last = self._last_offsets.get((topic, partition))
-            done = last + 1 if last is not None else committed.get(topic, 0)
+            done = self._guard.expected(topic, partition)
+            if done is None:
+                done = committed.get(topic, 0)
+            if (topic, partition) in first_in_batch:
+                done = min(done, first_in_batch[(topic, partition)])
             if highwater is None or highwater > done:
                 lagging.append(topic)
         return lagging
@@ -218,7 +245,88 @@ class MeteringApp:
                 }
             )
         tps = self._offsets_reader.committed([TopicPartition(t, partition) for t in topics], timeout=10)
-        return {tp.topic: max(0, tp.offset) for tp in tps}
+        out = {}
+        for tp in tps:
+            if tp.offset >= 0:
+                out[tp.topic] = tp.offset
+            else:
+                low, _ = self._offsets_reader.get_watermark_offsets(tp, timeout=10)
+                out[tp.topic] = low
+        return out
+
+    async def _continuous(self, events: Sequence[EventT[bytes]]) -> list[EventT[bytes]]:
+        """The batch's events that continue each input partition exactly (see ``continuity``)."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        out: list[EventT[bytes]] = []
+        for event in events:
+            m = event.message
+            if m.topic == self.settings.topics.ticks:
+                out.append(event)
+                continue
+            if not self._guard.knows(m.topic, m.partition):
+                start = await loop.run_in_executor(None, self._committed, [m.topic], m.partition)
+                self._guard.start(m.topic, m.partition, start[m.topic])
+            decision = self._guard.admit(m.topic, m.partition, m.offset, now)
+            verdict = decision.verdict
+            if verdict is Verdict.ACCEPT:
+                out.append(event)
+            elif verdict is Verdict.SEEK:
+                log.warning(
+                    "input offsets missing: reading them again",
+                    extra=fields(topic=m.topic, partition=m.partition, expected=decision.expected, got=m.offset),
+                )
+                await self.app.consumer.seek(TP(m.topic, m.partition), decision.expected)
+            elif verdict is Verdict.CHECK:
+                exists = await loop.run_in_executor(
+                    None, self._records_between, m.topic, m.partition, decision.expected, m.offset
+                )
+                if exists:
+                    self._guard.seek_again(m.topic, m.partition, now)
+                    await self.app.consumer.seek(TP(m.topic, m.partition), decision.expected)
+                else:
+                    log.warning(
+                        "no records in an offset range of the log (compaction or transaction markers): skipped",
+                        extra=fields(topic=m.topic, partition=m.partition, first=decision.expected, last=m.offset - 1),
+                    )
+                    self._guard.gap_is_empty(m.topic, m.partition, m.offset)
+                    await self._faust_add_gap(TP(m.topic, m.partition), decision.expected, m.offset - 1)
+                    out.append(event)
+        return out
+
+    def _records_between(self, topic: str, partition: int, first: int, end: int) -> bool:
+        """True if the log holds a record with an offset in [first, end)."""
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"{self.settings.app_id}-gap-check",
+                "enable.auto.commit": False,
+                **self.settings.kafka_config,
+            }
+        )
+        try:
+            reader.assign([TopicPartition(topic, partition, first)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                for message in reader.consume(100, timeout=1.0):
+                    if message.error() is None:
+                        return (message.offset() or 0) < end
+            return True
+        finally:
+            reader.close()
+
+    def _guard_faust_gaps(self) -> None:
+        """faust fills "gaps" it created itself and commits over them; input gaps are ours to confirm."""
+        consumer: Any = self.app.consumer  # a private hook of faust's Consumer
+        original = consumer._add_gap
+        inputs = {self.settings.topics.turns, self.settings.topics.transfers, self.settings.topics.alerts}
+
+        async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+            if tp.topic not in inputs:
+                await original(tp, offset_from, offset_to)
+
+        consumer._add_gap = add_gap
+        self._faust_add_gap = original
 
     def _meter(self, kind: str, table: StateTable, partition: int) -> PartitionMeter:
         meter = self._meters.get((kind, partition))
@@ -334,15 +442,24 @@ class MeteringApp:
             if clock > 0:
                 metrics.PARTITION_CLOCK_DELAY.labels(str(partition)).set(max(0.0, (now_ms - clock) / 1000))
         consumer = self.app.consumer
-        for (topic, partition), offset in list(self._last_offsets.items()):
+        for (topic, partition), expected in self._guard.positions().items():
             try:
                 highwater = consumer.highwater(TP(topic, partition))
-            except (KeyError, AttributeError):
+            except (KeyError, AssertionError, AttributeError):  # not assigned (any more)
                 continue
             if highwater is not None:
                 metrics.CONSUMER_LAG.labels(self.settings.app_id, topic, str(partition)).set(
-                    max(0, highwater - offset - 1)
+                    max(0, highwater - expected)
                 )
+
+
+def _die(kind: str) -> NoReturn:
+    log.exception(
+        "batch failed: the worker exits without committing it and restarts from its last commit",
+        extra=fields(kind=kind),
+    )
+    logging.shutdown()
+    os._exit(EXIT_BATCH_FAILED)
 
 
 def _message(event: EventT[bytes]) -> Message:

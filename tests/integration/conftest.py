@@ -6,6 +6,11 @@ Set METERING_TEST_KAFKA_BOOTSTRAP to use an existing cluster instead of starting
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +18,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumers.service import StoreEndpoints, serve_store
 from pipeline.local_kafka import LocalKafka
 from pipeline.settings import Settings, Topics
 
@@ -65,3 +71,70 @@ def settings(
     )
     create_topics(dict.fromkeys(topics.all, base.partitions))
     return base
+
+
+class Workers:
+    """Stream workers as real child processes (``python -m pipeline worker``), as in production."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, count: int = 1) -> list[subprocess.Popen[bytes]]:
+        started = []
+        for _ in range(count):
+            env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json"}
+            log = (self.log_dir / f"worker-{len(self.processes)}.log").open("ab")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            self.processes.append(process)
+            started.append(process)
+        return started
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+        """SIGTERM, as an operator or an orchestrator would; the worker must exit by itself."""
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=timeout)
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        process.kill()
+        process.wait()
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(settings, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[StoreEndpoints]:
+    """The store process's work (sink, usage API, ClickHouse) in a thread of the test process."""
+    stop = threading.Event()
+    ready: list[StoreEndpoints] = []
+    thread = threading.Thread(target=serve_store, args=(settings, stop, ready.append), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not ready and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.1)
+    assert ready, "the store did not start"
+    try:
+        yield ready[0]
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+

@@ -121,6 +121,7 @@ class Rejection(Struct, frozen=True):
 
 
 _DECODER: Final = msgspec.json.Decoder(Event)
+_MONEY_EVENTS: Final = frozenset({PlanChanged, FundsAdded})
 
 
 def to_ms(value: datetime) -> int:
@@ -155,9 +156,10 @@ def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
         return Rejection("out_of_range", "occurred_at is before 2000-01-01")
     if t > now_ms + MAX_FUTURE_MS:
         return Rejection("out_of_range", "occurred_at is more than 24 h in the future")
-    problem = _money_problem(event)
-    if problem:
-        return Rejection("schema", problem)
+    if type(event) in _MONEY_EVENTS:
+        problem = _money_problem(event)
+        if problem:
+            return Rejection("schema", problem)
     return t, event
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 import weakref
 from collections import defaultdict
@@ -255,9 +256,8 @@ class MeteringApp:
         return out
 
     async def _continuous(self, events: Sequence[EventT[bytes]]) -> list[EventT[bytes]]:
-        """The batch's events that continue each input partition exactly (see ``continuity``)."""
+        """The batch's events, once each input partition is known to continue exactly (``continuity``)."""
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
         out: list[EventT[bytes]] = []
         for event in events:
             m = event.message
@@ -267,31 +267,22 @@ class MeteringApp:
             if not self._guard.knows(m.topic, m.partition):
                 start = await loop.run_in_executor(None, self._committed, [m.topic], m.partition)
                 self._guard.start(m.topic, m.partition, start[m.topic])
-            decision = self._guard.admit(m.topic, m.partition, m.offset, now)
-            verdict = decision.verdict
-            if verdict is Verdict.ACCEPT:
+            decision = self._guard.admit(m.topic, m.partition, m.offset)
+            if decision.verdict is Verdict.ACCEPT:
                 out.append(event)
-            elif verdict is Verdict.SEEK:
-                log.warning(
-                    "input offsets missing: reading them again",
-                    extra=fields(topic=m.topic, partition=m.partition, expected=decision.expected, got=m.offset),
-                )
-                await self.app.consumer.seek(TP(m.topic, m.partition), decision.expected)
-            elif verdict is Verdict.CHECK:
+            elif decision.verdict is Verdict.JUMP:
                 exists = await loop.run_in_executor(
                     None, self._records_between, m.topic, m.partition, decision.expected, m.offset
                 )
                 if exists:
-                    self._guard.seek_again(m.topic, m.partition, now)
-                    await self.app.consumer.seek(TP(m.topic, m.partition), decision.expected)
-                else:
-                    log.warning(
-                        "no records in an offset range of the log (compaction or transaction markers): skipped",
-                        extra=fields(topic=m.topic, partition=m.partition, first=decision.expected, last=m.offset - 1),
-                    )
-                    self._guard.gap_is_empty(m.topic, m.partition, m.offset)
-                    await self._faust_add_gap(TP(m.topic, m.partition), decision.expected, m.offset - 1)
-                    out.append(event)
+                    _restart(m.topic, m.partition, decision.expected, m.offset)
+                log.warning(
+                    "no records in an offset range of the log (compaction or transaction markers): skipped",
+                    extra=fields(topic=m.topic, partition=m.partition, first=decision.expected, last=m.offset - 1),
+                )
+                self._guard.hole_is_empty(m.topic, m.partition, m.offset)
+                await self._faust_add_gap(TP(m.topic, m.partition), decision.expected, m.offset - 1)
+                out.append(event)
         return out
 
     def _records_between(self, topic: str, partition: int, first: int, end: int) -> bool:
@@ -451,6 +442,16 @@ class MeteringApp:
                 metrics.CONSUMER_LAG.labels(self.settings.app_id, topic, str(partition)).set(
                     max(0, highwater - expected)
                 )
+
+
+def _restart(topic: str, partition: int, expected: int, got: int) -> NoReturn:
+    """Input offsets were skipped by the consumer: start again from the last commit, in place."""
+    log.warning(
+        "input offsets missing (skipped by the consumer during a rebalance): restarting from the last commit",
+        extra=fields(topic=topic, partition=partition, expected=expected, got=got),
+    )
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "pipeline", *sys.argv[1:]])
 
 
 def _die(kind: str) -> NoReturn:

@@ -6,12 +6,13 @@ needs), so no module reads the environment behind the user's back.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import quote
 
 from pipeline.rules.attribution import UnknownZoneError, zone
 from pipeline.rules.config import DAY, MINUTE, SECOND, RulesConfig, RulesConfigError, check_idle_timeout
@@ -69,7 +70,7 @@ class Settings:
     replication_factor: int = 1
     rules: RulesConfig = field(default_factory=RulesConfig)
     idle_partition_seconds: float = 30.0
-    max_clock_skew_seconds: float = 300.0
+    max_clock_skew_seconds: float = 0.0
     state_store: str = "memory"
     app_id: str = "metering"
     workers: int = 1
@@ -91,7 +92,7 @@ class Settings:
     def with_clickhouse_default(self) -> Settings:
         if self.clickhouse_url:
             return self
-        return replace(self, clickhouse_url=f"chdb://{(self.data_dir / 'clickhouse').resolve()}")
+        return replace(self, clickhouse_url=f"chdb://{quote(str((self.data_dir / 'clickhouse').resolve()))}")
 
     def to_env(self) -> dict[str, str]:
         """The ``METERING_*`` variables that give these settings: how child processes inherit them."""
@@ -104,9 +105,9 @@ class Settings:
             "PARTITIONS": str(self.partitions),
             "REPLICATION_FACTOR": str(self.replication_factor),
             "IDLE_TIMEOUT_MINUTES": str(r.idle_timeout_ms // MINUTE),
-            "ALLOWED_LATENESS_SECONDS": str(r.allowed_lateness_ms / SECOND),
+            "ALLOWED_LATENESS_SECONDS": repr(r.allowed_lateness_ms / SECOND),
             "OPEN_TRANSFER_TIMEOUT_MINUTES": str(r.open_transfer_timeout_ms // MINUTE),
-            "DEDUPE_HORIZON_DAYS": str(r.dedupe_horizon_ms / DAY),
+            "DEDUPE_HORIZON_DAYS": repr(r.dedupe_horizon_ms / DAY),
             "IDLE_PARTITION_SECONDS": str(self.idle_partition_seconds),
             "MAX_CLOCK_SKEW_SECONDS": str(self.max_clock_skew_seconds),
             "STATE_STORE": self.state_store,
@@ -137,19 +138,20 @@ class Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         base = cls()
-        idle = reader.get("IDLE_TIMEOUT_MINUTES", _idle_minutes, 15)
-        lateness = reader.get("ALLOWED_LATENESS_SECONDS", _float, 60.0)
+        defaults = base.rules
         try:
             rules = RulesConfig(
-                idle_timeout_ms=idle * MINUTE,
+                idle_timeout_ms=reader.get("IDLE_TIMEOUT_MINUTES", _idle_minutes, 15) * MINUTE,
                 app_idle_timeout_ms=reader.get("APP_IDLE_TIMEOUTS", _app_minutes, {}),
-                allowed_lateness_ms=int(lateness * SECOND),
-                open_transfer_timeout_ms=reader.get("OPEN_TRANSFER_TIMEOUT_MINUTES", _int, 24 * 60) * MINUTE,
-                dedupe_horizon_ms=int(reader.get("DEDUPE_HORIZON_DAYS", _float, 7.0) * DAY),
+                allowed_lateness_ms=reader.get("ALLOWED_LATENESS_SECONDS", _ms(SECOND), defaults.allowed_lateness_ms),
+                open_transfer_timeout_ms=reader.get(
+                    "OPEN_TRANSFER_TIMEOUT_MINUTES", _at_least_minutes(5), defaults.open_transfer_timeout_ms
+                ),
+                dedupe_horizon_ms=reader.get("DEDUPE_HORIZON_DAYS", _ms(DAY), defaults.dedupe_horizon_ms),
             )
         except RulesConfigError as exc:
             reader.errors.append(f"billing rules: {exc}")
-            rules = base.rules
+            rules = defaults
         topics = Topics(**{
             name: reader.get(f"TOPIC_{name.upper()}", _topic, getattr(Topics(), name))
             for name in Topics.__dataclass_fields__
@@ -159,13 +161,15 @@ class Settings:
             kafka_bootstrap=reader.get("KAFKA_BOOTSTRAP", _bootstrap, base.kafka_bootstrap),
             kafka_config=reader.get("KAFKA_CONFIG", _pairs, {}),
             clickhouse_url=reader.get("CLICKHOUSE_URL", _clickhouse_url, ""),
-            clickhouse_database=reader.get("CLICKHOUSE_DATABASE", _identifier, base.clickhouse_database),
+            clickhouse_database=reader.get("CLICKHOUSE_DATABASE", _database, base.clickhouse_database),
             topics=topics,
             partitions=reader.get("PARTITIONS", _positive_int, base.partitions),
             replication_factor=reader.get("REPLICATION_FACTOR", _positive_int, base.replication_factor),
             rules=rules,
             idle_partition_seconds=reader.get("IDLE_PARTITION_SECONDS", _positive_float, base.idle_partition_seconds),
-            max_clock_skew_seconds=reader.get("MAX_CLOCK_SKEW_SECONDS", _positive_float, base.max_clock_skew_seconds),
+            max_clock_skew_seconds=reader.get(
+                "MAX_CLOCK_SKEW_SECONDS", _non_negative_float, base.max_clock_skew_seconds
+            ),
             state_store=reader.get("STATE_STORE", _choice("memory", "rocksdb"), base.state_store),
             app_id=reader.get("APP_ID", _identifier, base.app_id),
             workers=reader.get("WORKERS", _positive_int, base.workers),
@@ -217,9 +221,38 @@ def _positive_int(raw: str) -> int:
 
 def _float(raw: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = _float(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _ms(unit_ms: int) -> Callable[[str], int]:
+    """A non-negative duration in ``unit_ms`` units, to the millisecond."""
+
+    def parse(raw: str) -> int:
+        return round(_non_negative_float(raw) * unit_ms)
+
+    return parse
+
+
+def _at_least_minutes(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        minutes = _int(raw)
+        if minutes < minimum:
+            raise ValueError(f"must be at least {minimum} minutes")
+        return minutes * MINUTE
+
+    return parse
 
 
 def _positive_float(raw: str) -> float:
@@ -247,14 +280,25 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _identifier(raw: str) -> str:
-    if not raw.replace("_", "").replace("-", "").isalnum():
-        raise ValueError("use letters, digits, '-' and '_' only")
+    if not raw.isascii() or not raw.replace("_", "").replace("-", "").isalnum():
+        raise ValueError("use ASCII letters, digits, '-' and '_' only")
     return raw
 
 
+def _database(raw: str) -> str:
+    # the client's own rule; imported on use because the ClickHouse client is slow to import
+    from consumers.clickhouse.client import check_database_name  # noqa: PLC0415
+    from consumers.clickhouse.errors import ClickHouseConfigError  # noqa: PLC0415
+
+    try:
+        return check_database_name(raw)
+    except ClickHouseConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _topic(raw: str) -> str:
-    if len(raw) > 249 or not all(c.isalnum() or c in "._-" for c in raw):
-        raise ValueError("a Kafka topic name is up to 249 letters, digits, '.', '_' and '-'")
+    if raw in (".", "..") or len(raw) > 249 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in raw):
+        raise ValueError("a Kafka topic name is up to 249 ASCII letters, digits, '.', '_' and '-' (not . or ..)")
     return raw
 
 
@@ -289,16 +333,14 @@ def _app_minutes(raw: str) -> dict[str, int]:
 
 
 def _clickhouse_url(raw: str) -> str:
-    parsed = urlparse(raw)
-    if parsed.scheme == "chdb":
-        if not parsed.path or parsed.netloc:
-            raise ValueError("an embedded database is chdb:///absolute/path (three slashes)")
-        return raw
-    if parsed.scheme in ("http", "https"):
-        if not parsed.hostname:
-            raise ValueError("expected http(s)://user:password@host:port/database")
-        return raw
-    raise ValueError("expected chdb:///path (embedded) or http(s)://user:password@host:port/database")
+    from consumers.clickhouse.client import parse_url  # noqa: PLC0415 - see _database
+    from consumers.clickhouse.errors import ClickHouseConfigError  # noqa: PLC0415
+
+    try:
+        parse_url(raw)
+    except ClickHouseConfigError as exc:
+        raise ValueError(str(exc).removeprefix(f"{PREFIX}CLICKHOUSE_URL={raw!r}: ")) from None
+    return raw
 
 
 def _zone(raw: str) -> str:

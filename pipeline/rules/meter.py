@@ -297,13 +297,15 @@ class Meter:
     def take_changes(self) -> tuple[dict[str, ConversationState | int], set[str]]:
         """Keys changed since the last call (with their value) and keys removed, for persistence."""
         upserts: dict[str, ConversationState | int] = {}
-        for key in self.changed - self.removed:
+        removed: set[str] = set()
+        for key in self.changed | self.removed:
             value: ConversationState | int | None = (
                 self.conversations.get(key) if key[0] == "c" else self.alerts_seen.get(key)
             )
-            if value is not None:
+            if value is None:
+                removed.add(key)
+            else:
                 upserts[key] = value
-        removed = self.removed - upserts.keys()
         self.changed, self.removed = set(), set()
         return upserts, removed
 

@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 
 from pipeline.events import (
+    DEFAULT_TOPIC_OF_TYPE,
     AgentTransfer,
     AlertDelivered,
     BillingSessionRecord,
@@ -201,14 +202,14 @@ class PartitionMeter:
         """The event if it is on the topic and partition its type and key call for."""
         if isinstance(event, ConversationTurn | AgentTransfer):
             if m.topic not in self._conversation_topics:
-                return Rejection("wrong_topic", f"a {type(event).__name__} does not belong on topic {m.topic!r}")
+                return _wrong_topic(event, m.topic)
             key = event.conversation_id
         elif isinstance(event, AlertDelivered):
             if m.topic not in self._alert_topics:
-                return Rejection("wrong_topic", f"an alert_delivered event does not belong on topic {m.topic!r}")
+                return _wrong_topic(event, m.topic)
             key = event.app_id
         else:
-            return Rejection("wrong_topic", f"a {type(event).__name__} event does not belong on topic {m.topic!r}")
+            return _wrong_topic(event, m.topic)
         expected = partition_of(key.encode(), self.partitions)
         if expected != m.partition:
             return Rejection(
@@ -217,6 +218,15 @@ class PartitionMeter:
                 "the key events.md names and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
             )
         return event
+
+
+def _wrong_topic(event: Event, topic: str) -> Rejection:
+    kind = event.__struct_config__.tag
+    return Rejection(
+        "wrong_topic",
+        f"a {kind} event does not belong on topic {topic!r}: produce it to the topic of its type "
+        f"(by default {DEFAULT_TOPIC_OF_TYPE[str(kind)]!r}, see docs/events.md)",
+    )
 
 
 def _copy(stats: MeterStats) -> MeterStats:

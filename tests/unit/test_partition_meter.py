@@ -326,11 +326,6 @@ def test_b_a_bad_message_is_one_dead_letter_and_valid_events_around_it_are_unaff
     assert by_id(result.sessions + finish(meter)) == expected(good)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wrong_topic reasons (pipeline/stream/partition.py, PartitionMeter._place) say where the event does "
-    "not belong, mostly by Python class name, but neither the contract's type name nor the topic to produce it to",
-)
 @pytest.mark.parametrize(
     ("event", "topic"),
     [(PLAN, TURNS), (alert(1), TURNS), (Conversation(CONVERSATIONS[2]).user(1).events[0], ALERTS)],
@@ -469,11 +464,6 @@ def returning_after_its_end_without_a_dedupe_horizon() -> tuple[RulesConfig, lis
     return RulesConfig(dedupe_horizon_ms=0), [[*c.events, *other.events, *back.events]], NOW
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Meter.take_changes (pipeline/rules/meter.py:300-306) turns a key that was both removed (expired) and "
-    "changed (re-created) in one batch into a deletion: the returning conversation's open session is lost on restart",
-)
 @pytest.mark.parametrize("scenario", [returning_after_a_week, returning_after_its_end_without_a_dedupe_horizon])
 def test_c_a_conversation_forgotten_and_back_in_one_batch_survives_a_restart(scenario: Any) -> None:
     config, plan, now = scenario()

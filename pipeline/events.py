@@ -260,3 +260,33 @@ class BalanceAlert(Struct, frozen=True, kw_only=True):
     currency: Currency
     occurred_at: datetime
     schema_version: str = SCHEMA_VERSION
+
+
+class BalanceSnapshot(Struct, frozen=True, kw_only=True):
+    """A `balance-state` message (key ``app_id``, compacted): an app's balance after a change.
+
+    The read model of balances: the entitlement endpoint, `metering plans`, the ClickHouse
+    balance history and the ``metering_app_balance`` metric all read it. ``version`` counts
+    the changes applied to the app, so a newer snapshot always has a larger one.
+    """
+
+    account_id: str
+    app_id: str
+    plan: str | None
+    currency: Currency
+    funds: DecimalString
+    usage_cost: DecimalString
+    alert_cost: DecimalString
+    voice_cost: DecimalString
+    usage_sessions: int
+    alert_sessions: int
+    voice_sessions: int
+    unpriced_sessions: int
+    balance: DecimalString
+    threshold: DecimalString
+    status: Literal["active", "low", "depleted"]
+    entitled: bool
+    agents: int
+    version: int
+    updated_at: datetime
+    schema_version: str = SCHEMA_VERSION

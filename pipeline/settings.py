@@ -38,6 +38,7 @@ class Topics:
     late: str = "metering-late"
     balance_alerts: str = "balance-alerts"
     ticks: str = "metering-ticks"
+    balance_state: str = "balance-state"
 
     def of_type(self, event_type: str) -> str:
         return {
@@ -55,7 +56,15 @@ class Topics:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.inputs, self.billing_sessions, self.dlq, self.late, self.balance_alerts, self.ticks)
+        return (
+            *self.inputs,
+            self.billing_sessions,
+            self.dlq,
+            self.late,
+            self.balance_alerts,
+            self.ticks,
+            self.balance_state,
+        )
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def test_no_variables_give_the_documented_defaults() -> None:
         late="metering-late",
         balance_alerts="balance-alerts",
         ticks="metering-ticks",
+        balance_state="balance-state",
     )
     assert (s.partitions, s.replication_factor, s.workers) == (6, 1, 1)
     assert s.rules == RulesConfig(

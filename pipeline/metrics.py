@@ -41,6 +41,11 @@ TRANSFER_ANOMALIES: Final = Counter(
     "Agent transfers ignored or closed by the rules (R4): ended_without_start, started_while_open, left_open.",
     ["anomaly"],
 )
+OFFSETS_REFETCHED: Final = Counter(
+    "metering_input_records_refetched_total",
+    "Input records the consumer skipped during a rebalance, read from the log by the worker and metered in order.",
+    ["topic"],
+)
 OPEN_CONVERSATIONS: Final = Gauge(
     "metering_open_conversations", "Conversations with a session not yet final, per input partition.", ["partition"]
 )
@@ -76,6 +81,73 @@ FINAL_TO_QUERYABLE_SECONDS: Final = Histogram(
     "metering_session_visible_delay_seconds",
     "From a billing session's emission by a worker to its row being committed in ClickHouse.",
     buckets=_SECONDS,
+)
+
+# -- balances (R12) ------------------------------------------------------------------------
+
+APP_BALANCE: Final = Gauge(
+    "metering_app_balance",
+    "An app's prepaid balance in the currency of its latest plan (funds minus cost; may be negative).",
+    ["account_id", "app_id", "currency"],
+)
+APP_BALANCE_STATUS: Final = Gauge(
+    "metering_app_balance_status",
+    "1 for the app's current balance status (active, low, depleted), 0 for the others.",
+    ["account_id", "app_id", "status"],
+)
+APP_SESSIONS_UNPRICED: Final = Gauge(
+    "metering_app_sessions_unpriced",
+    "Billing sessions held without a price: they started before any plan of the app.",
+    ["account_id", "app_id"],
+)
+COST: Final = Counter(
+    "metering_cost_total", "Cost booked for final billing sessions, in the currency of the plan that priced them.",
+    ["kind", "currency"],
+)
+COST_REVERSED: Final = Counter(
+    "metering_cost_reversed_total",
+    "Cost taken back when a plan that arrived late re-priced sessions lower; net cost is "
+    "metering_cost_total minus this.",
+    ["kind", "currency"],
+)
+SESSIONS_CHARGED: Final = Counter(
+    "metering_sessions_charged_total", "Final billing sessions charged to a balance, once each.", ["kind"]
+)
+BALANCE_DUPLICATES: Final = Counter(
+    "metering_balance_duplicates_total",
+    "Inputs the balance ignored as already applied (session, funds, plan, seats).",
+    ["input"],
+)
+BALANCE_SESSIONS_LATE: Final = Counter(
+    "metering_balance_sessions_late_total",
+    "Billing sessions not charged because their day is settled (sent to the late topic for reconciliation).",
+)
+BALANCE_PLANS_BACKDATED: Final = Counter(
+    "metering_balance_plans_backdated_total",
+    "Plans dated at or before sessions already settled: those keep their price; reconciliation re-rates them.",
+)
+BALANCE_ALERTS: Final = Counter(
+    "metering_balance_alerts_total", "Balance alerts produced, one per crossing (R12).", ["state"]
+)
+BALANCE_BATCH_SECONDS: Final = Histogram(
+    "metering_balance_batch_duration_seconds",
+    "Time to process and commit one balance transaction.",
+    buckets=_SECONDS,
+)
+BALANCE_ABORTS: Final = Counter(
+    "metering_balance_transactions_aborted_total",
+    "Balance transactions aborted and processed again from the last commit.",
+)
+WEBHOOK_DELIVERIES: Final = Counter(
+    "metering_webhook_deliveries_total",
+    "Balance-alert webhook calls, by result (delivered, failed: retried with backoff).",
+    ["result"],
+)
+ALERTS_NOTIFIED: Final = Counter(
+    "metering_balance_alerts_notified_total", "Balance alerts logged (and delivered, when a webhook is set)."
+)
+ENTITLEMENT_APPS: Final = Gauge(
+    "metering_entitlement_apps", "Apps in the entitlement read model (from balance-state)."
 )
 
 # -- shared --------------------------------------------------------------------------------

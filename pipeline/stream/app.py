@@ -54,6 +54,19 @@ EXIT_BATCH_FAILED: Final = 70
 StateTable = TableT[bytes, bytes]
 
 
+class Refetched:
+    """An input record read from the log by the worker itself, where faust skipped it."""
+
+    __slots__ = ("message", "value")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.value = message.value
+
+
+Delivered = EventT[bytes] | Refetched
+
+
 TABLES: Final = ("conversations", "alerts")
 
 
@@ -174,19 +187,20 @@ class MeteringApp:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         skew_ms = int(self.settings.max_clock_skew_seconds * SECOND)
-        by_partition: dict[int, list[EventT[bytes]]] = defaultdict(list)
+        by_partition: dict[int, list[Delivered]] = defaultdict(list)
         for event in await self._continuous(events):
             by_partition[event.message.partition].append(event)
         results: list[tuple[EventT[bytes], PartitionMeter, BatchResult]] = []
         for partition, group in by_partition.items():
             meter = self._meter(kind, table, partition)
+            last = _last_from_faust(group)
             for change in self.plans.drain_for(meter):
-                results.append((group[-1], meter, change))
-            ticks = [e for e in group if e.message.topic == self.settings.topics.ticks]
+                results.append((last, meter, change))
+            ticks = [e for e in group if not isinstance(e, Refetched) and e.message.topic == self.settings.topics.ticks]
             messages = [_message(e) for e in group if e.message.topic != self.settings.topics.ticks]
             lagging = await self._lagging(kind, partition, before=group)
             if messages:
-                results.append((group[-1], meter, meter.process(messages, now_ms, skew_ms, lagging=lagging)))
+                results.append((last, meter, meter.process(messages, now_ms, skew_ms, lagging=lagging)))
             if ticks:
                 lagging = await self._lagging(kind, partition)
                 tick_ms = max(_tick_ms(e.value) for e in ticks)
@@ -197,7 +211,7 @@ class MeteringApp:
             self._persist(table, event, result)
         self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
 
-    async def _lagging(self, kind: str, partition: int, before: Sequence[EventT[bytes]] = ()) -> list[str]:
+    async def _lagging(self, kind: str, partition: int, before: Sequence[Delivered] = ()) -> list[str]:
         """Input topics of the partition with messages in the log not yet metered (``before`` the batch).
 
         The consumer's position is no measure: faust fetches ahead of what the agent has
@@ -255,10 +269,15 @@ class MeteringApp:
                 out[tp.topic] = low
         return out
 
-    async def _continuous(self, events: Sequence[EventT[bytes]]) -> list[EventT[bytes]]:
-        """The batch's events, once each input partition is known to continue exactly (``continuity``)."""
+    async def _continuous(self, events: Sequence[EventT[bytes]]) -> list[Delivered]:
+        """The batch's events with every input offset in order: holes are read from the log.
+
+        faust can skip offsets when it suspends flow for a rebalance (``continuity``). The
+        records it skipped are read here straight from the partition and metered before the
+        message that revealed the hole, so the partition is metered in log order, exactly once.
+        """
         loop = asyncio.get_running_loop()
-        out: list[EventT[bytes]] = []
+        out: list[Delivered] = []
         for event in events:
             m = event.message
             if m.topic == self.settings.topics.ticks:
@@ -271,38 +290,53 @@ class MeteringApp:
             if decision.verdict is Verdict.ACCEPT:
                 out.append(event)
             elif decision.verdict is Verdict.JUMP:
-                exists = await loop.run_in_executor(
-                    None, self._records_between, m.topic, m.partition, decision.expected, m.offset
+                skipped = await loop.run_in_executor(
+                    None, self._read_range, m.topic, m.partition, decision.expected, m.offset
                 )
-                if exists:
+                if skipped is None:
                     _restart(m.topic, m.partition, decision.expected, m.offset)
                 log.warning(
-                    "no records in an offset range of the log (compaction or transaction markers): skipped",
-                    extra=fields(topic=m.topic, partition=m.partition, first=decision.expected, last=m.offset - 1),
+                    "input offsets skipped by the consumer (rebalance): read from the log and metered in order",
+                    extra=fields(
+                        topic=m.topic,
+                        partition=m.partition,
+                        first=decision.expected,
+                        last=m.offset - 1,
+                        records=len(skipped),
+                    ),
                 )
+                metrics.OFFSETS_REFETCHED.labels(m.topic).inc(len(skipped))
+                out.extend(skipped)
                 self._guard.hole_is_empty(m.topic, m.partition, m.offset)
                 await self._faust_add_gap(TP(m.topic, m.partition), decision.expected, m.offset - 1)
                 out.append(event)
         return out
 
-    def _records_between(self, topic: str, partition: int, first: int, end: int) -> bool:
-        """True if the log holds a record with an offset in [first, end)."""
+    def _read_range(self, topic: str, partition: int, first: int, end: int) -> list[Delivered] | None:
+        """The records of the log with offsets in [first, end), or None if they cannot be read now."""
+        if first >= end:
+            return []
         reader = Consumer(
             {
                 "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"{self.settings.app_id}-gap-check",
+                "group.id": f"{self.settings.app_id}-gap-read",
                 "enable.auto.commit": False,
                 **self.settings.kafka_config,
             }
         )
+        records: list[Delivered] = []
         try:
             reader.assign([TopicPartition(topic, partition, first)])
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                for message in reader.consume(100, timeout=1.0):
-                    if message.error() is None:
-                        return (message.offset() or 0) < end
-            return True
+                for message in reader.consume(1000, timeout=1.0):
+                    if message.error() is not None:
+                        continue
+                    offset = message.offset() or 0
+                    if offset >= end:
+                        return records
+                    records.append(Refetched(Message(topic, partition, offset, message.value() or b"")))
+            return None
         finally:
             reader.close()
 
@@ -445,9 +479,9 @@ class MeteringApp:
 
 
 def _restart(topic: str, partition: int, expected: int, got: int) -> NoReturn:
-    """Input offsets were skipped by the consumer: start again from the last commit, in place."""
+    """Skipped input offsets could not be read from the log: start again from the last commit."""
     log.warning(
-        "input offsets missing (skipped by the consumer during a rebalance): restarting from the last commit",
+        "input offsets skipped by the consumer and not readable now: restarting from the last commit",
         extra=fields(topic=topic, partition=partition, expected=expected, got=got),
     )
     logging.shutdown()
@@ -463,7 +497,20 @@ def _die(kind: str) -> NoReturn:
     os._exit(EXIT_BATCH_FAILED)
 
 
-def _message(event: EventT[bytes]) -> Message:
+def _last_from_faust(group: Sequence[Delivered]) -> EventT[bytes]:
+    """The partition's last event delivered by faust: table writes need its context.
+
+    A refetched record is always followed by the faust event that revealed its hole.
+    """
+    for event in reversed(group):
+        if not isinstance(event, Refetched):
+            return event
+    raise AssertionError("a batch group holds at least one event delivered by faust")
+
+
+def _message(event: Delivered) -> Message:
+    if isinstance(event, Refetched):
+        return event.message
     m = event.message
     value = event.value if isinstance(event.value, bytes) else b""
     return Message(m.topic, m.partition, m.offset, value)

@@ -3,9 +3,9 @@
 faust can drop messages that arrive while it suspends flow for a rebalance; it then records
 the missing offsets as a "gap" and would commit past it, and its seek does not bring them back.
 So the workers track the next offset they expect per input partition. When a message jumps
-past it, the worker asks the log whether records exist in between: if none do (compacted
-offsets, transaction markers) the hole is accepted; if some do, the worker restarts from its
-last commit, which never passed the hole, and reads them again.
+past it, the worker reads the records in between from the log itself (none, for compacted
+offsets or transaction markers) and meters them before that message; only if the log cannot
+be read then does it restart from its last commit, which never passed the hole.
 """
 
 from __future__ import annotations

@@ -179,6 +179,8 @@ def _money_problem(event: Event) -> str:
         for field in ("price_per_usage_session", "price_per_alert_session", "price_per_voice_session"):
             if Decimal(getattr(event, field)) < 0:
                 return f"{field} must not be negative"
+        if Decimal(event.low_balance_threshold) < 0:
+            return "low_balance_threshold must not be negative: zero and below is already `depleted`"
     return ""
 
 

@@ -498,6 +498,10 @@ def test_negative_plan_price_is_rejected(field: str) -> None:
     rejected(payload(plan(**{field: "-0.01"})), "schema", f"{field} must not be negative")
 
 
+def test_negative_low_balance_threshold_is_rejected() -> None:
+    rejected(payload(plan(low_balance_threshold="-1.00")), "schema", "low_balance_threshold must not be negative")
+
+
 def test_zero_plan_prices_are_accepted() -> None:
     zero = "0.00"
     accepted(payload(plan(price_per_usage_session=zero, price_per_alert_session=zero, price_per_voice_session=zero)))

@@ -70,24 +70,31 @@ class IdleTimeouts:
     def __init__(self, config: RulesConfig) -> None:
         self._default = config.idle_timeout_ms
         self._static: dict[str, int] = dict(config.app_idle_timeout_ms)
-        self._changes: dict[str, tuple[list[int], list[int | None]]] = {}
+        self._changes: dict[str, tuple[list[int], list[int | None], list[str]]] = {}
 
-    def plan_changed(self, app_id: str, at_ms: int, timeout_ms: int | None) -> None:
-        """Record a plan's idle timeout (None: back to the configured one) from ``at_ms`` on."""
+    def plan_changed(self, app_id: str, at_ms: int, timeout_ms: int | None, event_id: str = "") -> None:
+        """Record a plan's idle timeout (None: back to the configured one) from ``at_ms`` on.
+
+        Of two plans stamped with the same millisecond the one with the greater ``event_id`` is
+        in force, whatever their arrival order (as for prices, pipeline/balance/plans.py).
+        """
         if timeout_ms is not None:
             check_idle_timeout(timeout_ms, f"plan of app {app_id!r}")
-        times, values = self._changes.setdefault(app_id, ([], []))
+        times, values, ids = self._changes.setdefault(app_id, ([], [], []))
         i = bisect_right(times, at_ms)
         if i and times[i - 1] == at_ms:
-            values[i - 1] = timeout_ms
+            if event_id >= ids[i - 1]:
+                values[i - 1] = timeout_ms
+                ids[i - 1] = event_id
         else:
             times.insert(i, at_ms)
             values.insert(i, timeout_ms)
+            ids.insert(i, event_id)
 
     def at(self, app_id: str, t: int) -> int:
         changes = self._changes.get(app_id)
         if changes is not None:
-            times, values = changes
+            times, values, _ = changes
             i = bisect_right(times, t)
             if i:
                 value = values[i - 1]

@@ -253,9 +253,9 @@ class Meter:
         p.clock = max(p.clock, now_ms)
         self._sweep()
 
-    def plan_changed(self, app_id: str, at_ms: int, idle_timeout_ms: int | None) -> None:
+    def plan_changed(self, app_id: str, at_ms: int, idle_timeout_ms: int | None, event_id: str = "") -> None:
         """An app's idle timeout changes from ``at_ms`` on; its open conversations are re-planned."""
-        self.timeouts.plan_changed(app_id, at_ms, idle_timeout_ms)
+        self.timeouts.plan_changed(app_id, at_ms, idle_timeout_ms, event_id)
         for key, conv in self.conversations.items():
             if conv.app_id == app_id and conv.events:
                 self._set_tail(conv, self._split(conv)[-1])

@@ -171,10 +171,10 @@ class PartitionMeter:
         self._collect(result, before)
         return result
 
-    def plan_changed(self, app_id: str, at_ms: int, idle_timeout_ms: int | None) -> BatchResult:
+    def plan_changed(self, app_id: str, at_ms: int, idle_timeout_ms: int | None, event_id: str = "") -> BatchResult:
         result = BatchResult()
         before = _copy(self.meter.stats)
-        self.meter.plan_changed(app_id, at_ms, idle_timeout_ms)
+        self.meter.plan_changed(app_id, at_ms, idle_timeout_ms, event_id)
         self._collect(result, before)
         return result
 
@@ -200,24 +200,47 @@ class PartitionMeter:
 
     def _place(self, m: Message, event: Event) -> Metered | Rejection:
         """The event if it is on the topic and partition its type and key call for."""
-        if isinstance(event, ConversationTurn | AgentTransfer):
-            if m.topic not in self._conversation_topics:
-                return _wrong_topic(event, m.topic)
-            key = event.conversation_id
-        elif isinstance(event, AlertDelivered):
-            if m.topic not in self._alert_topics:
-                return _wrong_topic(event, m.topic)
-            key = event.app_id
-        else:
-            return _wrong_topic(event, m.topic)
-        expected = partition_of(key.encode(), self.partitions)
-        if expected != m.partition:
-            return Rejection(
-                "misrouted",
-                f"misrouted: key {key!r} belongs on partition {expected}, not {m.partition}; produce with "
-                "the key events.md names and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
-            )
-        return event
+        return place(
+            event,
+            m.topic,
+            m.partition,
+            self.partitions,
+            conversation_topics=self._conversation_topics,
+            alert_topics=self._alert_topics,
+        )
+
+
+def place(
+    event: Event,
+    topic: str,
+    partition: int,
+    partitions: int,
+    *,
+    conversation_topics: frozenset[str],
+    alert_topics: frozenset[str],
+) -> Metered | Rejection:
+    """The event if it is on a topic and partition its type and key call for, else why not.
+
+    Shared with `metering reconcile`, which must leave out exactly what the workers dead-letter.
+    """
+    if isinstance(event, ConversationTurn | AgentTransfer):
+        if topic not in conversation_topics:
+            return _wrong_topic(event, topic)
+        key = event.conversation_id
+    elif isinstance(event, AlertDelivered):
+        if topic not in alert_topics:
+            return _wrong_topic(event, topic)
+        key = event.app_id
+    else:
+        return _wrong_topic(event, topic)
+    expected = partition_of(key.encode(), partitions)
+    if expected != partition:
+        return Rejection(
+            "misrouted",
+            f"misrouted: key {key!r} belongs on partition {expected}, not {partition}; produce with "
+            "the key events.md names and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
+        )
+    return event
 
 
 def _wrong_topic(event: Event, topic: str) -> Rejection:

@@ -26,6 +26,7 @@ class TimeoutChange:
     app_id: str
     at_ms: int
     idle_timeout_ms: int | None
+    event_id: str
 
 
 class PlanFeed:
@@ -56,7 +57,7 @@ class PlanFeed:
         with self._lock:
             new = self._changes[meter.plans_applied :]
             meter.plans_applied = len(self._changes)
-        return [meter.plan_changed(c.app_id, c.at_ms, c.idle_timeout_ms) for c in new]
+        return [meter.plan_changed(c.app_id, c.at_ms, c.idle_timeout_ms, c.event_id) for c in new]
 
     def _run(self) -> None:
         topic = self._settings.topics.plans
@@ -91,4 +92,4 @@ class PlanFeed:
         t, event = decoded
         if isinstance(event, PlanChanged):
             minutes = event.idle_timeout_minutes
-            self.add(TimeoutChange(event.app_id, t, None if minutes is None else minutes * MINUTE))
+            self.add(TimeoutChange(event.app_id, t, None if minutes is None else minutes * MINUTE, event.event_id))

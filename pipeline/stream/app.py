@@ -49,6 +49,8 @@ from pipeline.stream.plans import PlanFeed
 log = logging.getLogger(__name__)
 
 TICK_KEY: Final = b"tick"
+#: Input waiting and no batch for this long, outside rebalances: faust has stalled, restart.
+STALL_SECONDS: Final = 30.0
 EXIT_BATCH_FAILED: Final = 70
 
 StateTable = TableT[bytes, bytes]
@@ -116,6 +118,7 @@ class MeteringApp:
         self._guard = OffsetGuard()
         self._guard_faust_gaps()
         self._offsets_reader: Consumer | None = None
+        self._progress_at = dict.fromkeys(TABLES, time.monotonic())
         self.app.agent(self.conversation_topic, name="conversations")(self._conversation_agent)
         self.app.agent(self.alert_topic, name="alerts")(self._alert_agent)
         self.app.timer(interval=self.tick_interval, name="ticks")(self._tick)
@@ -210,6 +213,7 @@ class MeteringApp:
         for event, _, result in results:
             self._persist(table, event, result)
         self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
+        self._progress_at[kind] = time.monotonic()
 
     async def _lagging(self, kind: str, partition: int, before: Sequence[Delivered] = ()) -> list[str]:
         """Input topics of the partition with messages in the log not yet metered (``before`` the batch).
@@ -456,6 +460,48 @@ class MeteringApp:
             producer.produce(self.settings.topics.ticks, value, TICK_KEY, partition=partition)
         producer.poll(0)
         self._observe_meters(now_ms)
+        await self._check_progress()
+
+    async def _check_progress(self) -> None:
+        """Restart in place if an agent has input waiting but processed nothing for a while.
+
+        faust's consumer can stop delivering after a rebalance that skipped offsets, with the
+        event loop idle; a restart from the last commit (nothing lost) is the known cure.
+        """
+        now = time.monotonic()
+        for kind in TABLES:
+            if self.app.rebalancing or self.app.in_recovery:
+                self._progress_at[kind] = now
+                continue
+            stalled_for = now - self._progress_at[kind]
+            if stalled_for < STALL_SECONDS:
+                continue
+            inputs = self._input_topics(kind)
+            partitions = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in inputs}
+            for partition in sorted(partitions):
+                waiting = await self._known_lag(kind, partition)
+                if waiting:
+                    _restart_stalled(kind, partition, waiting, stalled_for)
+            self._progress_at[kind] = now
+
+    async def _known_lag(self, kind: str, partition: int) -> int:
+        """Messages of the partition's inputs known to be in the log and not metered yet."""
+        topics = self._input_topics(kind)
+        unknown = [t for t in topics if self._guard.expected(t, partition) is None]
+        loop = asyncio.get_running_loop()
+        committed = await loop.run_in_executor(None, self._committed, unknown, partition) if unknown else {}
+        waiting = 0
+        for topic in topics:
+            try:
+                highwater = self.app.consumer.highwater(TP(topic, partition))
+            except (KeyError, AssertionError, AttributeError):
+                continue
+            done = self._guard.expected(topic, partition)
+            if done is None:
+                done = committed.get(topic, 0)
+            if highwater is not None and highwater > done:
+                waiting += highwater - done
+        return waiting
 
     def _observe_meters(self, now_ms: int) -> None:
         for (kind, partition), meter in list(self._meters.items()):
@@ -484,8 +530,20 @@ def _restart(topic: str, partition: int, expected: int, got: int) -> NoReturn:
         "input offsets skipped by the consumer and not readable now: restarting from the last commit",
         extra=fields(topic=topic, partition=partition, expected=expected, got=got),
     )
+    _exec_again()
+
+
+def _exec_again() -> NoReturn:
     logging.shutdown()
     os.execv(sys.executable, [sys.executable, "-m", "pipeline", *sys.argv[1:]])
+
+
+def _restart_stalled(kind: str, partition: int, waiting: int, seconds: float) -> NoReturn:
+    log.warning(
+        "no batch processed while input is waiting: restarting from the last commit",
+        extra=fields(kind=kind, partition=partition, waiting=waiting, seconds=round(seconds, 1)),
+    )
+    _exec_again()
 
 
 def _die(kind: str) -> NoReturn:

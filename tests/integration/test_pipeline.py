@@ -45,7 +45,7 @@ def metered(settings: Settings, tz: str) -> str:
     return usage_text(settings, start=None, end=None, apps=(), account=None, by="day", tz=tz, fmt="csv")
 
 
-def wait_for_usage(settings: Settings, expected: str, tz: str, workers: Workers, timeout: float = 120) -> None:
+def wait_for_usage(settings: Settings, expected: str, tz: str, workers: Workers, timeout: float = 180) -> None:
     last = [""]
 
     def same() -> bool:

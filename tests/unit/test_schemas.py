@@ -108,7 +108,7 @@ CONTRACT: dict[str, dict[str, Field]] = {
         "price_per_alert_session": Field("price"),
         "price_per_voice_session": Field("price"),
         "currency": Field("currency", required=False),
-        "low_balance_threshold": Field("decimal", required=False),
+        "low_balance_threshold": Field("price", required=False),
         "idle_timeout_minutes": Field("int", required=False, nullable=True, low=5, high=20160),
     },
     "funds_added": ENVELOPE | {"amount": Field("amount"), "currency": Field("currency", required=False)},

@@ -16,6 +16,8 @@ from msgspec import Meta, Struct
 
 SCHEMA_VERSION: Final = "v1"
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
+#: Original bytes a dead letter carries: its base64 must stay far below a broker's 1 MB message limit.
+DEAD_LETTER_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_FUTURE_MS: Final = 24 * 3600 * 1000
 EARLIEST_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 MIN_IDLE_TIMEOUT_MINUTES: Final = 5
@@ -131,9 +133,7 @@ def to_ms(value: datetime) -> int:
 
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with milliseconds, the form every output record uses."""
-    return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
@@ -192,7 +192,6 @@ def parse_decimal(value: str) -> Decimal:
         raise ValueError(f"not a decimal string: {value!r}") from exc
 
 
-
 # -- output records ------------------------------------------------------------------------
 
 
@@ -232,6 +231,9 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
     source_partition: int
     source_offset: int
     received_at: datetime
+    payload_bytes: int = 0
+    payload_sha256: str = ""
+    payload_truncated: bool = False
     schema_version: str = SCHEMA_VERSION
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime
 
 import msgspec
 
 from pipeline.events import (
+    DEAD_LETTER_PAYLOAD_BYTES,
     BillingSessionRecord,
     DeadLetter,
     LateRecord,
@@ -48,14 +50,19 @@ def _maybe_datetime(ms: int | None) -> datetime | None:
 def dead_letter(
     payload: bytes, rejection: Rejection, *, topic: str, partition: int, offset: int, received_at: datetime
 ) -> DeadLetter:
+    """Keeps the first 256 KiB of a bigger payload (with its size and digest): a whole one could not be produced."""
+    kept = payload[:DEAD_LETTER_PAYLOAD_BYTES]
     return DeadLetter(
         reason=rejection.reason,
         code=rejection.code,
-        payload_base64=base64.b64encode(payload).decode("ascii"),
+        payload_base64=base64.b64encode(kept).decode("ascii"),
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
         received_at=received_at,
+        payload_bytes=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_truncated=len(kept) < len(payload),
     )
 
 

@@ -7,6 +7,8 @@ disagree with events.md the test says what is right and is marked ``xfail(strict
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import random
 import subprocess
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 import schemas
 from pipeline.events import (
+    DEAD_LETTER_PAYLOAD_BYTES,
     MAX_PAYLOAD_BYTES,
     ConversationTurn,
     Event,
@@ -31,9 +34,11 @@ from pipeline.events import (
     format_ms,
     to_ms,
 )
+from pipeline.records import dead_letter, encode
 
 NOW = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 HOUR = 3_600_000
+RECEIVED = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 EVENT_SCHEMA = schemas.validator("event")
 
 
@@ -589,3 +594,25 @@ def test_a_rejection_does_not_affect_the_next_event() -> None:
     for data in [b"\xff", b"[]", nested_extra(30_000), payload(turn(type="x"))]:
         assert isinstance(decode_event(data, NOW), Rejection)
         assert accepted(payload(turn()))[0] == NOW
+
+
+# -- dead letters -----------------------------------------------------------------------------------
+
+
+def test_dead_letter_keeps_a_small_payload_whole_with_its_size_and_digest() -> None:
+    data = b"\xff\x00 not json"
+    letter = dead_letter(data, Rejection("not_json", "x"), topic="t", partition=1, offset=7, received_at=RECEIVED)
+    assert base64.b64decode(letter.payload_base64) == data
+    assert (letter.payload_bytes, letter.payload_truncated) == (len(data), False)
+    assert letter.payload_sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_dead_letter_of_a_1_mib_payload_keeps_its_first_256_kib_and_fits_a_1_mb_message() -> None:
+    """A whole 1 MiB payload would be 1.4 MB of base64, over the broker's default message limit."""
+    data = random.Random(5).randbytes(1024 * 1024)
+    letter = dead_letter(data, Rejection("too_large", "x"), topic="t", partition=0, offset=0, received_at=RECEIVED)
+    assert base64.b64decode(letter.payload_base64) == data[:DEAD_LETTER_PAYLOAD_BYTES]
+    assert (letter.payload_bytes, letter.payload_truncated) == (1024 * 1024, True)
+    assert letter.payload_sha256 == hashlib.sha256(data).hexdigest()
+    assert len(encode(letter)) < 1_000_000
+    assert schemas.validator("dead_letter").is_valid(json.loads(encode(letter)))

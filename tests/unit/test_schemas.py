@@ -8,6 +8,7 @@ directly, so a change on one side only fails here.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -480,6 +481,8 @@ OUTPUT_SAMPLES: list[tuple[str, object]] = [
             source_partition=3,
             source_offset=1_234_567,
             received_at=T,
+            payload_bytes=10,
+            payload_sha256=hashlib.sha256(b"\xff\x00 not json").hexdigest(),
         ),
     ),
     (

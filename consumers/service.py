@@ -4,6 +4,10 @@ One process owns the ClickHouse client because an embedded chDB database can be 
 process only (``metering sink`` and ``metering run`` use this). It announces itself in
 ``<data_dir>/run/store.json`` while it serves, so ``metering usage`` and ``metering migrate``
 in other processes ask it instead of failing on the database lock.
+
+Beside it, ``<data_dir>/run/store.token`` (mode 0600, a fresh random token per start) is the
+key to the API's reconcile endpoints: `metering reconcile` run by the same OS user reads it,
+and nobody who merely reaches the port can change billing data.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 import urllib.error
@@ -22,7 +27,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from consumers.clickhouse import SessionStore, connect, migrate
-from consumers.clickhouse.client import redact
+from consumers.clickhouse.client import Client, redact
+from consumers.clickhouse.plans import PlanStore
+from consumers.plan_sinks import plan_sinks
 from consumers.sink import ClickHouseSink
 from consumers.usage_api import UsageApi
 from pipeline import metrics
@@ -30,7 +37,16 @@ from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
 
-__all__ = ["LOCAL_OPENER", "StoreEndpoints", "discovery_file", "find_running_store", "read_discovery", "serve_store"]
+__all__ = [
+    "LOCAL_OPENER",
+    "StoreEndpoints",
+    "discovery_file",
+    "find_running_store",
+    "read_discovery",
+    "read_token",
+    "serve_store",
+    "token_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +71,19 @@ def discovery_file(settings: Settings) -> Path:
     return settings.data_dir / "run" / "store.json"
 
 
+def token_file(settings: Settings) -> Path:
+    return settings.data_dir / "run" / "store.token"
+
+
+def read_token(settings: Settings) -> str | None:
+    """The running store's reconcile token, if this user can read it."""
+    try:
+        token = token_file(settings).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
 def serve_store(
     settings: Settings,
     stop: threading.Event,
@@ -72,13 +101,14 @@ def serve_store(
     database = settings.clickhouse_database
     client = connect(settings.clickhouse_url, database)
     api: UsageApi | None = None
+    token = secrets.token_urlsafe(32)
     try:
         applied = migrate(client, database)
         log.info(
             "ClickHouse ready",
             extra=fields(url=redact(settings.clickhouse_url), database=database, applied_now=[m.file for m in applied]),
         )
-        api = UsageApi(client, database, settings.api_host, settings.api_port)
+        api = UsageApi(client, database, settings.api_host, settings.api_port, reconcile_token=token)
         host, port = api.start()
         port_wanted = settings.metrics_port if metrics_port is None else metrics_port
         bound_metrics = _serve_metrics(port_wanted, settings.api_host)
@@ -89,6 +119,7 @@ def serve_store(
             clickhouse_url=redact(settings.clickhouse_url),
             database=database,
         )
+        _write_token(settings, token)
         _write_discovery(settings, endpoints)
         try:
             log.info("store serving", extra=fields(**asdict(endpoints)))
@@ -97,13 +128,49 @@ def serve_store(
             if not _wait_for_broker(settings, stop):
                 return
             ensure_topics(settings, [settings.topics.billing_sessions])
-            ClickHouseSink(settings, SessionStore(client, database)).run(stop)
+            _run_sinks(settings, client, database, stop)
         finally:
             _remove_discovery(settings)
+            _remove_token(settings, token)
     finally:
         if api is not None:
             api.stop()
         client.close()
+
+
+def _run_sinks(settings: Settings, client: Client, database: str, stop: threading.Event) -> None:
+    """The billing-sessions sink and the plan sinks (migration 005), each in its thread, until ``stop``.
+
+    A sink that fails stops them all and its error ends the store, as the sessions sink's always
+    did: a table that silently stopped filling would be worse than a restart.
+    """
+    ensure_topics(settings, [settings.topics.plans, settings.topics.transfers])
+    ensure_topics(settings, [settings.topics.balance_state], config={"cleanup.policy": "compact"})
+    sinks = [ClickHouseSink(settings, SessionStore(client, database))]
+    sinks += plan_sinks(settings, PlanStore(client, database))
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def run(sink: ClickHouseSink) -> None:
+        try:
+            sink.run(done)
+        except BaseException as exc:
+            log.exception("sink failed: the store stops", extra=fields(topic=sink.topic, group=sink.group))
+            failures.append(exc)
+            done.set()
+
+    threads = [threading.Thread(target=run, args=(s,), name=f"sink-{s.group}", daemon=True) for s in sinks]
+    for thread in threads:
+        thread.start()
+    try:
+        while not stop.wait(0.2) and not done.is_set():
+            pass
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
 
 
 def _serve_metrics(port: int, host: str) -> int:
@@ -142,6 +209,26 @@ def _write_discovery(settings: Settings, endpoints: StoreEndpoints) -> None:
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(asdict(endpoints), indent=1) + "\n", encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _write_token(settings: Settings, token: str) -> None:
+    """Write the token readable by this OS user only (created 0600, then moved into place)."""
+    path = token_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+    os.replace(temporary, path)
+
+
+def _remove_token(settings: Settings, token: str) -> None:
+    """Remove the token file if it is still ours."""
+    if read_token(settings) == token:
+        with contextlib.suppress(FileNotFoundError):
+            token_file(settings).unlink()
 
 
 def _remove_discovery(settings: Settings) -> None:

@@ -55,6 +55,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import SessionWriter
+from pipeline import failpoints
 from pipeline.events import BillingSessionRecord
 from pipeline.kafka import consumer_config
 from pipeline.logs import fields
@@ -181,15 +182,17 @@ class _Block:
     duplicates: int = 0
     inserted: bool = False
 
-    def add(self, offset: int, record: BillingSessionRecord | None, emitted_at: float | None) -> None:
+    def add(self, offset: int, record: BillingSessionRecord | None, emitted_at: float | None, key: str = "") -> None:
+        """``key`` names the record among copies (default: its billing session id)."""
         self.last = offset
         self.messages += 1
         if record is None:
             return
-        if record.billing_session_id in self.ids:
+        key = key or record.billing_session_id
+        if key in self.ids:
             self.duplicates += 1
             return
-        self.ids.add(record.billing_session_id)
+        self.ids.add(key)
         self.records.append(record)
         if emitted_at is not None:
             self.emitted_at.append(emitted_at)
@@ -357,24 +360,42 @@ class ClickHouseSink:
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None:
             return 0
-        decoded = decode_record(message.value())
-        record = decoded if isinstance(decoded, BillingSessionRecord) else None
-        if record is None:
+        decoded = self._decode(message.value())
+        record = None if decoded is None or isinstance(decoded, str) else decoded
+        if isinstance(decoded, str):
             log.warning(
-                "skipped an invalid billing-sessions message: it is the stream workers' own output and cannot be "
-                "re-emitted, so it is counted (metering_sink_invalid_records_total) and its offset committed; "
-                "if this repeats, check the workers' version against the sink's",
+                self.invalid_message,
                 extra=fields(where=f"{self.topic}[{partition}]@{offset}", reason=str(decoded)[:500]),
             )
         ts_type, ts_ms = message.timestamp()
         emitted_at = ts_ms / 1000 if ts_type != _TIMESTAMP_NOT_AVAILABLE and ts_ms > 0 else None
+        if not self.timestamps_are_final:
+            emitted_at = None
         if not self._buffer:
             self._buffer_since = time.monotonic()
         block = self._buffer.get(partition)
         if block is None:
             block = self._buffer[partition] = _Block(partition, first=offset, last=offset)
-        block.add(offset, record, emitted_at)
-        return 0 if record is not None else 1
+        block.add(offset, record, emitted_at, "" if record is None else self._record_key(record))
+        return 1 if isinstance(decoded, str) else 0
+
+    # -- what a message holds (overridden by sinks of other topics: consumers/plan_sinks.py) -----
+
+    #: Whether a message's Kafka timestamp is when its record became final (final-to-queryable metric).
+    timestamps_are_final: bool = True
+    invalid_message: str = (
+        "skipped an invalid billing-sessions message: it is the stream workers' own output and cannot be "
+        "re-emitted, so it is counted (metering_sink_invalid_records_total) and its offset committed; "
+        "if this repeats, check the workers' version against the sink's"
+    )
+
+    def _decode(self, value: bytes | None) -> BillingSessionRecord | str | None:
+        """The record, why the message is invalid (str), or None for a valid message with nothing to store."""
+        return decode_record(value)
+
+    def _record_key(self, record: BillingSessionRecord) -> str:
+        """What makes two records of a block copies of each other."""
+        return record.billing_session_id
 
     def _message_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -409,6 +430,7 @@ class ClickHouseSink:
         batch.attempts += 1
         try:
             rows = self._write(batch)
+            failpoints.hit("sink.after_insert")  # tests: a crash between the insert and the commit
             committed_at = self._commit(consumer, batch)
         except ClickHouseWriteError as exc:
             self._failed(consumer, batch, exc, code=exc.code, transient=exc.transient, step="insert", retrying=retrying)
@@ -431,6 +453,7 @@ class ClickHouseSink:
             if block.records:
                 started = time.perf_counter()
                 try:
+                    failpoints.hit("sink.insert", lambda why: ClickHouseWriteError(why, code=None, transient=True))
                     self._writer.insert(block.records, block.token(self.topic))
                 except ClickHouseWriteError as exc:
                     raise ClickHouseWriteError(
@@ -456,9 +479,7 @@ class ClickHouseSink:
         result = consumer.commit(offsets=offsets, asynchronous=False)
         refused = [tp for tp in result or [] if tp.error is not None]
         if refused:
-            raise KafkaException(
-                "; ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}: {tp.error}" for tp in refused)
-            )
+            raise KafkaException("; ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}: {tp.error}" for tp in refused))
         committed_at = time.time()
         self._committed = {**self._committed, **{tp.partition: tp.offset for tp in offsets}}  # readers get a snapshot
         return committed_at
@@ -640,6 +661,12 @@ class ClickHouseSink:
             if not self._pending.blocks:
                 self._pending = None
         self._assigned -= gone
+        if self._paused:
+            # librdkafka keeps a partition's pause across a reassignment: given up paused, it would
+            # come back paused, with no failed batch left whose success resumes it, and never be read
+            consumer.resume(self._topic_partitions(sorted(gone)))
+            if self._pending is None:
+                self._sync_pause(consumer)
         if write and healthy and buffered and self._write_once(consumer, _Batch(blocks=buffered)):
             buffered = {}
         dropped = {p: b.first for p, b in sorted({**buffered, **pending}.items())}

@@ -6,8 +6,18 @@ metrics) answers `metering usage` for the others. Standard library only: a
 
 - ``GET /usage?from=&to=&app=&account=&by=&timezone=&format=``: the text `metering usage`
   prints, byte for byte (both render with :func:`usage_report`).
+- ``GET /plans?account=&month=&timezone=&format=``: the text `metering plans` prints.
 - ``GET /healthz``: 200 while the server serves. ``GET /readyz``: 200 when ClickHouse answers
   a trivial query, 503 with the reason otherwise.
+- ``POST /reconcile/sessions`` ``{"from", "to", "timezone"}``: what ClickHouse bills for those
+  local days (``consumers.clickhouse.reconcile.Snapshot``), for `metering reconcile`.
+- ``POST /reconcile/repair``: one ``RepairBatch`` (audit row, inserts, voids) of a repair.
+
+The reconcile endpoints change billing data, and the API may listen beyond loopback (it also
+serves /metrics to Prometheus), so they require ``Authorization: Bearer <token>``, the token
+the store process writes to ``<data_dir>/run/store.token`` readable by its own OS user only:
+whoever may open the embedded database directly may reconcile through the service, nobody
+else. Without a token configured they answer 403.
 
 Bad parameters get a 400 with a JSON body naming the parameter and the fix. The client is
 shared with the sink thread; that is safe without a lock of ours: clickhouse-connect's chDB
@@ -17,11 +27,12 @@ backend serializes calls on its handle with its own lock, and its HTTP client
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from http import HTTPStatus
@@ -29,11 +40,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import Error as DriverError
 
 from consumers.clickhouse.errors import ClickHouseError
+from consumers.clickhouse.plans import usage_with_agents
+from consumers.clickhouse.reconcile import PeriodRequest, RepairBatch, apply_batch, snapshot
 from consumers.clickhouse.usage import PERIODS, Period, usage
+from pipeline.agent_book import AGENT_COLUMNS
 from pipeline.logs import fields
 from pipeline.report import FORMATS, Format, render
 from pipeline.rules.attribution import USAGE_COLUMNS, UnknownZoneError, zone
@@ -45,6 +60,8 @@ log = logging.getLogger(__name__)
 _DAY: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SINGLE: Final = ("from", "to", "account", "by", "timezone", "format")
 _PARAMETERS: Final = (*_SINGLE[:2], "app", *_SINGLE[2:])
+#: Largest accepted reconcile request body: a full RepairBatch is well under it.
+MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 _CONTENT_TYPES: Final = {
     "csv": "text/csv; charset=utf-8",
     "json": "application/json",
@@ -109,7 +126,8 @@ def usage_query(
         ) from exc
     if start is not None and end is not None and start > end:
         raise UsageParameterError(
-            "from", f"the first day {start.isoformat()} is after the last day (to) {end.isoformat()}",
+            "from",
+            f"the first day {start.isoformat()} is after the last day (to) {end.isoformat()}",
             "swap them, or give a range whose first day comes first",
         )
     for app in apps:
@@ -160,31 +178,39 @@ def _day(name: str, value: str | None) -> date | None:
 
 
 def usage_columns(by: Period) -> tuple[str, ...]:
-    """``metering compute``'s columns; the period column is named after ``by`` (``day`` for days)."""
-    return tuple(by if c == "day" else c for c in USAGE_COLUMNS)
+    """``metering compute``'s columns (R11's two last); the period column is named after ``by``."""
+    return tuple(by if c == "day" else c for c in (*USAGE_COLUMNS, *AGENT_COLUMNS))
 
 
 def usage_report(client: Client, database: str, query: UsageQuery) -> str:
     """The text `metering usage` prints for ``query``, read from ``database``."""
-    rows = usage(
-        client,
-        database,
-        start=query.start,
-        end=query.end,
-        apps=list(query.apps),
-        account=query.account,
-        period=query.by,
-        tz=query.tz,
-    )
+    selection: dict[str, Any] = {
+        "start": query.start,
+        "end": query.end,
+        "apps": list(query.apps),
+        "account": query.account,
+        "period": query.by,
+        "tz": query.tz,
+    }
+    rows = usage_with_agents(client, database, usage(client, database, **selection), **selection)
     return render(usage_columns(query.by), rows, query.fmt, title=f"Usage by {query.by} ({query.tz})")
 
 
 class UsageApi:
     """The HTTP server; no socket until :meth:`start`. Port 0 binds a free port."""
 
-    def __init__(self, client: Client, database: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reconcile_token: str | None = None,
+    ) -> None:
         self.client = client
         self.database = database
+        self.reconcile_token = reconcile_token
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -231,6 +257,31 @@ class UsageApi:
         return None
 
 
+_RECONCILE: Final = frozenset({"/reconcile/sessions", "/reconcile/repair"})
+
+#: A GET endpoint's text and format from its query string (raises UsageParameterError).
+_BodyOf = Callable[[UsageApi, str], tuple[str, Format]]
+
+
+def _usage_body(api: UsageApi, query_string: str) -> tuple[str, Format]:
+    query = parse_parameters(query_string)
+    return usage_report(api.client, api.database, query), query.fmt
+
+
+def _plans_body(api: UsageApi, query_string: str) -> tuple[str, Format]:
+    """``GET /plans``: what `metering plans` prints (consumers.plans_report)."""
+    # plans_report imports this module (UsageParameterError): imported here, not at the top.
+    from consumers.plans_report import parse_plans_parameters, plans_report  # noqa: PLC0415
+
+    query = parse_plans_parameters(query_string)
+    return plans_report(api.client, api.database, query), query.fmt
+
+
+def _check_period(period: PeriodRequest) -> None:
+    """The days are in order and the zone is one we know; UsageParameterError names what is not."""
+    usage_query(start=period.start, end=period.end, tz=period.timezone)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -256,19 +307,84 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "reason": reason})
         elif url.path == "/usage":
             self._usage(url.query)
+        elif url.path == "/plans":
+            self._usage(url.query, _plans_body)
+        elif url.path in _RECONCILE:
+            self._not_allowed()
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {url.path!r}: use /usage, /healthz or /readyz"})
+            endpoints = "/usage, /plans, /healthz or /readyz"
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {url.path!r}: use {endpoints}"})
 
     def _not_allowed(self) -> None:
-        self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET is supported"}, allow="GET")
+        if urlsplit(self.path).path in _RECONCILE:
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only POST is supported here"}, allow="POST")
+        else:
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "only GET is supported"}, allow="GET")
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = _not_allowed
 
-    def _usage(self, query_string: str) -> None:
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        if path not in _RECONCILE:
+            self._not_allowed()
+            return
+        problem = self._unauthorized()
+        if problem is not None:
+            status, message = problem
+            self._json(status, {"error": message})
+            return
+        body = self._body()
+        if body is None:
+            return
         api = self.server.api
         try:
-            query = parse_parameters(query_string)
-            body = usage_report(api.client, api.database, query)
+            if path == "/reconcile/sessions":
+                period = msgspec.json.decode(body, type=PeriodRequest)
+                _check_period(period)
+                answer: msgspec.Struct = snapshot(
+                    api.client, api.database, start=period.start, end=period.end, tz=period.timezone
+                )
+            else:
+                answer = apply_batch(api.client, api.database, msgspec.json.decode(body, type=RepairBatch))
+        except (msgspec.ValidationError, msgspec.DecodeError, UsageParameterError, UnknownZoneError, ValueError) as e:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"{path}: {e}"})
+            return
+        except ClickHouseError as exc:
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        self._send(HTTPStatus.OK, msgspec.json.encode(answer), "application/json")
+
+    def _unauthorized(self) -> tuple[HTTPStatus, str] | None:
+        token = self.server.api.reconcile_token
+        if not token:
+            return HTTPStatus.FORBIDDEN, "reconcile is not enabled on this server (it was started without a token)"
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return (
+                HTTPStatus.UNAUTHORIZED,
+                "send Authorization: Bearer <token>, the token in <data_dir>/run/store.token of this service",
+            )
+        return None
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering why it cannot be read."""
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send a JSON body with a Content-Length"})
+            return None
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._json(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                {"error": f"body of {length} bytes is over {MAX_BODY_BYTES}: send smaller batches"},
+            )
+            return None
+        return self.rfile.read(int(length))
+
+    def _usage(self, query_string: str, body_of: _BodyOf | None = None) -> None:
+        api = self.server.api
+        try:
+            body, fmt = (body_of or _usage_body)(api, query_string)
         except UsageParameterError as exc:
             self._json(HTTPStatus.BAD_REQUEST, exc.as_json())
             return
@@ -278,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ClickHouseError as exc:
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
             return
-        self._send(HTTPStatus.OK, body.encode("utf-8"), _CONTENT_TYPES[query.fmt])
+        self._send(HTTPStatus.OK, body.encode("utf-8"), _CONTENT_TYPES[fmt])
 
     def _json(self, status: HTTPStatus, payload: Mapping[str, Any], **headers: str) -> None:
         self._send(status, (json.dumps(payload) + "\n").encode("utf-8"), "application/json", **headers)

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import json
 import urllib.error
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
 from consumers.clickhouse.client import redact
 from consumers.clickhouse.usage import named_query
+from consumers.plans_report import PlansQuery, plans_query, plans_report
 from consumers.service import LOCAL_OPENER, discovery_file, find_running_store, read_discovery
 from consumers.usage_api import UsageParameterError, UsageQuery, usage_query, usage_report
 from pipeline.settings import Settings
 
-__all__ = ["StoreBusyError", "migrate_text", "usage_text"]
+__all__ = ["StoreBusyError", "migrate_text", "open_client", "plans_text", "running_store", "usage_text"]
 
 _API_TIMEOUT_SECONDS = 120.0
+_Query = TypeVar("_Query", UsageQuery, PlansQuery)
 
 
 class StoreBusyError(RuntimeError):
@@ -45,14 +47,24 @@ def usage_text(
 ) -> str:
     """What `metering usage` prints. Raises UsageParameterError for a bad option (it names it)."""
     query = usage_query(start=start, end=end, apps=apps, account=account, by=by, tz=tz, fmt=fmt)
+    return _report(settings, query, usage_report)
+
+
+def plans_text(settings: Settings, *, account: str | None, month: str | None, tz: str, fmt: str) -> str:
+    """What `metering plans` prints. Raises UsageParameterError for a bad option (it names it)."""
+    return _report(settings, plans_query(account=account, month=month, tz=tz, fmt=fmt), plans_report)
+
+
+def _report(settings: Settings, query: _Query, report: Callable[[Client, str, _Query], str]) -> str:
+    """The running store's answer to ``query`` when it holds the embedded database, else ``report`` here."""
     settings = settings.with_clickhouse_default()
     if settings.embedded_clickhouse:
-        api = _running_store(settings)
+        api = running_store(settings)
         if api is not None:
             return _ask(api, query)
-    client = _open(settings)
+    client = open_client(settings)
     try:
-        return usage_report(client, settings.clickhouse_database, query)
+        return report(client, settings.clickhouse_database, query)
     finally:
         client.close()
 
@@ -62,14 +74,14 @@ def migrate_text(settings: Settings) -> str:
     settings = settings.with_clickhouse_default()
     database = settings.clickhouse_database
     if settings.embedded_clickhouse:
-        api = _running_store(settings)
+        api = running_store(settings)
         if api is not None:
             return (
                 f"the running metering service ({api}) holds the embedded database "
                 f"{parse_url(settings.clickhouse_url).path} and applies migrations when it starts: nothing done "
                 "here; restart it to apply new ones\n"
             )
-    client = _open(settings)
+    client = open_client(settings)
     try:
         now = {m.version for m in migrate(client, database)}
         applied = named_query(client, database, "applied_migrations")
@@ -85,8 +97,11 @@ def migrate_text(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _running_store(settings: Settings) -> str | None:
-    """The running store's API if it serves the database asked for; StoreBusyError if it serves another."""
+def running_store(settings: Settings) -> str | None:
+    """The running store's API if it serves the database asked for; StoreBusyError if it serves another.
+
+    Also used by `metering reconcile`, which must go through the same owner.
+    """
     api = find_running_store(settings)
     found = read_discovery(settings)
     if api is None or found is None:
@@ -100,7 +115,8 @@ def _running_store(settings: Settings) -> str | None:
     return api
 
 
-def _open(settings: Settings) -> Client:
+def open_client(settings: Settings) -> Client:
+    """Open ClickHouse here; an embedded database locked by an unannounced process is a StoreBusyError."""
     try:
         return connect(settings.clickhouse_url, settings.clickhouse_database)
     except ClickHouseUnavailableError as exc:
@@ -134,8 +150,9 @@ def _holder(path: str) -> str:
     return f"process {pid} ({command})" if command else f"process {pid}"
 
 
-def _ask(api: str, query: UsageQuery) -> str:
-    url = f"{api}/usage?{urlencode(query.parameters())}"
+def _ask(api: str, query: UsageQuery | PlansQuery) -> str:
+    path = "/plans" if isinstance(query, PlansQuery) else "/usage"
+    url = f"{api}{path}?{urlencode(query.parameters())}"
     try:
         with LOCAL_OPENER.open(url, timeout=_API_TIMEOUT_SECONDS) as response:
             return str(response.read().decode("utf-8"))

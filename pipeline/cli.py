@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 
 from pipeline import logs
+from pipeline.agent_book import AGENT_COLUMNS
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
 from pipeline.progress import FileProgress
@@ -75,7 +76,9 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
     except OSError as exc:
         err.print(f"[red]error:[/] cannot read {events_path}: {exc.strerror or exc}")
         sys.exit(EXIT_UNREADABLE)
-    sys.stdout.write(render(USAGE_COLUMNS, result.rows, fmt, title=f"Usage by day ({tz_name})"))
+    rows = result.agents.rows(result.rows) if result.agents is not None else result.rows
+    columns = (*USAGE_COLUMNS, *AGENT_COLUMNS) if result.agents is not None else USAGE_COLUMNS
+    sys.stdout.write(render(columns, rows, fmt, title=f"Usage by day ({tz_name})"))
     s = result.stats
     note = " (file not in time order: metered again in time order)" if result.resorted else ""
     sys.stderr.write(
@@ -138,6 +141,56 @@ def usage(
 
 
 @main.command()
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First day (in the zone).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Last day, included.")
+@click.option("--timezone", "tz_name", default=None, help="IANA zone of the days [default: METERING_TIMEZONE or UTC].")
+@click.option(
+    "--archive",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON-lines file of events to recompute from, instead of the input topics.",
+)
+@click.option("--repair", is_flag=True, help="Write the corrections (inserts, voids, an audit row) to ClickHouse.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def reconcile(
+    start: datetime, end: datetime, tz_name: str | None, archive: Path | None, repair: bool, fmt: Format
+) -> None:
+    """Recompute days from every event, compare with ClickHouse and optionally repair.
+
+    Exit status: 0 no differences (or all repaired), 1 differences remain, 2 an error.
+    """
+    from pipeline.reconcile import reconcile_command
+
+    sys.exit(
+        reconcile_command(
+            load_settings(), start=start.date(), end=end.date(), tz=tz_name, archive=archive, repair=repair, fmt=fmt
+        )
+    )
+
+
+@main.command()
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--month", default=None, help="Month as YYYY-MM [default: the current one in the zone].")
+@click.option("--timezone", "tz_name", default=None, help="IANA zone of the month [default: METERING_TIMEZONE or UTC].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+def plans(account: str | None, month: str | None, tz_name: str | None, fmt: Format) -> None:
+    """Every app's plan, status, balance and this month's usage and cost, from ClickHouse."""
+    from consumers.clickhouse import ClickHouseError
+    from consumers.usage_api import UsageParameterError
+    from consumers.usage_command import StoreBusyError, plans_text
+
+    settings = load_settings()
+    try:
+        text = plans_text(settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt)
+    except UsageParameterError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
+    except (StoreBusyError, ClickHouseError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    sys.stdout.write(text)
+
+
+@main.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations (idempotent; the service also migrates at start-up)."""
     from consumers.clickhouse import ClickHouseError
@@ -187,3 +240,43 @@ def worker(metrics_port: int | None) -> None:
     from pipeline.stream.worker import run_worker  # faust is imported only by the commands that need it
 
     run_worker(load_settings(), metrics_port)
+
+
+@main.command()
+@click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
+@click.option(
+    "--instance",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This processor's number: give each concurrent one its own (it names its transactional id).",
+)
+def balance(metrics_port: int | None, instance: int) -> None:
+    """Keep per-app prepaid balances, balance alerts and the balance-state read model (R12)."""
+    from pipeline.stream.balance import run_balance
+
+    sys.exit(run_balance(load_settings(), metrics_port, instance))
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="HTTP port (default METERING_ENTITLEMENT_PORT).")
+def entitlement(port: int | None) -> None:
+    """Serve GET /v1/entitlement/{app_id}: may the app serve its users now (from balance-state)."""
+    from consumers.entitlement import serve_entitlement
+
+    sys.exit(serve_entitlement(load_settings(), port))
+
+
+@main.command()
+@click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
+def notify(metrics_port: int | None) -> None:
+    """Log every balance alert and, with METERING_WEBHOOK_URL, deliver it to the webhook (signed, retried)."""
+    from consumers.notifier import run_notifier
+    from pipeline.settings import SettingsError
+
+    try:
+        code = run_notifier(load_settings(), metrics_port)
+    except SettingsError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        code = EXIT_BAD_SETTINGS
+    sys.exit(code)

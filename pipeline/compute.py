@@ -5,6 +5,13 @@ file in time order (within the allowed lateness) is therefore metered in one pas
 bound by its open conversations. If an event turns out to be late, because the file is not
 in time order, the result of that pass would not be the true one, so the file is metered
 again in time order (an external sort, in runs), which is exact for any order.
+
+`metering reconcile` needs more than the per-day rows: the billing sessions themselves, to
+compare with ClickHouse id by id. ``keep`` asks for them, restricted to the local days of the
+period (memory bounded by the period, not the file), and split by finality: a session is final
+when the stream could have emitted it by ``now_ms`` (R9: an idle partition's clock follows the
+wall clock), and *unfinished* when only the end of input closed it (a conversation still going
+on). The rows are the same with or without ``keep``; without it nothing extra is done.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import heapq
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import IO, Final
 from zoneinfo import ZoneInfo
 
+from pipeline.agent_book import AgentBook
 from pipeline.events import (
     AgentsSubscribed,
     AgentTransfer,
@@ -33,10 +42,19 @@ from pipeline.progress import OnProgress
 from pipeline.rules.attribution import UsageBook, UsageRow
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter, MeterStats, Outcome
+from pipeline.rules.model import BillingSession
 
 RUN_SIZE: Final = 400_000
 
 OnInvalid = Callable[[int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Days:
+    """Local days ``first`` to ``last`` (inclusive) in the zone of the run: what ``keep`` selects."""
+
+    first: date
+    last: date
 
 
 @dataclass
@@ -46,8 +64,48 @@ class ComputeResult:
     lines: int = 0
     invalid: int = 0
     plan_events: int = 0
+    #: R11 seats and active agents of the file (``AgentBook.rows`` appends them to ``rows``).
+    agents: AgentBook | None = None
     resorted: bool = False
     late_after_sort: int = 0
+    #: With ``keep``: the final billing sessions that start on the kept days, in emission order.
+    sessions: list[BillingSession] = field(default_factory=list)
+    #: With ``keep``: sessions of conversation sessions not final by ``now_ms`` (any day).
+    unfinished: list[BillingSession] = field(default_factory=list)
+
+
+class _Collector:
+    """Adds drained sessions to the book and, with ``keep``, keeps those of the kept days."""
+
+    __slots__ = ("book", "first", "last", "result")
+
+    def __init__(self, book: UsageBook, keep: Days | None, result: ComputeResult) -> None:
+        self.book = book
+        self.result = result
+        self.first = keep.first.isoformat() if keep else ""
+        self.last = keep.last.isoformat() if keep else ""
+
+    def __call__(self, sessions: list[BillingSession]) -> None:
+        self.book.add_all(sessions)
+        if self.first:
+            day_of = self.book.day_of
+            first, last = self.first, self.last
+            self.result.sessions.extend(s for s in sessions if first <= day_of(s.started_ms) <= last)
+
+    def finish(self, meter: Meter, now_ms: int) -> None:
+        """End of input: with ``keep``, what is final by ``now_ms`` first, then the unfinished rest."""
+        if self.first:
+            meter.idle_tick(now_ms)
+            self(meter.drain()[0])
+            meter.finish()
+            unfinished = meter.drain()[0]
+            self.book.add_all(unfinished)
+            self.result.unfinished = unfinished
+        else:
+            meter.finish()
+            self.book.add_all(meter.drain()[0])
+        self.result.rows = self.book.rows()
+        self.result.stats = meter.stats
 
 
 class _Late(Exception):
@@ -62,12 +120,22 @@ def compute(
     now_ms: int,
     on_invalid: OnInvalid,
     on_progress: OnProgress | None = None,
+    keep: Days | None = None,
+    unordered: bool = False,
 ) -> ComputeResult:
-    """Per-app per-day usage of the events in ``path``; invalid lines go to ``on_invalid``."""
+    """Per-app per-day usage of the events in ``path``; invalid lines go to ``on_invalid``.
+
+    ``keep`` also returns the billing sessions of those local days (see the module docstring).
+    ``unordered`` says the file is known not to be in time order (a dump of several Kafka
+    partitions): the single pass would only find that out, so it goes to the sort at once.
+    """
+    if unordered:
+        return _compute_sorted(path, tz, config, now_ms=now_ms, on_invalid=on_invalid, reported=0, keep=keep)
     fast = replace(config, dedupe_horizon_ms=0)
-    result = ComputeResult(rows=[], stats=MeterStats())
+    agents = AgentBook(tz.key)
+    result = ComputeResult(rows=[], stats=MeterStats(), agents=agents)
     meter = Meter(fast)
-    book = UsageBook(tz)
+    collect = _Collector(UsageBook(tz), keep, result)
     reported = 0
     apply = meter.apply
     metered = (ConversationTurn, AgentTransfer, AlertDelivered)
@@ -76,22 +144,28 @@ def compute(
             for lineno, t, event in _events(f, now_ms, on_invalid, on_progress, result):
                 reported = lineno
                 metered_now = type(event) in metered
+                if type(event) is AgentTransfer:
+                    agents.transfer(event)
                 outcome = apply(t, event) if metered_now else _apply(meter, t, event, result)  # type: ignore[arg-type]
                 if outcome is Outcome.LATE:
                     raise _Late
                 if meter.sessions:
-                    book.add_all(meter.drain()[0])
+                    collect(meter.drain()[0])
     except _Late:
-        return _compute_sorted(path, tz, config, now_ms=now_ms, on_invalid=on_invalid, reported=reported)
-    meter.finish()
-    book.add_all(meter.drain()[0])
-    result.rows = book.rows()
-    result.stats = meter.stats
+        return _compute_sorted(path, tz, config, now_ms=now_ms, on_invalid=on_invalid, reported=reported, keep=keep)
+    collect.finish(meter, now_ms)
     return result
 
 
 def _compute_sorted(
-    path: Path, tz: ZoneInfo, config: RulesConfig, *, now_ms: int, on_invalid: OnInvalid, reported: int
+    path: Path,
+    tz: ZoneInfo,
+    config: RulesConfig,
+    *,
+    now_ms: int,
+    on_invalid: OnInvalid,
+    reported: int,
+    keep: Days | None = None,
 ) -> ComputeResult:
     """Exact for any order: meter the valid events sorted by time (external sort in runs)."""
 
@@ -99,20 +173,17 @@ def _compute_sorted(
         if lineno > reported:
             on_invalid(lineno, reason)
 
-    result = ComputeResult(rows=[], stats=MeterStats(), resorted=True)
+    result = ComputeResult(rows=[], stats=MeterStats(), resorted=True, agents=AgentBook(tz.key))
     meter = Meter(config)
-    book = UsageBook(tz)
+    collect = _Collector(UsageBook(tz), keep, result)
     with tempfile.TemporaryDirectory(prefix="metering-sort-") as tmp, path.open("rb") as f:
         valid = ((t, lineno, line) for lineno, t, line in _valid_lines(f, now_ms, report_new, result))
         for t, event in _sorted_events(valid, Path(tmp), now_ms):
             if _apply(meter, t, event, result) is Outcome.LATE:
                 result.late_after_sort += 1
             if meter.sessions:
-                book.add_all(meter.drain()[0])
-    meter.finish()
-    book.add_all(meter.drain()[0])
-    result.rows = book.rows()
-    result.stats = meter.stats
+                collect(meter.drain()[0])
+    collect.finish(meter, now_ms)
     return result
 
 
@@ -121,11 +192,15 @@ def _apply(meter: Meter, t: int, event: Event, result: ComputeResult) -> Outcome
     if kind is PlanChanged:
         result.plan_events += 1
         timeout = event.idle_timeout_minutes  # type: ignore[union-attr]
-        meter.plan_changed(event.app_id, t, None if timeout is None else timeout * MINUTE)
+        meter.plan_changed(event.app_id, t, None if timeout is None else timeout * MINUTE, event.event_id)
         return Outcome.APPLIED
+    if kind is AgentsSubscribed and result.agents is not None:
+        result.agents.subscribed(t, event)  # type: ignore[arg-type]
     if kind is FundsAdded or kind is AgentsSubscribed:
         result.plan_events += 1
         return Outcome.APPLIED
+    if kind is AgentTransfer and result.agents is not None:
+        result.agents.transfer(event)  # type: ignore[arg-type]
     return meter.apply(t, event)  # type: ignore[arg-type]
 
 
@@ -183,9 +258,7 @@ def _lines(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int = 4 <<
         yield carry
 
 
-def _sorted_events(
-    lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int
-) -> Iterator[tuple[int, Event]]:
+def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int) -> Iterator[tuple[int, Event]]:
     """Events in (time, line) order; runs beyond ``RUN_SIZE`` are spilled to ``tmp`` and merged."""
     runs: list[Path] = []
     run: list[tuple[int, int, bytes]] = []
@@ -195,9 +268,7 @@ def _sorted_events(
             runs.append(_spill(sorted(run), tmp, len(runs)))
             run = []
     run.sort()
-    merged: Iterable[tuple[int, int, bytes]] = (
-        heapq.merge(*(_read_run(p) for p in runs), run) if runs else run
-    )
+    merged: Iterable[tuple[int, int, bytes]] = heapq.merge(*(_read_run(p) for p in runs), run) if runs else run
     for _, _, line in merged:
         decoded = decode_event(line, now_ms)
         assert type(decoded) is not Rejection, "a line valid before sorting is valid after"
@@ -218,4 +289,3 @@ def _read_run(path: Path) -> Iterator[tuple[int, int, bytes]]:
             t, lineno, line = row.rstrip(b"\n").split(b"\t", 2)
             yield int(t), int(lineno), line
         os.unlink(path)
-

@@ -176,8 +176,9 @@ class DemoTraffic:
         counts = self.counts
         log.info(
             "demo traffic stopped",
-            extra=fields(events=counts.events, plan_events=counts.plan_events, garbage=counts.garbage,
-                         failed=counts.failed),
+            extra=fields(
+                events=counts.events, plan_events=counts.plan_events, garbage=counts.garbage, failed=counts.failed
+            ),
         )
         return counts
 
@@ -248,13 +249,22 @@ def plan_events(at_ms: int, seed: int) -> Iterator[dict[str, Any]]:
         plan, usage, alert, voice = PLANS[i % len(PLANS)]
         base = {"occurred_at": occurred_at, "account_id": account, "app_id": app}
         yield {
-            "type": "plan_changed", "event_id": f"demo-{seed:08x}-plan-{app}", **base, "plan": plan,
-            "price_per_usage_session": usage, "price_per_alert_session": alert, "price_per_voice_session": voice,
-            "currency": "USD", "low_balance_threshold": "50.00",
+            "type": "plan_changed",
+            "event_id": f"demo-{seed:08x}-plan-{app}",
+            **base,
+            "plan": plan,
+            "price_per_usage_session": usage,
+            "price_per_alert_session": alert,
+            "price_per_voice_session": voice,
+            "currency": "USD",
+            "low_balance_threshold": "50.00",
         }
         yield {
-            "type": "funds_added", "event_id": f"demo-{seed:08x}-funds-{app}", **base,
-            "amount": FUNDS[i % len(FUNDS)], "currency": "USD",
+            "type": "funds_added",
+            "event_id": f"demo-{seed:08x}-funds-{app}",
+            **base,
+            "amount": FUNDS[i % len(FUNDS)],
+            "currency": "USD",
         }
 
 

@@ -105,10 +105,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], config: Mapping[str,
     missing = [n for n in names if n not in existing]
     if missing:
         futures = client.create_topics(
-            [
-                NewTopic(n, settings.partitions, settings.replication_factor, config=dict(config or {}))
-                for n in missing
-            ]
+            [NewTopic(n, settings.partitions, settings.replication_factor, config=dict(config or {})) for n in missing]
         )
         for name, future in futures.items():
             try:

@@ -16,9 +16,7 @@ _SECONDS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 # -- stream worker -------------------------------------------------------------------------
 
-EVENTS_RECEIVED: Final = Counter(
-    "metering_events_received_total", "Messages read from an input topic.", ["topic"]
-)
+EVENTS_RECEIVED: Final = Counter("metering_events_received_total", "Messages read from an input topic.", ["topic"])
 EVENTS_INVALID: Final = Counter(
     "metering_events_invalid_total", "Messages sent to the dead-letter topic, by reason code (R10).", ["topic", "code"]
 )
@@ -101,7 +99,8 @@ APP_SESSIONS_UNPRICED: Final = Gauge(
     ["account_id", "app_id"],
 )
 COST: Final = Counter(
-    "metering_cost_total", "Cost booked for final billing sessions, in the currency of the plan that priced them.",
+    "metering_cost_total",
+    "Cost booked for final billing sessions, in the currency of the plan that priced them.",
     ["kind", "currency"],
 )
 COST_REVERSED: Final = Counter(
@@ -146,9 +145,7 @@ WEBHOOK_DELIVERIES: Final = Counter(
 ALERTS_NOTIFIED: Final = Counter(
     "metering_balance_alerts_notified_total", "Balance alerts logged (and delivered, when a webhook is set)."
 )
-ENTITLEMENT_APPS: Final = Gauge(
-    "metering_entitlement_apps", "Apps in the entitlement read model (from balance-state)."
-)
+ENTITLEMENT_APPS: Final = Gauge("metering_entitlement_apps", "Apps in the entitlement read model (from balance-state).")
 
 # -- shared --------------------------------------------------------------------------------
 

@@ -298,8 +298,7 @@ def summary(result: ProduceResult) -> str:
     """One line for people: what was acknowledged, what failed, what was skipped, and how fast."""
     topics = ", ".join(f"{topic} {count:,}" for topic, count in sorted(result.by_topic.items()))
     line = (
-        f"sent {result.sent:,} messages in {result.seconds:.1f} s ({result.rate:,.0f} msg/s); "
-        f"failed {result.failed:,}"
+        f"sent {result.sent:,} messages in {result.seconds:.1f} s ({result.rate:,.0f} msg/s); failed {result.failed:,}"
     )
     if result.unconfirmed:
         line += f", unconfirmed {result.unconfirmed:,} (no acknowledgement in time: they may or may not be written)"

@@ -1,28 +1,46 @@
-"""A byte-progress bar for long reads on a terminal (compute, produce); silent otherwise."""
+"""A progress bar for long reads on a terminal (compute, produce, reconcile); silent otherwise."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 OnProgress = Callable[[int], None]
 MIN_BYTES: Final = 8 * 1024 * 1024
+#: Kafka messages: reading fewer is quick enough to go without a bar.
+MIN_MESSAGES: Final = 100_000
 
 
 class FileProgress:
-    """``with FileProgress(console, size, "label") as on_progress:``; ``on_progress`` is None off a terminal."""
+    """``with FileProgress(console, size, "label") as on_progress:``; ``on_progress`` is None off a terminal.
 
-    def __init__(self, console: Console, total: int, label: str) -> None:
+    ``unit="messages"`` counts messages (a topic read) instead of bytes.
+    """
+
+    def __init__(
+        self, console: Console, total: int, label: str, *, unit: Literal["bytes", "messages"] = "bytes"
+    ) -> None:
         self._progress: Progress | None = None
-        if console.is_terminal and total > MIN_BYTES:
+        minimum = MIN_BYTES if unit == "bytes" else MIN_MESSAGES
+        if console.is_terminal and total > minimum:
+            counts: tuple[ProgressColumn, ...] = (
+                (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
+            )
             self._progress = Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                *counts,
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,

@@ -50,6 +50,9 @@ class _Worker:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    #: the `metering` command line the child runs, and what it is called in messages
+    command: tuple[str, ...] = ("worker",)
+    name: str = "worker"
 
 
 @dataclass
@@ -111,6 +114,7 @@ def run(settings: Settings, *, demo: bool, demo_rate: float, console: Console) -
             _Worker(i, _port_or_free(store_metrics + 1 + i), log_dir / f"worker-{i}.log")
             for i in range(settings.workers)
         ]
+        workers += _balance_services(settings, store_metrics + 1 + settings.workers, log_dir)
         for w in workers:
             _start_worker(settings, w)
         if demo:
@@ -177,10 +181,32 @@ def _start_worker(settings: Settings, worker: _Worker) -> None:
     env["METERING_LOG_FORMAT"] = "json"
     out = worker.log_path.open("ab")
     worker.process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "pipeline", *worker.command], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     worker.started_at = time.monotonic()
-    log.info("worker started", extra=fields(worker=worker.index, pid=worker.process.pid, log=str(worker.log_path)))
+    log.info(
+        f"{worker.name} started",
+        extra=fields(worker=worker.index, pid=worker.process.pid, log=str(worker.log_path)),
+    )
+
+
+def _balance_services(settings: Settings, first_port: int, log_dir: Path) -> list[_Worker]:
+    """The balance processor, the alert notifier and the entitlement endpoint, supervised like the workers."""
+    balance_port = _port_or_free(first_port)
+    notify_port = _port_or_free(balance_port + 1)
+    entitlement_port = _port_or_free(settings.entitlement_port)
+    index = settings.workers
+    return [
+        _Worker(index, balance_port, log_dir / "balance.log", command=("balance",), name="balance"),
+        _Worker(index + 1, notify_port, log_dir / "notify.log", command=("notify",), name="notifier"),
+        _Worker(
+            index + 2,
+            entitlement_port,
+            log_dir / "entitlement.log",
+            command=("entitlement", "--port", str(entitlement_port)),
+            name="entitlement",
+        ),
+    ]
 
 
 def _stop_workers(workers: list[_Worker], timeout: float = 45.0) -> None:
@@ -221,7 +247,7 @@ def _supervise(
                 if time.monotonic() - w.started_at > WORKER_RESTART_DELAY:
                     w.restarts += 1
                     console.print(
-                        f"worker {w.index} exited with status {code}; restarting it "
+                        f"{w.name} {w.index} exited with status {code}; restarting it "
                         f"(restart {w.restarts}, log {w.log_path})"
                     )
                     _start_worker(settings, w)
@@ -280,7 +306,10 @@ def _announce(
     console.print(f"  usage API      {store.api}/usage?by=day&format=csv   (also: metering usage)")
     console.print(f"  metrics        {store.metrics}  (sink, API)")
     for w in workers:
-        console.print(f"{'':17}http://127.0.0.1:{w.metrics_port}/metrics  (worker {w.index}, log {w.log_path})")
+        if w.name == "entitlement":
+            console.print(f"  entitlement    http://127.0.0.1:{w.metrics_port}/v1/entitlement/{{app_id}}")
+        label = f"worker {w.index}" if w.name == "worker" else w.name
+        console.print(f"{'':17}http://127.0.0.1:{w.metrics_port}/metrics  ({label}, log {w.log_path})")
     console.print(f"  Kafka          {settings.kafka_bootstrap}")
     console.print(f"  ClickHouse     {store.clickhouse_url} (database {store.database})")
     console.print("  stop with Ctrl-C; a line a minute says what was metered")

@@ -93,6 +93,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "auto"
     timezone: str = "UTC"
+    #: balances (R12): plans without prepaid limit, the entitlement endpoint, the alert webhook
+    unlimited_plans: frozenset[str] = frozenset()
+    entitlement_port: int = 8471
+    webhook_url: str = ""
+    webhook_secret: str = ""
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -132,6 +137,10 @@ class Settings:
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": self.log_format,
             "TIMEZONE": self.timezone,
+            "UNLIMITED_PLANS": ",".join(sorted(self.unlimited_plans)),
+            "ENTITLEMENT_PORT": str(self.entitlement_port),
+            "WEBHOOK_URL": self.webhook_url,
+            "WEBHOOK_SECRET": self.webhook_secret,
         }
         if r.app_idle_timeout_ms:
             env["APP_IDLE_TIMEOUTS"] = ",".join(f"{a}={ms // MINUTE}" for a, ms in r.app_idle_timeout_ms.items())
@@ -161,10 +170,12 @@ class Settings:
         except RulesConfigError as exc:
             reader.errors.append(f"billing rules: {exc}")
             rules = defaults
-        topics = Topics(**{
-            name: reader.get(f"TOPIC_{name.upper()}", _topic, getattr(Topics(), name))
-            for name in Topics.__dataclass_fields__
-        })
+        topics = Topics(
+            **{
+                name: reader.get(f"TOPIC_{name.upper()}", _topic, getattr(Topics(), name))
+                for name in Topics.__dataclass_fields__
+            }
+        )
         settings = cls(
             data_dir=reader.get("DATA_DIR", Path, base.data_dir),
             kafka_bootstrap=reader.get("KAFKA_BOOTSTRAP", _bootstrap, base.kafka_bootstrap),
@@ -192,6 +203,10 @@ class Settings:
             log_level=reader.get("LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), base.log_level),
             log_format=reader.get("LOG_FORMAT", _choice("auto", "json", "console"), base.log_format),
             timezone=reader.get("TIMEZONE", _zone, base.timezone),
+            unlimited_plans=reader.get("UNLIMITED_PLANS", _names, base.unlimited_plans),
+            entitlement_port=reader.get("ENTITLEMENT_PORT", _port, base.entitlement_port),
+            webhook_url=reader.get("WEBHOOK_URL", _http_url, base.webhook_url),
+            webhook_secret=reader.get("WEBHOOK_SECRET", str, base.webhook_secret),
         )
         if reader.errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(reader.errors))
@@ -354,4 +369,19 @@ def _clickhouse_url(raw: str) -> str:
 
 def _zone(raw: str) -> str:
     zone(raw)
+    return raw
+
+
+def _names(raw: str) -> frozenset[str]:
+    """Comma-separated names (plan names): blanks around each are ignored, none may be empty."""
+    names = [name.strip() for name in raw.split(",")]
+    if not all(names):
+        raise ValueError("expected name[,name...] with no empty name")
+    return frozenset(names)
+
+
+def _http_url(raw: str) -> str:
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ValueError("expected an http:// or https:// URL with a host, e.g. https://hooks.example.com/metering")
     return raw

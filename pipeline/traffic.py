@@ -132,8 +132,12 @@ def _conversation(  # noqa: PLR0917
     if rng.random() < shape.alert_share * 2:
         return [
             _base(rng, "alert_delivered", start, account, app)
-            | {"user_id": user, "alert_id": f"sub-{rng.randrange(50)}", "channel": rng.choice(channels),
-               **({"is_test": True} if rng.random() < shape.test_share else {})}
+            | {
+                "user_id": user,
+                "alert_id": f"sub-{rng.randrange(50)}",
+                "channel": rng.choice(channels),
+                **({"is_test": True} if rng.random() < shape.test_share else {}),
+            }
         ]
     channel = rng.choices(channels, weights)[0]
     test = rng.random() < shape.test_share
@@ -148,7 +152,10 @@ def _conversation(  # noqa: PLR0917
         if transfer_open:
             speaker = rng.choice(("user", "agent"))
         turn = _base(rng, "conversation_turn", t, account, app) | {
-            "conversation_id": conv, "user_id": user, "channel": channel, "speaker": speaker,
+            "conversation_id": conv,
+            "user_id": user,
+            "channel": channel,
+            "speaker": speaker,
         }
         if test:
             turn["is_test"] = True
@@ -172,7 +179,9 @@ def _conversation(  # noqa: PLR0917
 
 def _transfer(rng: random.Random, t: int, *, account: str, app: str, conv: str, action: str) -> dict[str, Any]:
     return _base(rng, "agent_transfer", t, account, app) | {
-        "conversation_id": conv, "action": action, "agent_id": f"agent-{rng.randrange(40)}",
+        "conversation_id": conv,
+        "action": action,
+        "agent_id": f"agent-{rng.randrange(40)}",
     }
 
 

@@ -1,11 +1,15 @@
-"""Fixtures shared by unit and integration tests.
+"""Fixtures shared by unit, integration and fault tests.
 
 chDB can open one directory per process, so every test that touches ClickHouse in this pytest
 process uses the one session-wide path (``<basetemp>/chdb``), with a uuid-named database each.
+
+One real Kafka broker per test session (``kafka_bootstrap``), started on first use; set
+METERING_TEST_KAFKA_BOOTSTRAP to use an existing cluster instead of starting the local one.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,21 @@ from pathlib import Path
 import pytest
 
 from consumers.clickhouse import Client, connect, migrate
+from pipeline.local_kafka import LocalKafka
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("METERING_TEST_KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.ensure_jars()
+    try:
+        yield broker.start(timeout=120)
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -90,18 +90,28 @@ class SessionStore:
     def table(self) -> str:
         return f"{self._database}.{TABLE}"
 
-    def insert(self, records: Sequence[BillingSessionRecord], token: str) -> None:
-        """Insert ``records`` as one deduplicated block set; ``token`` identifies the batch."""
+    def insert(
+        self, records: Sequence[BillingSessionRecord], token: str, *, reconcile_run_id: str | None = None
+    ) -> None:
+        """Insert ``records`` as one deduplicated block set; ``token`` identifies the batch.
+
+        ``reconcile_run_id`` marks rows written by `metering reconcile --repair` with its run (the
+        audit trail, migration 004); the stream's rows leave it NULL.
+        """
         if not token:
             raise ValueError("an insert token is required: an empty one turns token deduplication off")
         if not records:
             return
         columns = record_columns(records)
+        names = list(COLUMNS)
+        if reconcile_run_id is not None:
+            columns.append([reconcile_run_id] * len(records))
+            names.append("reconcile_run_id")
         try:
             self._client.insert(
                 TABLE,
                 columns,
-                column_names=list(COLUMNS),
+                column_names=names,
                 database=self._database,
                 column_oriented=True,
                 settings={**INSERT_SETTINGS, "insert_deduplication_token": token},

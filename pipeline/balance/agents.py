@@ -200,4 +200,3 @@ class ActiveAgents(Struct, kw_only=True):
 
 def _t(change: SeatChange) -> int:
     return change[0]
-

@@ -24,9 +24,7 @@ class RulesConfigError(ValueError):
 
 def check_idle_timeout(ms: int, where: str) -> int:
     if not MIN_IDLE_TIMEOUT_MS <= ms <= MAX_IDLE_TIMEOUT_MS:
-        raise RulesConfigError(
-            f"{where}: idle timeout {ms / MINUTE:g} min is outside 5 min .. 14 days (20160 min)"
-        )
+        raise RulesConfigError(f"{where}: idle timeout {ms / MINUTE:g} min is outside 5 min .. 14 days (20160 min)")
     return ms
 
 

@@ -126,8 +126,17 @@ def test_grafana_datasources_and_dashboard_agree() -> None:
         assert uids[panel["datasource"]["uid"]] == panel["datasource"]["type"], panel["title"]
         assert panel["targets"], panel["title"]
     titles = " | ".join(p["title"].lower() for p in panels)
-    for wanted in ("events in by topic", "invalid", "late", "duplicate", "billing sessions", "open conversations",
-                   "insert latency", "consumer lag", "usage per app"):
+    for wanted in (
+        "events in by topic",
+        "invalid",
+        "late",
+        "duplicate",
+        "billing sessions",
+        "open conversations",
+        "insert latency",
+        "consumer lag",
+        "usage per app",
+    ):
         assert wanted in titles
 
 
@@ -173,10 +182,12 @@ def _docker_problem() -> str | None:
     if docker is None:
         return "no `docker` command on PATH"
     try:
-        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                              timeout=30, check=False)
-        compose = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30,
-                                 check=False)
+        info = subprocess.run(
+            [docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30, check=False
+        )
+        compose = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"`docker info` did not answer ({exc})"
     if info.returncode != 0:
@@ -208,9 +219,10 @@ class Stack:
             "GRAFANA_PORT": free_port(),
             "METERING_API_HOST_PORT": free_port(),
         }
-        self.env = {"COMPOSE_PROJECT_NAME": f"metering-test-{uuid.uuid4().hex[:8]}", **{
-            k: str(v) for k, v in self.ports.items()
-        }}
+        self.env = {
+            "COMPOSE_PROJECT_NAME": f"metering-test-{uuid.uuid4().hex[:8]}",
+            **{k: str(v) for k, v in self.ports.items()},
+        }
         self.compose = DockerCompose(
             str(DEPLOY), compose_file_name=COMPOSE_FILE.name, build=build, wait=True, services=services
         )
@@ -267,9 +279,9 @@ def test_compose_kafka_takes_keyed_events_from_the_host(infra: Stack, tmp_path: 
 
     assert (result.sent, result.failed, result.skipped) == (len(lines), 0, 0)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}"})
-    consumer.assign([
-        TopicPartition(t, p, OFFSET_BEGINNING) for t in settings.topics.inputs for p in range(settings.partitions)
-    ])
+    consumer.assign(
+        [TopicPartition(t, p, OFFSET_BEGINNING) for t in settings.topics.inputs for p in range(settings.partitions)]
+    )
     seen = 0
     deadline = time.monotonic() + 60
     try:
@@ -333,8 +345,9 @@ def test_whole_stack_produce_to_usage_round_trip(docker_engine: None, tmp_path: 
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 try:
-                    rows = usage(client, "metering", start=None, end=None, apps=[], account=None, period="day",
-                                 tz="UTC")
+                    rows = usage(
+                        client, "metering", start=None, end=None, apps=[], account=None, period="day", tz="UTC"
+                    )
                 except ClickHouseError:  # the sink may not have applied the migrations yet
                     rows = []
                 if rows == expected.rows:

@@ -1,6 +1,7 @@
-"""One real Kafka broker per test session, and uuid-named topics for each test.
+"""uuid-named topics, groups and databases for each test, on the session's one real broker.
 
-Set METERING_TEST_KAFKA_BOOTSTRAP to use an existing cluster instead of starting the local one.
+The broker (``kafka_bootstrap``) is in tests/conftest.py, shared with tests/faults; set
+METERING_TEST_KAFKA_BOOTSTRAP to use an existing cluster instead of starting the local one.
 """
 
 from __future__ import annotations
@@ -19,22 +20,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumers.service import StoreEndpoints, serve_store
-from pipeline.local_kafka import LocalKafka
 from pipeline.settings import Settings, Topics
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    existing = os.environ.get("METERING_TEST_KAFKA_BOOTSTRAP")
-    if existing:
-        yield existing
-        return
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
-    broker.ensure_jars()
-    try:
-        yield broker.start(timeout=120)
-    finally:
-        broker.stop()
 
 
 @pytest.fixture
@@ -137,4 +123,3 @@ def store(settings: Settings) -> Iterator[StoreEndpoints]:
     finally:
         stop.set()
         thread.join(timeout=60)
-

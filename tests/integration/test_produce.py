@@ -38,18 +38,32 @@ BAD_LINES = [
     (b"{not json", "not_json"),
     (b"[1, 2, 3]", "not_an_object"),
     (b'{"type": "mystery", "event_id": "x", "occurred_at": "2026-01-01T00:00:00Z"}', "unknown_type"),
-    (b'{"type": "conversation_turn", "event_id": "e", "occurred_at": "2026-01-01T00:00:00.000Z", '
-     b'"account_id": "a", "app_id": "b"}', "schema"),
-    (b'{"type": "funds_added", "event_id": "f", "occurred_at": "1999-12-31T23:59:59.000Z", '
-     b'"account_id": "a", "app_id": "b", "amount": "10.00"}', "out_of_range"),
+    (
+        b'{"type": "conversation_turn", "event_id": "e", "occurred_at": "2026-01-01T00:00:00.000Z", '
+        b'"account_id": "a", "app_id": "b"}',
+        "schema",
+    ),
+    (
+        b'{"type": "funds_added", "event_id": "f", "occurred_at": "1999-12-31T23:59:59.000Z", '
+        b'"account_id": "a", "app_id": "b", "amount": "10.00"}',
+        "out_of_range",
+    ),
 ]
 
 
 def _plan_events(now_ms: int) -> list[dict[str, Any]]:
     base = {"occurred_at": format_ms(now_ms - 3 * 3600_000), "account_id": "acct-00"}
     return [
-        {**base, "type": "plan_changed", "event_id": "plan-1", "app_id": "app-00-0", "plan": "growth",
-         "price_per_usage_session": "0.02", "price_per_alert_session": "0.01", "price_per_voice_session": "0.05"},
+        {
+            **base,
+            "type": "plan_changed",
+            "event_id": "plan-1",
+            "app_id": "app-00-0",
+            "plan": "growth",
+            "price_per_usage_session": "0.02",
+            "price_per_alert_session": "0.01",
+            "price_per_voice_session": "0.05",
+        },
         {**base, "type": "funds_added", "event_id": "funds-1", "app_id": "app-00-0", "amount": "100.00"},
         {**base, "type": "agents_subscribed", "event_id": "seats-1", "app_id": "app-00-1", "agents": 3},
     ]
@@ -77,12 +91,14 @@ def _file_with_bad_lines(path: Path, count: int) -> tuple[list[bytes], dict[int,
 
 
 def _consume(settings: Settings, topics: Iterable[str], expected: int, timeout: float = 60.0) -> list[Message]:
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": f"test-produce-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"test-produce-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(settings.partitions)])
     out: list[Message] = []
     deadline = time.monotonic() + timeout

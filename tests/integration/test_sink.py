@@ -21,6 +21,7 @@ from consumers.clickhouse import ClickHouseWriteError, Client, SessionStore, mig
 from consumers.service import StoreEndpoints, discovery_file, serve_store
 from consumers.sink import Backoff, ClickHouseSink
 from consumers.usage_command import usage_text
+from pipeline.agent_book import AGENT_COLUMNS
 from pipeline.events import BillingSessionRecord
 from pipeline.kafka import partition_of, producer_config
 from pipeline.report import render
@@ -89,8 +90,9 @@ def produce(settings: Settings, records: Sequence[BillingSessionRecord], duplica
     sent = 0
     for i, record in enumerate(records):
         for _ in range(2 if i % duplicate_every == 0 else 1):
-            producer.produce(settings.topics.billing_sessions, key=record.app_id.encode(),
-                             value=msgspec.json.encode(record))
+            producer.produce(
+                settings.topics.billing_sessions, key=record.app_id.encode(), value=msgspec.json.encode(record)
+            )
             sent += 1
     assert producer.flush(30) == 0
     return sent
@@ -153,7 +155,8 @@ def lag_total(group: str, topic: str, partitions: int) -> float:
     return sum(
         REGISTRY.get_sample_value(
             "metering_consumer_lag_messages", {"group": group, "topic": topic, "partition": str(p)}
-        ) or 0.0
+        )
+        or 0.0
         for p in range(partitions)
     )
 
@@ -199,8 +202,9 @@ class Outage:
         if self.remaining > 0:
             self.remaining -= 1
             self.failed += 1
-            raise ClickHouseWriteError(f"simulated outage: connection refused (token {token})", code=None,
-                                       transient=True)
+            raise ClickHouseWriteError(
+                f"simulated outage: connection refused (token {token})", code=None, transient=True
+            )
         self.inner.insert(records, token)
 
 
@@ -288,7 +292,8 @@ def test_the_store_process_serves_usage_to_metering_usage_while_it_runs(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    expected = render(USAGE_COLUMNS, expected_rows(apps), "csv")
+    no_agents = [(*row, 0, 0) for row in expected_rows(apps)]  # sessions only: no seats, no transfers
+    expected = render((*USAGE_COLUMNS, *AGENT_COLUMNS), no_agents, "csv")
 
     def printed() -> str:
         return usage_text(settings, start=None, end=None, apps=[], account=None, by="day", tz="UTC", fmt="csv")

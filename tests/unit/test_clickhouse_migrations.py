@@ -14,6 +14,9 @@ import pytest
 from consumers.clickhouse import Client, MigrationError, migrate
 from consumers.clickhouse.migrations import Migration, load_migrations, split_statements
 
+SHIPPED = [m.version for m in load_migrations()]
+NEXT = SHIPPED[-1] + 1
+
 
 @pytest.fixture
 def fresh_database(chdb_client: Client) -> Iterator[str]:
@@ -44,18 +47,29 @@ def test_shipped_migrations_are_numbered_and_parse() -> None:
         "001_billing_sessions.sql",
         "002_usage_15m.sql",
         "003_usage_15m_mv.sql",
+        "004_reconciliation.sql",
+        "005_plans_balances.sql",
     ]
-    assert all(len(m.statements) == 1 for m in migrations)
+    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5]
     assert all(len(m.checksum) == 64 for m in migrations)
 
 
 def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Client, fresh_database: str) -> None:
     applied = migrate(chdb_client, fresh_database)
-    assert [m.version for m in applied] == [1, 2, 3]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5]
     assert engines(chdb_client, fresh_database) == {
         "billing_sessions": "ReplacingMergeTree",
         "usage_15m": "AggregatingMergeTree",
         "usage_15m_mv": "MaterializedView",
+        "session_voids": "MergeTree",
+        "voids_15m": "AggregatingMergeTree",
+        "voids_15m_mv": "MaterializedView",
+        "reconcile_runs": "ReplacingMergeTree",
+        "plan_changes": "ReplacingMergeTree",
+        "funds_added": "ReplacingMergeTree",
+        "agent_subscriptions": "ReplacingMergeTree",
+        "agent_transfers_started": "ReplacingMergeTree",
+        "balance_snapshots": "ReplacingMergeTree",
         "schema_migrations": "MergeTree",
     }
     assert tracked(chdb_client, fresh_database) == [(m.version, m.name, m.checksum) for m in load_migrations()]
@@ -72,7 +86,7 @@ def test_migrate_again_applies_nothing(chdb_client: Client, fresh_database: str)
 def test_a_new_migration_is_applied_alone(chdb_client: Client, fresh_database: str) -> None:
     migrate(chdb_client, fresh_database)
     extra = Migration(
-        version=4,
+        version=NEXT,
         name="notes",
         text="-- a test table; two statements\n"
         "CREATE TABLE IF NOT EXISTS {database:Identifier}.notes (id UInt8, s String DEFAULT ';') "
@@ -80,10 +94,10 @@ def test_a_new_migration_is_applied_alone(chdb_client: Client, fresh_database: s
         "INSERT INTO {database:Identifier}.notes (id) VALUES (1);\n",
     )
     applied = migrate(chdb_client, fresh_database, [*load_migrations(), extra])
-    assert [m.version for m in applied] == [4]
+    assert [m.version for m in applied] == [NEXT]
     rows = chdb_client.query("SELECT id, s FROM {db:Identifier}.notes", parameters={"db": fresh_database})
     assert rows.result_rows == [(1, ";")]
-    assert [v for v, _, _ in tracked(chdb_client, fresh_database)] == [1, 2, 3, 4]
+    assert [v for v, _, _ in tracked(chdb_client, fresh_database)] == [*SHIPPED, NEXT]
 
 
 def test_an_edited_applied_migration_is_an_error_naming_file_and_fix(chdb_client: Client, fresh_database: str) -> None:
@@ -92,7 +106,7 @@ def test_an_edited_applied_migration_is_an_error_naming_file_and_fix(chdb_client
         Migration(version=m.version, name=m.name, text=m.text + "\n-- edited\n") if m.version == 2 else m
         for m in load_migrations()
     ]
-    with pytest.raises(MigrationError, match=r"002_usage_15m\.sql changed after it was applied.*new 004_"):
+    with pytest.raises(MigrationError, match=rf"002_usage_15m\.sql changed after it was applied.*new {NEXT:03d}_"):
         migrate(chdb_client, fresh_database, edited)
 
 
@@ -104,11 +118,11 @@ def test_an_unknown_applied_migration_is_an_error(chdb_client: Client, fresh_dat
 
 def test_a_failing_statement_names_the_migration_and_is_not_recorded(chdb_client: Client, fresh_database: str) -> None:
     broken = Migration(
-        version=4, name="broken", text="CREATE TABLE {database:Identifier}.x (a NoSuchType) ENGINE = Log"
+        version=NEXT, name="broken", text="CREATE TABLE {database:Identifier}.x (a NoSuchType) ENGINE = Log"
     )
-    with pytest.raises(MigrationError, match=r"004_broken\.sql, statement 1 failed \(ClickHouse code \d+\)"):
+    with pytest.raises(MigrationError, match=rf"{NEXT:03d}_broken\.sql, statement 1 failed \(ClickHouse code \d+\)"):
         migrate(chdb_client, fresh_database, [*load_migrations(), broken])
-    assert [v for v, _, _ in tracked(chdb_client, fresh_database)] == [1, 2, 3]
+    assert [v for v, _, _ in tracked(chdb_client, fresh_database)] == SHIPPED
 
 
 def test_a_bad_database_name_is_refused(chdb_client: Client) -> None:

@@ -113,7 +113,8 @@ def test_insert_keeps_every_field(chdb_client: Client, database: str) -> None:
     records = [usage_record(1), alert_record(2)]
     SessionStore(chdb_client, database).insert(records, "tok-fields")
     rows = chdb_client.query(
-        "SELECT * EXCEPT inserted_at FROM {db:Identifier}.billing_sessions FINAL ORDER BY billing_session_id",
+        "SELECT * EXCEPT (inserted_at, reconcile_run_id) FROM {db:Identifier}.billing_sessions FINAL "
+        "ORDER BY billing_session_id",
         parameters={"db": database},
     )
     got = [dict(zip(rows.column_names, row, strict=True)) for row in rows.result_rows]
@@ -122,6 +123,17 @@ def test_insert_keeps_every_field(chdb_client: Client, database: str) -> None:
     for row, record in zip(got, want, strict=True):
         for name in rows.column_names:
             assert row[name] == getattr(record, name), name
+
+
+def test_reconcile_run_id_is_null_for_the_stream_and_kept_for_a_repair(chdb_client: Client, database: str) -> None:
+    store = SessionStore(chdb_client, database)
+    store.insert([usage_record(1)], "tok-stream")
+    store.insert([usage_record(2)], "tok-repair", reconcile_run_id="run-1")
+    rows = chdb_client.query(
+        "SELECT billing_session_id, reconcile_run_id FROM {db:Identifier}.billing_sessions ORDER BY 1",
+        parameters={"db": database},
+    ).result_rows
+    assert [run for _, run in rows] == [None, "run-1"]
 
 
 def test_times_keep_milliseconds_and_the_utc_instant(chdb_client: Client, database: str) -> None:

@@ -17,7 +17,11 @@ from pipeline import traffic
 from pipeline.cli import main
 from tests.support import T0, Conversation, alert, in_time_order
 
-HEADER = "account_id,app_id,day,conversations,usage_sessions,voice_sessions,alert_sessions,billing_sessions"
+#: interfaces.md fixes the first eight columns; R11's seats and active agents follow them.
+HEADER = (
+    "account_id,app_id,day,conversations,usage_sessions,voice_sessions,alert_sessions,billing_sessions"
+    ",agents,active_agents"
+)
 
 
 def write(path: Path, events: list[dict[str, Any]], extra_lines: dict[int, bytes] | None = None) -> Path:
@@ -48,7 +52,7 @@ def test_csv_columns_order_and_rows(sample: Path) -> None:
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         HEADER,
-        "acme,support-bot,2026-11-01,3,4,4,1,5",
+        "acme,support-bot,2026-11-01,3,4,4,1,5,0,0",
     ]
 
 
@@ -56,22 +60,22 @@ def test_timezone_moves_sessions_to_the_local_day(sample: Path) -> None:
     result = run("--events", str(sample), "--timezone", "Asia/Kolkata")
     assert result.stdout.splitlines() == [
         HEADER,
-        "acme,support-bot,2026-11-01,3,4,4,1,5",
+        "acme,support-bot,2026-11-01,3,4,4,1,5,0,0",
     ]
     result = run("--events", str(sample), "--timezone", "Asia/Tokyo")  # 18:29 UTC is 03:29 the next day
     assert result.stdout.splitlines()[1:] == [
-        "acme,support-bot,2026-11-01,2,3,4,1,4",
-        "acme,support-bot,2026-11-02,1,1,0,0,1",
+        "acme,support-bot,2026-11-01,2,3,4,1,4,0,0",
+        "acme,support-bot,2026-11-02,1,1,0,0,1,0,0",
     ]
     result = run("--events", str(sample), "--timezone", "Pacific/Kiritimati")  # UTC+14
-    assert result.stdout.splitlines()[1:] == ["acme,support-bot,2026-11-02,3,4,4,1,5"]
+    assert result.stdout.splitlines()[1:] == ["acme,support-bot,2026-11-02,3,4,4,1,5,0,0"]
 
 
 def test_idle_timeout_option(tmp_path: Path) -> None:
     path = write(tmp_path / "e.jsonl", Conversation().user(0).user(20).events)
-    assert run("--events", str(path)).stdout.splitlines()[1] == "acme,support-bot,2026-11-01,2,2,0,0,2"
+    assert run("--events", str(path)).stdout.splitlines()[1] == "acme,support-bot,2026-11-01,2,2,0,0,2,0,0"
     assert run("--events", str(path), "--idle-timeout", "30").stdout.splitlines()[1] == (
-        "acme,support-bot,2026-11-01,1,2,0,0,2"
+        "acme,support-bot,2026-11-01,1,2,0,0,2,0,0"
     )
 
 
@@ -99,6 +103,8 @@ def test_json_and_table_formats(sample: Path) -> None:
             "voice_sessions": 4,
             "alert_sessions": 1,
             "billing_sessions": 5,
+            "agents": 0,
+            "active_agents": 0,
         }
     ]
     table = run("--events", str(sample), "--format", "table").stdout
@@ -121,7 +127,7 @@ def test_bad_lines_are_reported_with_line_numbers_and_skipped(tmp_path: Path) ->
     )
     result = run("--events", str(path))
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[1] == "acme,support-bot,2026-11-01,1,1,0,0,1"
+    assert result.stdout.splitlines()[1] == "acme,support-bot,2026-11-01,1,1,0,0,1,0,0"
     reported = [line.split(":")[1] for line in result.stderr.splitlines() if "skipped" in line]
     assert reported == ["2", "3", "4", "5"]
     assert "4 invalid" in result.stderr
@@ -169,5 +175,9 @@ def test_rows_are_sorted_by_account_app_day(tmp_path: Path) -> None:
     ]
     out = run("--events", str(write(tmp_path / "e.jsonl", in_time_order(events)))).stdout
     keys = [tuple(row[:3]) for row in csv.reader(io.StringIO(out))][1:]
-    assert keys == [("a", "mid", "2026-11-01"), ("a", "mid", "2026-11-02"), ("b", "alpha", "2026-11-01"),
-                    ("b", "zeta", "2026-11-01")]
+    assert keys == [
+        ("a", "mid", "2026-11-01"),
+        ("a", "mid", "2026-11-02"),
+        ("b", "alpha", "2026-11-01"),
+        ("b", "zeta", "2026-11-01"),
+    ]

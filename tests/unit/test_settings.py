@@ -77,6 +77,7 @@ def test_no_variables_give_the_documented_defaults() -> None:
     assert (s.batch_size, s.batch_seconds, s.sink_batch_size, s.sink_batch_seconds) == (5000, 0.5, 5000, 1.0)
     assert (s.api_host, s.api_port, s.metrics_port) == ("127.0.0.1", 8470, 9470)
     assert (s.log_level, s.log_format, s.timezone) == ("INFO", "auto", "UTC")
+    assert (s.unlimited_plans, s.entitlement_port, s.webhook_url, s.webhook_secret) == (frozenset(), 8471, "", "")
     assert s == Settings().with_clickhouse_default()
 
 
@@ -126,8 +127,12 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
         lambda s: s.kafka_config,
         {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.password": "a=b"},
     ),
-    ("CLICKHOUSE_URL", "https://u:p@ch.example:8443/billing", lambda s: s.clickhouse_url,
-     "https://u:p@ch.example:8443/billing"),
+    (
+        "CLICKHOUSE_URL",
+        "https://u:p@ch.example:8443/billing",
+        lambda s: s.clickhouse_url,
+        "https://u:p@ch.example:8443/billing",
+    ),
     ("CLICKHOUSE_DATABASE", "billing_eu", lambda s: s.clickhouse_database, "billing_eu"),
     ("PARTITIONS", "12", lambda s: s.partitions, 12),
     ("REPLICATION_FACTOR", "3", lambda s: s.replication_factor, 3),
@@ -156,6 +161,10 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("LOG_LEVEL", "debug", lambda s: s.log_level, "DEBUG"),
     ("LOG_FORMAT", "JSON", lambda s: s.log_format, "json"),
     ("TIMEZONE", "Asia/Kolkata", lambda s: s.timezone, "Asia/Kolkata"),
+    ("UNLIMITED_PLANS", "enterprise, postpaid", lambda s: s.unlimited_plans, frozenset({"enterprise", "postpaid"})),
+    ("ENTITLEMENT_PORT", "18471", lambda s: s.entitlement_port, 18471),
+    ("WEBHOOK_URL", "https://hooks.example.com/m", lambda s: s.webhook_url, "https://hooks.example.com/m"),
+    ("WEBHOOK_SECRET", "s3cret", lambda s: s.webhook_secret, "s3cret"),
     *(
         (f"TOPIC_{name.upper()}", f"eu.{name}-v2", lambda s, name=name: getattr(s.topics, name), f"eu.{name}-v2")
         for name in Topics.__dataclass_fields__
@@ -226,6 +235,9 @@ ALL_WRONG: dict[str, tuple[str, str]] = {
     "LOG_FORMAT": ("xml", "expected one of auto, json, console"),
     "TOPIC_TURNS": ("conversation turns", "a Kafka topic name is up to 249"),
     "TOPIC_DLQ": ("d" * 250, "a Kafka topic name is up to 249"),
+    "UNLIMITED_PLANS": ("enterprise,,gold", "expected name[,name...] with no empty name"),
+    "ENTITLEMENT_PORT": ("70000", "a port is 0 (any free port) to 65535"),
+    "WEBHOOK_URL": ("hooks.example.com/metering", "expected an http:// or https:// URL with a host"),
 }
 
 
@@ -410,4 +422,3 @@ def test_to_env_of_the_defaults_gives_the_defaults() -> None:
 def test_to_env_keeps_the_lateness_and_the_dedupe_horizon_to_the_millisecond(lateness: int, horizon: int) -> None:
     s = replace(Settings.from_env({}), rules=RulesConfig(allowed_lateness_ms=lateness, dedupe_horizon_ms=horizon))
     assert Settings.from_env(s.to_env()).rules == s.rules
-

@@ -87,8 +87,9 @@ class FakeConsumer:
     def __init__(
         self, partitions: dict[int, list[bytes | None]], events: list[tuple[str, Any]], assign: list[int] | None = None
     ) -> None:
-        self.log = {p: [FakeMessage(p, o, v, int(time.time() * 1000)) for o, v in enumerate(vs)]
-                    for p, vs in partitions.items()}
+        self.log = {
+            p: [FakeMessage(p, o, v, int(time.time() * 1000)) for o, v in enumerate(vs)] for p, vs in partitions.items()
+        }
         self.events = events
         self.position_of = dict.fromkeys(partitions, 0)
         self.assigned: set[int] = set()
@@ -163,9 +164,9 @@ class FakeConsumer:
         last = dict(c for commit in self.commits for c in commit)
         return [TopicPartition(TOPIC, tp.partition, last.get(tp.partition, -1001)) for tp in partitions]
 
-    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = -1, cached: bool = False) -> tuple[
-        int, int
-    ]:
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
         return 0, len(self.log[partition.partition])
 
     def close(self) -> None:
@@ -203,10 +204,16 @@ class RecordingWriter:
 class Harness:
     """A sink over a FakeConsumer and a RecordingWriter, run in a thread."""
 
-    def __init__(self, partitions: dict[int, list[bytes | None]], *, batch_size: int = 100,
-                 batch_seconds: float = 0.02, app_id: str = "unit",
-                 wrap: Callable[[RecordingWriter], SessionWriter] | None = None,
-                 assign: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        partitions: dict[int, list[bytes | None]],
+        *,
+        batch_size: int = 100,
+        batch_seconds: float = 0.02,
+        app_id: str = "unit",
+        wrap: Callable[[RecordingWriter], SessionWriter] | None = None,
+        assign: list[int] | None = None,
+    ) -> None:
         self.events: list[tuple[str, Any]] = []
         self.consumer = FakeConsumer(partitions, self.events, assign)
         self.writer = RecordingWriter(self.events)
@@ -381,7 +388,10 @@ def test_a_failed_commit_is_retried_without_inserting_again() -> None:
     with h:
         wait_for(lambda: h.committed() == {0: 2})
     assert [kind for kind, _ in h.events if kind.startswith(("insert", "commit"))] == [
-        "insert", "commit-failed", "commit-failed", "commit",
+        "insert",
+        "commit-failed",
+        "commit-failed",
+        "commit",
     ]
 
 

@@ -23,11 +23,14 @@ from click.testing import CliRunner
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from consumers.clickhouse import Client, SessionStore, migrate, usage
+from consumers.clickhouse.migrations import load_migrations
+from consumers.clickhouse.plans import PlanStore, usage_with_agents
 from consumers.service import StoreEndpoints, discovery_file, find_running_store
 from consumers.usage_api import UsageApi, UsageParameterError, usage_columns, usage_query, usage_report
 from consumers.usage_command import migrate_text, usage_text
 from pipeline import traffic
 from pipeline.cli import main
+from pipeline.events import AgentsSubscribed, AgentTransfer, Rejection, decode_event
 from pipeline.records import billing_session_record
 from pipeline.report import render
 from pipeline.settings import Settings
@@ -54,6 +57,16 @@ def filled(chdb_client: Client, events_file: Path) -> Iterator[str]:
     half = len(records) // 2
     store.insert(records[:half], "unit:0:0-1")
     store.insert(records[half:], "unit:0:2-3")
+    # Seats and started transfers, as the plan sinks store them: the agents columns of usage.
+    now = T0 + 86_400_000 * 400
+    plan_records = [
+        decoded[1]
+        for line in events_file.read_bytes().splitlines()
+        if not isinstance(decoded := decode_event(line, now), Rejection)
+    ]
+    PlanStore(chdb_client, database).insert(
+        [r for r in plan_records if isinstance(r, (AgentsSubscribed, AgentTransfer))], "unit:plans:0-1"
+    )
     yield database
     chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
 
@@ -97,7 +110,16 @@ def test_csv_by_day_is_byte_identical_to_metering_compute(api: str, events_file:
 def test_every_period_and_format_renders_the_rows_usage_returns(
     api: str, chdb_client: Client, filled: str, by: str, fmt: str
 ) -> None:
-    rows = usage(chdb_client, filled, start=None, end=None, apps=[], account=None, period=by, tz="Europe/Paris")  # type: ignore[arg-type]
+    selection: dict[str, Any] = {
+        "start": None,
+        "end": None,
+        "apps": [],
+        "account": None,
+        "period": by,
+        "tz": "Europe/Paris",
+    }
+    rows = usage_with_agents(chdb_client, filled, usage(chdb_client, filled, **selection), **selection)
+    assert any(row[-1] for row in rows), "some active agents"
     expected = render(usage_columns(by), rows, fmt, title=f"Usage by {by} (Europe/Paris)")  # type: ignore[arg-type]
     status, _, body = get(f"{api}/usage?by={by}&format={fmt}&timezone=Europe/Paris")
     assert status == 200
@@ -207,8 +229,9 @@ def settings_for(tmp_path: Path, chdb_path: Path, database: str) -> Settings:
 
 def announce(settings: Settings, api: str) -> None:
     """Write the discovery file a running store would write (this process plays the store)."""
-    endpoints = StoreEndpoints(os.getpid(), api, "http://127.0.0.1:1/metrics", settings.clickhouse_url,
-                               settings.clickhouse_database)
+    endpoints = StoreEndpoints(
+        os.getpid(), api, "http://127.0.0.1:1/metrics", settings.clickhouse_url, settings.clickhouse_database
+    )
     discovery_file(settings).parent.mkdir(parents=True, exist_ok=True)
     discovery_file(settings).write_text(json.dumps(asdict(endpoints)))
 
@@ -217,8 +240,15 @@ def test_usage_text_asks_the_running_store_and_matches_a_direct_query(
     api: str, chdb_client: Client, filled: str, tmp_path: Path, chdb_path: Path
 ) -> None:
     settings = settings_for(tmp_path, chdb_path, filled)
-    options: dict[str, Any] = {"start": None, "end": None, "apps": [], "account": None, "by": "day",
-                               "tz": "Asia/Kolkata", "fmt": "csv"}
+    options: dict[str, Any] = {
+        "start": None,
+        "end": None,
+        "apps": [],
+        "account": None,
+        "by": "day",
+        "tz": "Asia/Kolkata",
+        "fmt": "csv",
+    }
     direct = usage_text(settings, **options)  # no discovery file: the database is opened here
     assert direct == usage_report(chdb_client, filled, usage_query(**{**options, "apps": ()}))
     announce(settings, api)
@@ -233,8 +263,9 @@ def test_a_stale_discovery_file_is_ignored(tmp_path: Path, chdb_path: Path, fill
     settings = settings_for(tmp_path, chdb_path, filled)
     announce(settings, "http://127.0.0.1:9")  # nothing listens there
     assert find_running_store(settings) is None
-    out = usage_text(settings, start=date(2026, 11, 1), end=None, apps=[], account=None, by="month", tz="UTC",
-                     fmt="csv")
+    out = usage_text(
+        settings, start=date(2026, 11, 1), end=None, apps=[], account=None, by="month", tz="UTC", fmt="csv"
+    )
     assert out.splitlines()[0].split(",")[2] == "month"
 
 
@@ -244,10 +275,11 @@ def test_migrate_text_defers_to_a_running_store_or_lists_the_migrations(
     fresh = f"t_migrate_{os.getpid()}"
     settings = settings_for(tmp_path, chdb_path, fresh)
     try:
+        shipped = len(load_migrations())
         first = migrate_text(settings)
-        assert "3 migration(s) applied now, 3 in total" in first
+        assert f"{shipped} migration(s) applied now, {shipped} in total" in first
         assert re.search(r"001_billing_sessions\.sql +applied now", first)
-        assert "0 migration(s) applied now, 3 in total" in migrate_text(settings)
+        assert f"0 migration(s) applied now, {shipped} in total" in migrate_text(settings)
         announce(settings, api)
         assert "applies migrations when it starts" in migrate_text(settings)
     finally:

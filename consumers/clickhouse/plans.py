@@ -1,0 +1,301 @@
+"""Plans, funds, seats, started transfers and balance snapshots in ClickHouse (migration 005).
+
+Written by the plan sinks (``consumers.plan_sinks``) with the sink's flush contract: one call
+of :meth:`PlanStore.insert` per Kafka offset range, with that range's token, into every table
+the range has rows for. A retried range is dropped per table by its token; a replay under
+another token is absorbed by the tables' keys (see the migration). Read back by `metering usage`
+(the ``agents`` and ``active_agents`` columns) and `metering plans`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any, Final
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from consumers.clickhouse.client import check_database_name
+from consumers.clickhouse.errors import ClickHouseWriteError
+from consumers.clickhouse.store import INSERT_SETTINGS
+from consumers.clickhouse.usage import Period, named_query, usage
+from pipeline.agent_book import AgentRow, period_last_day, with_agents
+from pipeline.balance.agents import SeatTimeline
+from pipeline.balance.money import format_money
+from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded, PlanChanged, to_ms
+from pipeline.rules.attribution import UsageRow
+
+__all__ = [
+    "PLAN_COLUMNS",
+    "PlanRecord",
+    "PlanRow",
+    "PlanStore",
+    "active_agents",
+    "plans_overview",
+    "record_key",
+    "seat_timelines",
+    "usage_with_agents",
+]
+
+#: What the plan sinks store: billing-plans events, started transfers, balance snapshots.
+PlanRecord = PlanChanged | FundsAdded | AgentsSubscribed | AgentTransfer | BalanceSnapshot
+
+_EVENT: Final = ("account_id", "app_id", "event_id", "occurred_at")
+_PRICES: Final = ("price_per_usage_session", "price_per_alert_session", "price_per_voice_session")
+
+#: Record type -> (table, columns written), in the order tables are written.
+_TABLES: Final[dict[type, tuple[str, tuple[str, ...]]]] = {
+    PlanChanged: (
+        "plan_changes",
+        (*_EVENT, "plan", *_PRICES, "currency", "low_balance_threshold", "idle_timeout_minutes"),
+    ),
+    FundsAdded: ("funds_added", (*_EVENT, "amount", "currency")),
+    AgentsSubscribed: ("agent_subscriptions", (*_EVENT, "agents")),
+    AgentTransfer: ("agent_transfers_started", (*_EVENT, "agent_id", "conversation_id")),
+    BalanceSnapshot: (
+        "balance_snapshots",
+        (
+            "account_id",
+            "app_id",
+            "plan",
+            "currency",
+            "funds",
+            "usage_cost",
+            "alert_cost",
+            "voice_cost",
+            "usage_sessions",
+            "alert_sessions",
+            "voice_sessions",
+            "unpriced_sessions",
+            "balance",
+            "balance_amount",
+            "threshold",
+            "status",
+            "entitled",
+            "agents",
+            "version",
+            "updated_at",
+        ),
+    ),
+}
+
+#: How a record's field becomes a column value: times as epoch ms, contract money as Decimal.
+_CONVERT: Final[dict[str, Callable[[Any], Any]]] = {
+    "occurred_at": to_ms,
+    "updated_at": to_ms,
+    "amount": Decimal,
+    "low_balance_threshold": Decimal,
+    **dict.fromkeys(_PRICES, Decimal),
+}
+
+
+def _columns(rows: Sequence[Any], names: tuple[str, ...]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for name in names:
+        if name == "balance_amount":
+            out.append([Decimal(r.balance) for r in rows])
+            continue
+        values = [getattr(r, name) for r in rows]
+        convert = _CONVERT.get(name)
+        out.append([convert(v) for v in values] if convert else values)
+    return out
+
+
+def record_key(record: PlanRecord) -> str:
+    """The row's identity in its table: ``(app, event_id)`` for events (R1), ``(app, version)`` for snapshots."""
+    if isinstance(record, BalanceSnapshot):
+        return f"balance_snapshots:{record.app_id}:{record.version}"
+    return f"{_TABLES[type(record)][0]}:{record.app_id}:{record.event_id}"
+
+
+def _stored(record: PlanRecord) -> bool:
+    """Transfers matter only when they start and name their agent (R11 active agents)."""
+    return not isinstance(record, AgentTransfer) or (record.action == "started" and record.agent_id is not None)
+
+
+class PlanStore:
+    """A ``SessionWriter``-shaped writer of :data:`PlanRecord` rows; no I/O until :meth:`insert`."""
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self._database = check_database_name(database)
+
+    def insert(self, records: Sequence[PlanRecord], token: str) -> None:
+        """Insert ``records`` split by table, each part with ``token`` (deduplication is per table).
+
+        Transfers that end or name no agent are not stored (see ``_stored``).
+        """
+        if not token:
+            raise ValueError("an insert token is required: an empty one turns token deduplication off")
+        by_type: dict[type, list[Any]] = {}
+        for record in records:
+            if _stored(record):
+                by_type.setdefault(type(record), []).append(record)
+        for kind, (table, names) in _TABLES.items():
+            rows = by_type.get(kind)
+            if rows:
+                self._insert(table, names, _columns(rows, names), len(rows), token)
+
+    def _insert(self, table: str, names: tuple[str, ...], columns: list[list[Any]], n: int, token: str) -> None:
+        where = f"insert of {n} rows into {self._database}.{table} (token {token!r})"
+        try:
+            self._client.insert(
+                table,
+                columns,
+                column_names=list(names),
+                database=self._database,
+                column_oriented=True,
+                settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
+            )
+        except OperationalError as exc:
+            raise ClickHouseWriteError(
+                f"{where} did not complete: {exc}. The database is unreachable or timed out; retry with the "
+                "same token.",
+                code=exc.code,
+                transient=True,
+            ) from exc
+        except DatabaseError as exc:
+            raise ClickHouseWriteError(
+                f"{where} was refused (ClickHouse code {exc.code}): {exc}. Check that migration 005 ran "
+                "(metering run applies the migrations).",
+                code=exc.code,
+                transient=False,
+            ) from exc
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def seat_timelines(
+    client: Client, database: str, *, apps: Sequence[str], account: str | None, end: date | None
+) -> dict[str, SeatTimeline]:
+    """Every app's seat changes up to ``end`` (local day, inclusive; None: all) as timelines."""
+    rows = named_query(client, database, "seat_changes", apps=list(apps), account=account, to=end)
+    timelines: dict[str, SeatTimeline] = {}
+    for app_id, t_ms, event_id, seats in rows:
+        timeline = timelines.get(app_id)
+        if timeline is None:
+            timeline = timelines[app_id] = SeatTimeline(app_id=str(app_id))
+        timeline.add(int(t_ms), str(event_id), int(seats))
+    return timelines
+
+
+def active_agents(
+    client: Client,
+    database: str,
+    *,
+    start: date | None,
+    end: date | None,
+    apps: Sequence[str],
+    account: str | None,
+    period: Period,
+    tz: str,
+) -> dict[tuple[str, str, str], int]:
+    """Distinct agents of the transfers started per ``(account_id, app_id, period)``."""
+    rows = named_query(
+        client,
+        database,
+        "active_agents_by_period",
+        tz=tz,
+        period=period,
+        **{"from": start, "to": end},
+        apps=list(apps),
+        account=account,
+    )
+    return {(str(acc), str(app), str(day)): int(n) for acc, app, day, n in rows}
+
+
+def usage_with_agents(
+    client: Client,
+    database: str,
+    rows: Sequence[UsageRow],
+    *,
+    start: date | None,
+    end: date | None,
+    apps: Sequence[str],
+    account: str | None,
+    period: Period,
+    tz: str,
+) -> list[AgentRow]:
+    """``rows`` (from ``usage``, same arguments) with R11's ``agents`` and ``active_agents`` appended."""
+    if not rows:
+        return []
+    seats = seat_timelines(client, database, apps=apps, account=account, end=end)
+    active = active_agents(client, database, start=start, end=end, apps=apps, account=account, period=period, tz=tz)
+    return with_agents(rows, seats, active, zone_name=tz, period=period, start=start, end=end)
+
+
+#: `metering plans`: one row per app, its balance read model and the month's usage and cost.
+PLAN_COLUMNS: Final = (
+    "account_id",
+    "app_id",
+    "plan",
+    "currency",
+    "status",
+    "balance",
+    "threshold",
+    "entitled",
+    "month",
+    "usage_sessions",
+    "alert_sessions",
+    "voice_sessions",
+    "billing_sessions",
+    "unpriced_sessions",
+    "cost",
+)
+_Text = str | None
+PlanRow = tuple[str, str, _Text, _Text, _Text, _Text, _Text, _Text, str, int, int, int, int, int, str]
+
+
+def plans_overview(client: Client, database: str, *, account: str | None, month: date, tz: str) -> list[PlanRow]:
+    """Every app known by a plan, a balance or the month's usage, sorted by account and app.
+
+    Plan, status, balance and entitlement are the balance processor's latest snapshot; an app it
+    has not published yet shows its latest plan and no balance (empty, not guessed). The month is
+    the local calendar month of ``month`` in ``tz``; its cost is priced per session by
+    ``cost_by_app.sql``, summed per currency (two currencies in one month are both shown).
+    """
+    first = month.replace(day=1)
+    last = period_last_day(first, "month")
+    snapshots = {(str(r[0]), str(r[1])): r for r in named_query(client, database, "balance_latest", account=account)}
+    plans = {(str(r[0]), str(r[1])): r for r in named_query(client, database, "plan_latest", account=account)}
+    month_rows = usage(client, database, start=first, end=last, apps=[], account=account, period="month", tz=tz)
+    sessions = {(r[0], r[1]): r for r in month_rows}
+    costs: dict[tuple[str, str], list[tuple[str, Decimal]]] = {}
+    unpriced: dict[tuple[str, str], int] = {}
+    cost_rows = named_query(client, database, "cost_by_app", tz=tz, account=account, **{"from": first, "to": last})
+    for acc, app, currency, cost, n in cost_rows:
+        key = (str(acc), str(app))
+        unpriced[key] = unpriced.get(key, 0) + int(n)
+        if currency:
+            costs.setdefault(key, []).append((str(currency), Decimal(cost)))
+    out: list[PlanRow] = []
+    for key in sorted(snapshots.keys() | plans.keys() | sessions.keys() | costs.keys() | unpriced.keys()):
+        snap, plan, used = snapshots.get(key), plans.get(key), sessions.get(key)
+        out.append(
+            (
+                *key,
+                str(snap[2]) if snap and snap[2] is not None else (str(plan[2]) if plan else None),
+                str(snap[3]) if snap else (str(plan[3]) if plan else None),
+                str(snap[4]) if snap else None,
+                str(snap[5]) if snap else None,
+                str(snap[6]) if snap else (format_money(Decimal(plan[4])) if plan else None),
+                ("true" if snap[7] else "false") if snap else None,
+                first.strftime("%Y-%m"),
+                *((int(used[4]), int(used[6]), int(used[5]), int(used[7])) if used else (0, 0, 0, 0)),
+                unpriced.get(key, 0),
+                _cost_text(costs.get(key, [])),
+            )
+        )
+    return out
+
+
+def _cost_text(costs: list[tuple[str, Decimal]]) -> str:
+    """``12.50`` in the one currency of the month; ``12.50 USD + 3.00 EUR`` if the plan changed currency."""
+    if not costs:
+        return "0.00"
+    if len(costs) == 1:
+        return format_money(costs[0][1])
+    return " + ".join(f"{format_money(amount)} {currency}" for currency, amount in costs)

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test unit lint kafka-jars bench clean
+.PHONY: setup run test unit lint kafka-jars prometheus-tools bench clean
 
 setup: $(STAMP) kafka-jars ## virtualenv with the `metering` CLI, Kafka jars
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 kafka-jars:
 	@deploy/local/fetch.sh
 
+# Not part of setup: only the tests use them (alert rules, the alerting integration test).
+prometheus-tools: ## promtool and prometheus, from Debian's prometheus package if missing
+	@deploy/prometheus/install-tools.sh
+
 run: setup ## the whole pipeline on this machine with demo traffic
 	$(BIN)/metering run --demo
 
@@ -27,10 +31,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) prometheus-tools
 	$(BIN)/pytest -q tests/unit
 
-test: setup lint ## everything: lint, types, unit, integration
+test: setup lint prometheus-tools ## everything: lint, types, alert rules, unit, integration
 	$(BIN)/pytest -q
 
 bench: setup

@@ -180,40 +180,6 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, float] | None:
     return out
 
 
-def histogram_buckets(url: str, name: str) -> dict[float, float] | None:
-    """Cumulative bucket counts (le -> count) of histogram ``name`` on a /metrics page."""
-    try:
-        with _LOCAL.open(url, timeout=2.0) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return None
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == f"{name}_bucket":
-                le = float(sample.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + sample.value
-    return buckets
-
-
-def histogram_quantile(buckets: Mapping[float, float], q: float) -> float | None:
-    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding quantile ``q``."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        count = buckets[le]
-        if count >= rank:
-            if le == float("inf"):
-                return lower  # beyond the last finite bound: Prometheus answers that bound
-            inside = count - below
-            return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
-        lower, below = le, count
-    return None
-
-
 # -- statistics and output ------------------------------------------------------------------
 
 

@@ -104,6 +104,7 @@ class Run:
     #: From worker start (Popen) to ...
     first_batch_seconds: float | None = None  # ... the first sample with events metered
     first_output_seconds: float | None = None  # ... the Kafka timestamp of the first billing session
+    first_emitted_seconds: float | None = None  # ... the first sample of the worker's emitted counter above 0
     input_done_seconds: float | None = None  # ... the first sample with every event metered
     visible_seconds: float = 0.0  # ... ClickHouse holding exactly the expected sessions
     events_per_s: float = 0.0  # N / visible_seconds
@@ -133,8 +134,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000, help="events per run")
     parser.add_argument("--workers", type=int, default=1, help="worker processes in the group")
     parser.add_argument("--seed", type=int, default=7, help="traffic seed")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
-                        help="one extra run under py-spy (default: if .venv/bin/py-spy exists)")
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one extra run under py-spy (default: if .venv/bin/py-spy exists)",
+    )
     parser.add_argument("--profile-seconds", type=int, default=20, help="py-spy duration")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on a run after this many seconds")
     parser.add_argument("--keep-files", action="store_true", help="keep the temporary directory (logs, profile)")
@@ -266,12 +271,14 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
         started = time.monotonic()
         started_wall = time.time()
         procs = [start_worker(settings, log, port) for log, port in zip(worker_logs, ports, strict=True)]
-        sampler = Sampler({
-            **{f"worker{w}": p.pid for w, p in enumerate(procs)},
-            "sink": store.pid,
-            "broker": broker.pid,
-            "bench": os.getpid(),
-        })
+        sampler = Sampler(
+            {
+                **{f"worker{w}": p.pid for w, p in enumerate(procs)},
+                "sink": store.pid,
+                "broker": broker.pid,
+                "bench": os.getpid(),
+            }
+        )
         run = Run(index=index, workers=workers, profiled=profile is not None, produce_seconds=produced.seconds)
         deadline = started + timeout
         rows_reached: float | None = None
@@ -297,9 +304,12 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
                 peaks[p.pid] = max(peaks.get(p.pid, 0.0), peak_rss_mib(p.pid) or 0.0)
             samples += 1
             if samples % 2 == 0 and received < expected.events:  # every 0.5 s: a scrape costs the worker a little
-                received = sum(_metric(f"http://127.0.0.1:{port}/metrics", "metering_events_received_total")
-                               for port in ports)
+                scraped = [scrape(f"http://127.0.0.1:{port}/metrics") or {} for port in ports]
+                received = sum(m.get("metering_events_received_total", 0.0) for m in scraped)
+                emitted = sum(m.get("metering_billing_sessions_emitted_total", 0.0) for m in scraped)
                 run.received_timeline.append((round(now, 3), received))
+                if emitted > 0 and run.first_emitted_seconds is None:
+                    run.first_emitted_seconds = now
             if received > 0 and run.first_batch_seconds is None:
                 run.first_batch_seconds = now
                 first_batch = sampler.snapshot()
@@ -376,8 +386,11 @@ def _start_store(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """`python -m pipeline sink`: its own process, with its own embedded chDB under the run's data dir."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "sink"], env=child_env(settings), stdout=log,
-            stderr=subprocess.STDOUT, cwd=ROOT,
+            [sys.executable, "-m", "pipeline", "sink"],
+            env=child_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
 
 
@@ -445,11 +458,13 @@ def _batch_stats(run: Run, ports: list[int]) -> None:
 def _first_output_time(settings: Settings) -> float | None:
     """Unix time of the first billing session a worker emitted: the earliest Kafka timestamp at offset 0."""
     topic = settings.topics.billing_sessions
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": f"{settings.app_id}-bench-first",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.app_id}-bench-first",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
         seen: dict[int, int] = {}
@@ -473,10 +488,24 @@ def _start_profiler(pid: int, profile: tuple[Path, int], run_dir: Path) -> subpr
     with (run_dir / "py-spy.log").open("ab") as log:
         return subprocess.Popen(
             [
-                str(PY_SPY), "record", "-o", str(out), "-f", "raw", "--pid", str(pid), "-d", str(seconds),
-                "--rate", str(PROFILE_RATE), "--gil", "--threads", "--full-filenames",
+                str(PY_SPY),
+                "record",
+                "-o",
+                str(out),
+                "-f",
+                "raw",
+                "--pid",
+                str(pid),
+                "-d",
+                str(seconds),
+                "--rate",
+                str(PROFILE_RATE),
+                "--gil",
+                "--threads",
+                "--full-filenames",
             ],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -493,17 +522,30 @@ CATEGORIES: Final = (
     ("prometheus_client", ("/prometheus_client/",)),
 )
 #: Frames that run an event loop: their self time is the loop's own C code (uvloop).
-LOOP_RUNNERS: Final = frozenset({"Worker.execute_from_commandline", "ServiceThread._start_thread", "run_forever",
-                                 "run_until_complete", "Runner.run"})
+LOOP_RUNNERS: Final = frozenset(
+    {
+        "Worker.execute_from_commandline",
+        "ServiceThread._start_thread",
+        "run_forever",
+        "run_until_complete",
+        "Runner.run",
+    }
+)
 #: Where each GIL sample belongs, by the frames on its stack: the first stage that matches takes it.
 STAGES: Final = (
     ("our batch processing (MeteringApp._process), of which:", "MeteringApp._process"),
-    ("faust fetcher and conductor: records -> faust events -> stream queues, per message",
-     "Fetcher._fetcher|Conductor._compile_message_handler.<locals>.on_message"),
-    ("faust agent stream: per-event iteration, take_events buffering, acks",
-     "Agent._execute_actor|Stream._passive_drainer|Stream._c_aiter"),
-    ("faust table changelog: one message per state change, sent by aiokafka",
-     "ProducerBuffer._handle_pending|Sender._sender_routine|Sender._send_produce_req"),
+    (
+        "faust fetcher and conductor: records -> faust events -> stream queues, per message",
+        "Fetcher._fetcher|Conductor._compile_message_handler.<locals>.on_message",
+    ),
+    (
+        "faust agent stream: per-event iteration, take_events buffering, acks",
+        "Agent._execute_actor|Stream._passive_drainer|Stream._c_aiter",
+    ),
+    (
+        "faust table changelog: one message per state change, sent by aiokafka",
+        "ProducerBuffer._handle_pending|Sender._sender_routine|Sender._send_produce_req",
+    ),
     ("idle ticks and gauges (MeteringApp._tick)", "MeteringApp._tick"),
     ("other threads (metrics HTTP, plan feed, faust's consumer thread)", "Thread._bootstrap"),
 )
@@ -570,8 +612,13 @@ def summarize_profile(path: Path, seconds: float, top: int = 15) -> dict[str, An
         "categories": [{"category": c, "share": n / total} for c, n in by_category.most_common()],
         "stages": [
             {"stage": label, "share": stages[label] / total}
-            for label in [STAGES[0][0], *(p for p, _ in PROCESS_PARTS), *(s for s, _ in STAGES[1:]), LOOP_STAGE,
-                          OTHER_STAGE]
+            for label in [
+                STAGES[0][0],
+                *(p for p, _ in PROCESS_PARTS),
+                *(s for s, _ in STAGES[1:]),
+                LOOP_STAGE,
+                OTHER_STAGE,
+            ]
         ],
         "top_self": [{"function": f, "file": file, "share": n / total} for (f, file), n in by_frame.most_common(top)],
     }
@@ -592,6 +639,7 @@ COLUMNS: Final = (
     ("events/s, first output to all rows visible", "events_per_s_from_first_output", 0),
     ("events/s of the worker(s) alone (own counter)", "worker_events_per_s", 0),
     ("s: worker start -> first output record", "first_output_seconds", 1),
+    ("s: worker start -> emitted counter > 0", "first_emitted_seconds", 1),
     ("s: worker start -> all input metered", "input_done_seconds", 1),
     ("s: worker start -> all rows visible", "visible_seconds", 1),
     ("worker CPU s (process life)", "worker_cpu_seconds", 1),
@@ -644,13 +692,23 @@ def report(
         "benchmark": NAME,
         "environment": environment(),
         "parameters": {
-            "runs": args.runs, "events": args.events, "workers": args.workers, "seed": args.seed,
-            "partitions": 6, "idle_partition_seconds": 2.0, "batch_size": Settings.batch_size,
-            "batch_seconds": Settings.batch_seconds, "sink_batch_seconds": Settings.sink_batch_seconds,
+            "runs": args.runs,
+            "events": args.events,
+            "workers": args.workers,
+            "seed": args.seed,
+            "partitions": 6,
+            "idle_partition_seconds": 2.0,
+            "batch_size": Settings.batch_size,
+            "batch_seconds": Settings.batch_seconds,
+            "sink_batch_seconds": Settings.sink_batch_seconds,
             "store": "separate process (python -m pipeline sink, embedded chDB)",
         },
-        "expected": {"events": expected.events, "sessions": expected.sessions, "by_kind": expected.by_kind,
-                     "event_hours": round(expected.event_hours, 2)},
+        "expected": {
+            "events": expected.events,
+            "sessions": expected.sessions,
+            "by_kind": expected.by_kind,
+            "event_hours": round(expected.event_hours, 2),
+        },
         "median": medians,
         "runs": [_run_json(r) for r in runs],
         "profiled_run": _run_json(profile_run) if profile_run else None,

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Final, NoReturn
 
 import faust
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust.streams import _current_event  # faust keeps the partition to write tables to here
 from faust.types import TP, EventT, StreamT, TableT
 
@@ -52,6 +52,8 @@ TICK_KEY: Final = b"tick"
 #: Input waiting and no batch for this long, outside rebalances: faust has stalled, restart.
 STALL_SECONDS: Final = 30.0
 EXIT_BATCH_FAILED: Final = 70
+#: How long a batch waits for the broker to answer an offsets lookup before it fails.
+BROKER_WAIT_SECONDS: Final = 120.0
 
 StateTable = TableT[bytes, bytes]
 
@@ -252,6 +254,27 @@ class MeteringApp:
         return (topics.turns, topics.transfers) if kind == "conversations" else (topics.alerts,)
 
     def _committed(self, topics: list[str], partition: int) -> dict[str, int]:
+        """The group's committed offsets (the log start where none), waiting out a broker that is away.
+
+        A coordinator that moves or a broker that restarts is an outage to wait for, not a
+        reason to fail the batch: the worker would only restart and ask again.
+        """
+        deadline = time.monotonic() + BROKER_WAIT_SECONDS
+        pause = 0.5
+        while True:
+            try:
+                return self._committed_once(topics, partition)
+            except KafkaException as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "broker not answering for committed offsets: retrying",
+                    extra=fields(partition=partition, error=str(exc), retry_in_s=pause),
+                )
+                time.sleep(pause)
+                pause = min(2 * pause, 10.0)
+
+    def _committed_once(self, topics: list[str], partition: int) -> dict[str, int]:
         if not topics:
             return {}
         if self._offsets_reader is None:

@@ -22,6 +22,7 @@ from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_SETTINGS = 78
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service the command needs does not answer
 
 
 def load_settings() -> Settings:
@@ -35,7 +36,22 @@ def load_settings() -> Settings:
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _MeteringCommands(click.Group):
+    """Kafka that cannot be reached or set up ends any command with one clear line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except RuntimeError as exc:
+            from pipeline.kafka import KafkaSetupError  # here: compute never loads the Kafka client
+
+            if not isinstance(exc, KafkaSetupError):
+                raise
+            Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(EXIT_UNAVAILABLE)
+
+
+@click.group(cls=_MeteringCommands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Meter conversational-AI usage into billing sessions."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pipeline.settings import Settings
@@ -11,7 +12,7 @@ from tests.faults.harness import Outgoing
 from tests.support import T0
 
 MIB: Final = 1 << 20
-LARGE: Final = 600 << 10  # its dead letter (base64) stays under a producer's default 1,000,000-byte limit
+LARGE: Final = 600 << 10  # over the 256 KiB a dead letter keeps: its dead letter holds a prefix and the digest
 
 #: kind: (how many, the dead-letter code the spec gives it)
 KINDS: Final = {
@@ -67,8 +68,11 @@ def _payload(kind: str, i: int, rng: random.Random) -> bytes:
     if kind == "missing_fields":
         return json.dumps(_turn(i, **{rng.choice(["event_id", "occurred_at", "app_id", "speaker"]): None})).encode()
     if kind == "far_future":
-        year = rng.choice([2027, 2100, 9999]) if i % 2 else 2026
-        when = f"{year}-12-{1 + i % 28:02d}T00:00:00.000Z"
+        if i % 2:
+            when = f"{rng.choice([2100, 3000, 9999])}-12-{1 + i % 28:02d}T00:00:00.000Z"
+        else:  # just over the 24 h the contract allows, from the real clock: never becomes valid with time
+            soon = datetime.now(UTC) + timedelta(days=2, minutes=i)
+            when = soon.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         return json.dumps(_turn(i, occurred_at=when)).encode()
     if kind == "before_2000":
         return json.dumps(_turn(i, occurred_at=f"19{70 + i % 29}-06-01T00:00:00.000Z")).encode()

@@ -614,8 +614,23 @@ def wait_for_usage(
         wait_until(same, timeout, f"usage in {tz} to equal compute", every=1.0)
     except AssertionError:
         print(f"expected:\n{expected}\ngot:\n{last[0]}\n{_diff(expected, last[0])}")
+        print(_side_outputs(settings))
         print(diagnostics())
         raise
+
+
+def _side_outputs(settings: Settings) -> str:
+    """What went to the late and dead-letter topics: where a mismatch usually starts."""
+    lines = []
+    for topic in (settings.topics.late, settings.topics.dlq):
+        try:
+            values = read_topic(settings, topic, timeout=10)
+        except Exception as exc:  # diagnostics only: never hide the failure being reported
+            lines.append(f"{topic}: unreadable ({exc})")
+            continue
+        lines.append(f"{topic}: {len(values)} messages")
+        lines.extend(f"  {v[:300]!r}" for v in values[:10])
+    return "\n".join(lines)
 
 
 def _diff(expected: str, got: str) -> str:

@@ -76,7 +76,6 @@ from pipeline.events import to_ms
 from pipeline.local_kafka import LocalKafka
 from pipeline.produce import produce
 from pipeline.report import render
-from pipeline.rules.attribution import USAGE_COLUMNS
 from pipeline.rules.config import RulesConfig
 from pipeline.settings import Settings
 
@@ -209,7 +208,7 @@ def prepare(path: Path, count: int, seed: int, console: Console) -> Expected:
         events=count,
         sessions=sum(by_kind.values()),
         by_kind=by_kind,
-        csv=render(USAGE_COLUMNS, result.rows, "csv"),
+        csv=render(*result.report(), "csv"),
         event_hours=(_ms(max(stamps)) - _ms(min(stamps))) / 3_600_000,
     )
     console.print(

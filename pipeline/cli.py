@@ -11,12 +11,11 @@ import click
 from rich.console import Console
 
 from pipeline import logs
-from pipeline.agent_book import AGENT_COLUMNS
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
 from pipeline.progress import FileProgress
 from pipeline.report import FORMATS, Format, render
-from pipeline.rules.attribution import USAGE_COLUMNS, UnknownZoneError, zone
+from pipeline.rules.attribution import UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.settings import Settings, SettingsError
 
@@ -92,8 +91,7 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
     except OSError as exc:
         err.print(f"[red]error:[/] cannot read {events_path}: {exc.strerror or exc}")
         sys.exit(EXIT_UNREADABLE)
-    rows = result.agents.rows(result.rows) if result.agents is not None else result.rows
-    columns = (*USAGE_COLUMNS, *AGENT_COLUMNS) if result.agents is not None else USAGE_COLUMNS
+    columns, rows = result.report()
     sys.stdout.write(render(columns, rows, fmt, title=f"Usage by day ({tz_name})"))
     s = result.stats
     note = " (file not in time order: metered again in time order)" if result.resorted else ""

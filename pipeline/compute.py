@@ -19,14 +19,14 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import IO, Final
 from zoneinfo import ZoneInfo
 
-from pipeline.agent_book import AgentBook
+from pipeline.agent_book import AGENT_COLUMNS, AgentBook
 from pipeline.events import (
     AgentsSubscribed,
     AgentTransfer,
@@ -39,7 +39,8 @@ from pipeline.events import (
     decode_event,
 )
 from pipeline.progress import OnProgress
-from pipeline.rules.attribution import UsageBook, UsageRow
+from pipeline.report import Cell
+from pipeline.rules.attribution import USAGE_COLUMNS, UsageBook, UsageRow
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter, MeterStats, Outcome
 from pipeline.rules.model import BillingSession
@@ -72,6 +73,12 @@ class ComputeResult:
     sessions: list[BillingSession] = field(default_factory=list)
     #: With ``keep``: sessions of conversation sessions not final by ``now_ms`` (any day).
     unfinished: list[BillingSession] = field(default_factory=list)
+
+    def report(self) -> tuple[tuple[str, ...], Sequence[Sequence[Cell]]]:
+        """The columns and rows `metering compute` prints: interfaces.md's eight, then R11's agents."""
+        if self.agents is None:
+            return USAGE_COLUMNS, self.rows
+        return (*USAGE_COLUMNS, *AGENT_COLUMNS), self.agents.rows(self.rows)
 
 
 class _Collector:

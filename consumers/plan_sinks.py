@@ -91,6 +91,7 @@ class PlanSink(ClickHouseSink):
     """A :class:`ClickHouseSink` of one :class:`Feed` into a :class:`PlanStore`."""
 
     timestamps_are_final = False  # an input event's timestamp is when it was produced, not finalized
+    after_insert_point = "plan_sink.after_insert"
     invalid_message = (
         "skipped an invalid balance-state message: it is the balance processor's own output and cannot be "
         "re-emitted, so it is counted (metering_sink_invalid_records_total) and its offset committed; "

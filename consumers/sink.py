@@ -383,6 +383,8 @@ class ClickHouseSink:
 
     #: Whether a message's Kafka timestamp is when its record became final (final-to-queryable metric).
     timestamps_are_final: bool = True
+    #: The failpoint between insert and commit (pipeline/failpoints.py): one name per kind of sink.
+    after_insert_point: str = "sink.after_insert"
     invalid_message: str = (
         "skipped an invalid billing-sessions message: it is the stream workers' own output and cannot be "
         "re-emitted, so it is counted (metering_sink_invalid_records_total) and its offset committed; "
@@ -430,7 +432,7 @@ class ClickHouseSink:
         batch.attempts += 1
         try:
             rows = self._write(batch)
-            failpoints.hit("sink.after_insert")  # tests: a crash between the insert and the commit
+            failpoints.hit(self.after_insert_point)  # tests: a crash between the insert and the commit
             committed_at = self._commit(consumer, batch)
         except ClickHouseWriteError as exc:
             self._failed(consumer, batch, exc, code=exc.code, transient=exc.transient, step="insert", retrying=retrying)

@@ -17,8 +17,9 @@ The variable is read once, at the first :func:`hit`; a malformed value raises ``
 there, naming the variable, so a typo cannot silently disable a test's fault. Without the
 variable, :func:`hit` is a dictionary lookup.
 
-Points: ``sink.insert`` (before each ClickHouse insert of the sink), ``sink.after_insert``
-(after a batch is written to ClickHouse, before its offsets are committed) and
+Points: ``sink.insert`` (before each ClickHouse insert of any sink of the process: an outage
+hits them all), ``sink.after_insert`` (after a billing-sessions batch is written to ClickHouse,
+before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks) and
 ``balance.before_commit`` (pipeline/stream/balance.py).
 """
 

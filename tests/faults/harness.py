@@ -489,9 +489,13 @@ class StoreProcess:
     def metric(self, name: str, **labels: str) -> float:
         return scrape(self.endpoints.metrics, name, **labels)
 
-    def wait_exit(self, timeout: float) -> int:
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if the process still runs after ``timeout`` (the caller shows the logs)."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
         assert self.process is not None

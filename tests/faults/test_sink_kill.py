@@ -51,7 +51,7 @@ def test_sink_sigkill_between_insert_and_commit_then_restart(
 ) -> None:
     """The sink killed after ClickHouse accepted a batch and before Kafka knew: the restart re-reads it, counts it once.
 
-    ``sink.after_insert=kill@4`` SIGKILLs the store process at the fourth batch, after its
+    ``sink.after_insert=kill@2`` SIGKILLs the store process at its second sessions batch, after its
     insert and before its commit. ClickHouse then holds sessions from offsets the group never
     committed; the restarted sink reads them again and inserts them again (absorbed by the
     insert tokens, then by ReplacingMergeTree and the uniqExact sets), so usage equals compute
@@ -59,7 +59,7 @@ def test_sink_sigkill_between_insert_and_commit_then_restart(
     """
     settings = stack_settings
     lines = traffic_lines(5000, seed=31)
-    store.start(failpoints="sink.after_insert=kill@4")
+    store.start(failpoints="sink.after_insert=kill@2")
     pool.start(1)
     produce_all(settings, keyed(settings, lines))
     assert store.wait_exit(timeout=120) == -9, store.logs()

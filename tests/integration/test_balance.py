@@ -609,6 +609,14 @@ def test_a_second_processor_joining_mid_stream_takes_over_partitions_without_dou
         "the first instance to charge part of the stream",
     )
     second = processors.start("--instance", "1", METERING_BATCH_SIZE="50")
+
+    def restored_by_joiner() -> list[dict[str, int]]:
+        log_file = processors.log_dir / "balance-1.log"
+        lines = log_file.read_text().splitlines() if log_file.exists() else []
+        return [json.loads(line) for line in lines if '"balance partition restored"' in line]
+
+    # The rest of the stream goes out once the rebalance has moved partitions to the joiner.
+    wait_until(lambda: any(r["apps"] > 0 for r in restored_by_joiner()), 90, "the joiner to take over partitions")
     produce(settings, session_messages(settings, sessions[half:]) + session_messages(settings, sessions))
 
     def charged_all() -> bool:
@@ -633,12 +641,7 @@ def test_a_second_processor_joining_mid_stream_takes_over_partitions_without_dou
         assert [a.alert_event_id for a in produced if a.app_id == app] == [
             a.alert_event_id for a in expected if a.app_id == app
         ], app
-    restored = [
-        json.loads(line)
-        for line in (processors.log_dir / "balance-1.log").read_text().splitlines()
-        if '"balance partition restored"' in line
-    ]
-    assert any(r["apps"] > 0 for r in restored), "the joining instance took over partitions with their state"
+    assert any(r["apps"] > 0 for r in restored_by_joiner()), "the joining instance took over partitions with state"
 
 
 # -- (f) a replay of both topics from the beginning ----------------------------------------------

@@ -1,4 +1,4 @@
-"""Output messages built from the engine's results: billing sessions, dead letters, late events."""
+"""Output messages built from the engine's results (billing sessions, dead letters, late events), and back."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pipeline.events import (
     LateRecord,
     Rejection,
     ms_to_datetime,
+    to_ms,
 )
 from pipeline.rules.model import BillingSession, LateEvent
 
@@ -45,6 +46,32 @@ def billing_session_record(s: BillingSession) -> BillingSessionRecord:
 
 def _maybe_datetime(ms: int | None) -> datetime | None:
     return None if ms is None else ms_to_datetime(ms)
+
+
+def billing_session_of(record: BillingSessionRecord) -> BillingSession:
+    """The rules' view of a `billing-sessions` record (times in epoch milliseconds)."""
+    return BillingSession(
+        billing_session_id=record.billing_session_id,
+        kind=record.kind,
+        account_id=record.account_id,
+        app_id=record.app_id,
+        conversation_session_id=record.conversation_session_id,
+        conversation_id=record.conversation_id,
+        user_id=record.user_id,
+        channel=record.channel,
+        session_index=record.session_index,
+        started_ms=to_ms(record.started_at),
+        ended_ms=to_ms(record.ended_at),
+        conversation_started_ms=_maybe_ms(record.conversation_started_at),
+        conversation_ended_ms=_maybe_ms(record.conversation_ended_at),
+        bot_ms=record.bot_ms,
+        agent_ms=record.agent_ms,
+        alert_id=record.alert_id,
+    )
+
+
+def _maybe_ms(value: datetime | None) -> int | None:
+    return None if value is None else to_ms(value)
 
 
 def dead_letter(

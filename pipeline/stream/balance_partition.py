@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Final
 
@@ -53,10 +52,10 @@ from pipeline.events import (
     to_ms,
 )
 from pipeline.kafka import partition_of
-from pipeline.records import dead_letter
+from pipeline.records import billing_session_of, dead_letter
 from pipeline.rules.config import DAY, HOUR
 from pipeline.rules.meter import Outcome
-from pipeline.rules.model import BillingSession, Kind
+from pipeline.rules.model import Kind
 
 SEP: Final = "\x1e"
 KINDS: Final[tuple[Kind, ...]] = ("usage", "alert", "voice")
@@ -116,32 +115,6 @@ def head_key(app_id: str) -> bytes:
 
 def bucket_key(app_id: str, day: int, hour: int) -> bytes:
     return f"d{SEP}{day}{SEP}{hour}{SEP}{app_id}".encode()
-
-
-def session_of(record: BillingSessionRecord) -> BillingSession:
-    """The rules' view of a `billing-sessions` record (times in epoch milliseconds)."""
-    return BillingSession(
-        billing_session_id=record.billing_session_id,
-        kind=record.kind,
-        account_id=record.account_id,
-        app_id=record.app_id,
-        conversation_session_id=record.conversation_session_id,
-        conversation_id=record.conversation_id,
-        user_id=record.user_id,
-        channel=record.channel,
-        session_index=record.session_index,
-        started_ms=to_ms(record.started_at),
-        ended_ms=to_ms(record.ended_at),
-        conversation_started_ms=_maybe_ms(record.conversation_started_at),
-        conversation_ended_ms=_maybe_ms(record.conversation_ended_at),
-        bot_ms=record.bot_ms,
-        agent_ms=record.agent_ms,
-        alert_id=record.alert_id,
-    )
-
-
-def _maybe_ms(value: datetime | None) -> int | None:
-    return None if value is None else to_ms(value)
 
 
 def decode_session(value: bytes | None) -> BillingSessionRecord | Rejection:
@@ -313,7 +286,7 @@ class BalancePartition:
         if rejection is not None:
             self._dead(message, rejection, now_ms, out)
             return
-        session = session_of(decoded)
+        session = billing_session_of(decoded)
         record = self._app(session.app_id, session.account_id)
         before = _costs(record.balance)
         step = charge(record.balance, session, self.config)

@@ -19,8 +19,10 @@ variable, :func:`hit` is a dictionary lookup.
 
 Points: ``sink.insert`` (before each ClickHouse insert of any sink of the process: an outage
 hits them all), ``sink.after_insert`` (after a billing-sessions batch is written to ClickHouse,
-before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks) and
-``balance.before_commit`` (pipeline/stream/balance.py).
+before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks),
+``balance.before_commit`` (pipeline/stream/balance.py) and ``worker.delivered`` (each input
+record faust delivers to a worker; failing drops it, as faust drops fetched records when it
+suspends its flow).
 """
 
 from __future__ import annotations

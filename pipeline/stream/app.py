@@ -13,8 +13,9 @@ same ids (the sink and the balance keep one); a crash after 3 replays it against
 state, where every event is a duplicate. Nothing is lost, and nothing is counted twice.
 
 Idle partitions: a timer produces one tick per partition to the ticks topic, which the
-conversation agent reads with the input topics, so idle finalization happens in the agent
-with the partition's state at hand (faust tables are only writable from a partition's event).
+agents read with the input topics, so idle finalization happens in the agent with the
+partition's state at hand (faust tables are only writable from a partition's event). A tick
+is also when an agent checks that no input record was fetched and then dropped by faust.
 """
 
 from __future__ import annotations
@@ -31,31 +32,40 @@ from contextlib import contextmanager
 from typing import Any, Final, NoReturn
 
 import faust
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from faust.streams import _current_event  # faust keeps the partition to write tables to here
 from faust.types import TP, EventT, StreamT, TableT
 
-from pipeline import metrics
+from pipeline import failpoints, metrics
 from pipeline.events import BillingSessionRecord, DeadLetter, LateRecord
 from pipeline.kafka import producer_config
 from pipeline.logs import fields
 from pipeline.records import encode
 from pipeline.rules.config import SECOND, IdleTimeouts
 from pipeline.settings import Settings
-from pipeline.stream.continuity import OffsetGuard, Verdict
+from pipeline.stream.continuity import OffsetGuard, Progress, Verdict
 from pipeline.stream.partition import BatchResult, Message, PartitionMeter
 from pipeline.stream.plans import PlanFeed
 
 log = logging.getLogger(__name__)
 
 TICK_KEY: Final = b"tick"
-#: Input waiting and no batch for this long, outside rebalances: faust has stalled, restart.
+#: An input partition with records in the log and a position unmoved this long is read by the
+#: worker itself from the log: faust fetched the records and dropped them.
+HOLE_SECONDS: Final = 5.0
+#: Most records read at once for such a partition; the next tick reads on if need be.
+TAIL_READ_MAX: Final = 10_000
+#: An input partition that even so has not moved for this long, outside rebalances: restart.
 STALL_SECONDS: Final = 30.0
 EXIT_BATCH_FAILED: Final = 70
 #: How long a batch waits for the broker to answer an offsets lookup before it fails.
 BROKER_WAIT_SECONDS: Final = 120.0
 
 StateTable = TableT[bytes, bytes]
+
+
+class DroppedByConsumer(Exception):
+    """The ``worker.delivered`` failpoint: the record is lost as faust loses fetched records."""
 
 
 class Refetched:
@@ -112,15 +122,20 @@ class MeteringApp:
         self.conversations = self.app.Table("conversations", **raw)
         self.alerts = self.app.Table("alerts", **raw)
         self.conversation_topic = self.app.topic(topics.turns, topics.transfers, topics.ticks)
-        self.alert_topic = self.app.topic(topics.alerts)
+        self.alert_topic = self.app.topic(topics.alerts, topics.ticks)
         self.timeouts = IdleTimeouts(settings.rules)
         self.plans = PlanFeed(settings)
         self._meters: dict[tuple[str, int], PartitionMeter] = {}
         self._producer: Producer | None = None
         self._guard = OffsetGuard()
+        #: Since when each input partition's position has not moved: the agents' view (holes at
+        #: the end of the log) and the timer's (stalls), which a batch in hand resets.
+        self._unmoved = Progress()
+        self._stalled = Progress()
+        #: Agents with a batch being processed: a slow batch (a broker away) is no stall.
+        self._in_hand: set[str] = set()
         self._guard_faust_gaps()
         self._offsets_reader: Consumer | None = None
-        self._progress_at = dict.fromkeys(TABLES, time.monotonic())
         self.app.agent(self.conversation_topic, name="conversations")(self._conversation_agent)
         self.app.agent(self.alert_topic, name="alerts")(self._alert_agent)
         self.app.timer(interval=self.tick_interval, name="ticks")(self._tick)
@@ -151,6 +166,8 @@ class MeteringApp:
         """Meters are rebuilt from the tables after a rebalance; the tables are the truth."""
         self._meters.clear()
         self._guard.forget_all()
+        self._unmoved.forget_all()
+        self._stalled.forget_all()
 
     # -- agents --------------------------------------------------------------------------
 
@@ -173,6 +190,7 @@ class MeteringApp:
         from the last commit and never skips a batch.
         """
         batch = asyncio.ensure_future(self._process(kind, table, events))
+        self._in_hand.add(kind)
         try:
             await asyncio.shield(batch)
         except asyncio.CancelledError:
@@ -181,6 +199,8 @@ class MeteringApp:
             raise
         except Exception:
             _die(kind)
+        finally:
+            self._in_hand.discard(kind)
 
     async def _finish(self, batch: asyncio.Future[None], kind: str) -> None:
         try:
@@ -202,52 +222,91 @@ class MeteringApp:
             for change in self.plans.drain_for(meter):
                 results.append((last, meter, change))
             ticks = [e for e in group if not isinstance(e, Refetched) and e.message.topic == self.settings.topics.ticks]
-            messages = [_message(e) for e in group if e.message.topic != self.settings.topics.ticks]
-            lagging = await self._lagging(kind, partition, before=group)
+            delivered = [*group, *await self._dropped_tail(kind, partition)] if ticks else group
+            messages = [_message(e) for e in delivered if e.message.topic != self.settings.topics.ticks]
+            lagging = await self._lagging(kind, partition, before=delivered)
             if messages:
                 results.append((last, meter, meter.process(messages, now_ms, skew_ms, lagging=lagging)))
-            if ticks:
+            if ticks and kind == "conversations":
                 lagging = await self._lagging(kind, partition)
                 tick_ms = max(_tick_ms(e.value) for e in ticks)
                 idle_ms = int(self.settings.idle_partition_seconds * SECOND)
+                was_idle = meter.meter.partition.idle
                 results.append((ticks[-1], meter, meter.idle_tick(tick_ms, idle_ms, backlog=bool(lagging))))
+                if meter.meter.partition.idle and not was_idle:
+                    log.debug("partition idle: its clock follows the wall clock", extra=fields(partition=partition))
         await self._emit([r for _, _, r in results])
         for event, _, result in results:
             self._persist(table, event, result)
         self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
-        self._progress_at[kind] = time.monotonic()
 
     async def _lagging(self, kind: str, partition: int, before: Sequence[Delivered] = ()) -> list[str]:
         """Input topics of the partition with messages in the log not yet metered (``before`` the batch).
 
         The consumer's position is no measure: faust fetches ahead of what the agent has
-        processed. What counts is the last offset metered, or, before the first message since
-        start-up, the group's committed offset.
+        processed. What counts is the next offset to meter (``_positions``).
         """
-        topics = self._input_topics(kind)
-        first_in_batch: dict[tuple[str, int], int] = {}
+        first_in_batch: dict[str, int] = {}
         for e in before:
-            first_in_batch.setdefault((e.message.topic, e.message.partition), e.message.offset)
-        unknown = [t for t in topics if self._guard.expected(t, partition) is None]
-        committed = (
-            await asyncio.get_running_loop().run_in_executor(None, self._committed, unknown, partition)
-            if unknown
-            else {}
-        )
+            if e.message.partition == partition:
+                first_in_batch.setdefault(e.message.topic, e.message.offset)
         lagging = []
-        for topic in topics:
-            try:
-                highwater = self.app.consumer.highwater(TP(topic, partition))
-            except (KeyError, AssertionError, AttributeError):  # not assigned (any more)
-                highwater = None
-            done = self._guard.expected(topic, partition)
-            if done is None:
-                done = committed.get(topic, 0)
-            if (topic, partition) in first_in_batch:
-                done = min(done, first_in_batch[(topic, partition)])
+        for topic, (position, highwater) in (await self._positions(kind, partition)).items():
+            done = min(position, first_in_batch.get(topic, position))
             if highwater is None or highwater > done:
                 lagging.append(topic)
         return lagging
+
+    async def _positions(self, kind: str, partition: int) -> dict[str, tuple[int, int | None]]:
+        """Per input topic of the partition: the next offset to meter and the log end faust knows.
+
+        Before the first message since the assignment, the next offset is the group's
+        committed one; the guard starts from it, as it would on that first message.
+        """
+        topics = self._input_topics(kind)
+        unknown = [t for t in topics if not self._guard.knows(t, partition)]
+        if unknown:
+            committed = await asyncio.get_running_loop().run_in_executor(None, self._committed, unknown, partition)
+            for topic in unknown:
+                if not self._guard.knows(topic, partition):
+                    self._guard.start(topic, partition, committed[topic])
+        out: dict[str, tuple[int, int | None]] = {}
+        for topic in topics:
+            done = self._guard.expected(topic, partition)
+            assert done is not None
+            out[topic] = (done, _highwater_or_none(self.app.consumer, topic, partition))
+        return out
+
+    async def _dropped_tail(self, kind: str, partition: int) -> list[Delivered]:
+        """Records of the partition's inputs that faust fetched and never delivered, read from the log.
+
+        faust can drop fetched records (a flow suspended, a partition not yet active) and
+        fetch on from after them; with no later record to reveal the hole, the partition would
+        wait forever. A partition whose position has not moved for ``HOLE_SECONDS`` while the
+        log holds more is read from the log here: records faust still delivers later are
+        already metered (the guard drops them), so reading too early costs only the read.
+        """
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        out: list[Delivered] = []
+        for topic, (done, highwater) in (await self._positions(kind, partition)).items():
+            if highwater is None or highwater <= done:
+                continue
+            if self._unmoved.unmoved_for(topic, partition, done, now) < HOLE_SECONDS:
+                continue
+            end = min(highwater, done + TAIL_READ_MAX)
+            records = await loop.run_in_executor(None, self._read_range, topic, partition, done, end)
+            if records is None:
+                continue  # the stall check restarts the worker if this goes on
+            log.warning(
+                "input records fetched by the consumer and not delivered: read from the log and metered in order",
+                extra=fields(topic=topic, partition=partition, first=done, last=end - 1, records=len(records)),
+            )
+            metrics.OFFSETS_REFETCHED.labels(topic).inc(len(records))
+            self._guard.read_up_to(topic, partition, end)
+            await self._faust_add_gap(TP(topic, partition), done, end - 1)
+            out.extend(records)
+        return out
 
     def _input_topics(self, kind: str) -> tuple[str, ...]:
         topics = self.settings.topics
@@ -310,6 +369,10 @@ class MeteringApp:
             if m.topic == self.settings.topics.ticks:
                 out.append(event)
                 continue
+            try:
+                failpoints.hit("worker.delivered", DroppedByConsumer)
+            except DroppedByConsumer:
+                continue  # tests: as if faust had fetched the record and dropped it
             if not self._guard.knows(m.topic, m.partition):
                 start = await loop.run_in_executor(None, self._committed, [m.topic], m.partition)
                 self._guard.start(m.topic, m.partition, start[m.topic])
@@ -348,6 +411,7 @@ class MeteringApp:
                 "bootstrap.servers": self.settings.kafka_bootstrap,
                 "group.id": f"{self.settings.app_id}-gap-read",
                 "enable.auto.commit": False,
+                "enable.partition.eof": True,
                 **self.settings.kafka_config,
             }
         )
@@ -357,12 +421,17 @@ class MeteringApp:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 for message in reader.consume(1000, timeout=1.0):
-                    if message.error() is not None:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF and (message.offset() or 0) >= end:
+                            return records  # the rest of the range is transaction markers
                         continue
                     offset = message.offset() or 0
                     if offset >= end:
                         return records
                     records.append(Refetched(Message(topic, partition, offset, message.value() or b"")))
+                    if offset + 1 >= end:
+                        return records
             return None
         finally:
             reader.close()
@@ -486,45 +555,29 @@ class MeteringApp:
         await self._check_progress()
 
     async def _check_progress(self) -> None:
-        """Restart in place if an agent has input waiting but processed nothing for a while.
+        """Restart in place if an input partition with records waiting has not moved for a while.
 
-        faust's consumer can stop delivering after a rebalance that skipped offsets, with the
-        event loop idle; a restart from the last commit (nothing lost) is the known cure.
+        The agents read records faust dropped from the log themselves (``_dropped_tail``); if
+        faust stops delivering altogether, ticks included, a restart from the last commit
+        (nothing lost) is the known cure.
         """
         now = time.monotonic()
+        if self.app.rebalancing or self.app.in_recovery:
+            self._stalled.forget_all()
+            return
+        assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
         for kind in TABLES:
-            if self.app.rebalancing or self.app.in_recovery:
-                self._progress_at[kind] = now
+            if kind in self._in_hand:
+                self._stalled.forget(self._input_topics(kind))
                 continue
-            stalled_for = now - self._progress_at[kind]
-            if stalled_for < STALL_SECONDS:
-                continue
-            inputs = self._input_topics(kind)
-            partitions = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in inputs}
-            for partition in sorted(partitions):
-                waiting = await self._known_lag(kind, partition)
-                if waiting:
-                    _restart_stalled(kind, partition, waiting, stalled_for)
-            self._progress_at[kind] = now
-
-    async def _known_lag(self, kind: str, partition: int) -> int:
-        """Messages of the partition's inputs known to be in the log and not metered yet."""
-        topics = self._input_topics(kind)
-        unknown = [t for t in topics if self._guard.expected(t, partition) is None]
-        loop = asyncio.get_running_loop()
-        committed = await loop.run_in_executor(None, self._committed, unknown, partition) if unknown else {}
-        waiting = 0
-        for topic in topics:
-            try:
-                highwater = self.app.consumer.highwater(TP(topic, partition))
-            except (KeyError, AssertionError, AttributeError):
-                continue
-            done = self._guard.expected(topic, partition)
-            if done is None:
-                done = committed.get(topic, 0)
-            if highwater is not None and highwater > done:
-                waiting += highwater - done
-        return waiting
+            partitions = sorted({p for t, p in assigned if t in self._input_topics(kind)})
+            for partition in partitions:
+                for topic, (done, highwater) in (await self._positions(kind, partition)).items():
+                    if highwater is None or highwater <= done:
+                        continue
+                    stalled_for = self._stalled.unmoved_for(topic, partition, done, now)
+                    if stalled_for >= STALL_SECONDS:
+                        _restart_stalled(topic, partition, highwater - done, stalled_for)
 
     def _observe_meters(self, now_ms: int) -> None:
         for (kind, partition), meter in list(self._meters.items()):
@@ -561,10 +614,10 @@ def _exec_again() -> NoReturn:
     os.execv(sys.executable, [sys.executable, "-m", "pipeline", *sys.argv[1:]])
 
 
-def _restart_stalled(kind: str, partition: int, waiting: int, seconds: float) -> NoReturn:
+def _restart_stalled(topic: str, partition: int, waiting: int, seconds: float) -> NoReturn:
     log.warning(
-        "no batch processed while input is waiting: restarting from the last commit",
-        extra=fields(kind=kind, partition=partition, waiting=waiting, seconds=round(seconds, 1)),
+        "input partition not moving while records wait in the log: restarting from the last commit",
+        extra=fields(topic=topic, partition=partition, waiting=waiting, seconds=round(seconds, 1)),
     )
     _exec_again()
 
@@ -587,6 +640,13 @@ def _last_from_faust(group: Sequence[Delivered]) -> EventT[bytes]:
         if not isinstance(event, Refetched):
             return event
     raise AssertionError("a batch group holds at least one event delivered by faust")
+
+
+def _highwater_or_none(consumer: Any, topic: str, partition: int) -> int | None:
+    try:
+        return consumer.highwater(TP(topic, partition))  # type: ignore[no-any-return]
+    except (KeyError, AssertionError, AttributeError):
+        return None
 
 
 def _message(event: Delivered) -> Message:

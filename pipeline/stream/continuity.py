@@ -6,10 +6,14 @@ So the workers track the next offset they expect per input partition. When a mes
 past it, the worker reads the records in between from the log itself (none, for compacted
 offsets or transaction markers) and meters them before that message; only if the log cannot
 be read then does it restart from its last commit, which never passed the hole.
+
+A hole at the end of the log shows no later message: an input partition whose position has
+not moved for a while although the log holds more is read from the log as well (``Progress``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -63,3 +67,37 @@ class OffsetGuard:
     def hole_is_empty(self, topic: str, partition: int, offset: int) -> None:
         """The log holds no record before ``offset``: continue from it (it is accepted)."""
         self._expected[(topic, partition)] = offset + 1
+
+    def read_up_to(self, topic: str, partition: int, end: int) -> None:
+        """Every record before ``end`` was read from the log and metered: expect ``end`` next."""
+        key = (topic, partition)
+        if self._expected.get(key, end) <= end:
+            self._expected[key] = end
+
+
+class Progress:
+    """How long each input partition's next offset to meter has stayed where it is.
+
+    The caller observes positions (from its ticks); the first observation of a new position
+    starts its clock. Time is passed in: monotonic seconds.
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[tuple[str, int], tuple[int, float]] = {}
+
+    def unmoved_for(self, topic: str, partition: int, position: int, now: float) -> float:
+        key = (topic, partition)
+        seen = self._since.get(key)
+        if seen is None or seen[0] != position:
+            self._since[key] = (position, now)
+            return 0.0
+        return now - seen[1]
+
+    def forget(self, topics: Iterable[str]) -> None:
+        """Positions of these topics count from their next observation."""
+        names = set(topics)
+        for key in [k for k in self._since if k[0] in names]:
+            del self._since[key]
+
+    def forget_all(self) -> None:
+        self._since.clear()

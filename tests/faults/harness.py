@@ -254,6 +254,11 @@ def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
 
 def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> list[bytes]:
     """Every message value of ``topic``, up to the high watermarks as they are now."""
+    return [value for values in read_partitions(settings, topic, timeout).values() for value in values]
+
+
+def read_partitions(settings: Settings, topic: str, timeout: float = 60.0) -> dict[int, list[bytes]]:
+    """Every message value of ``topic`` by partition, in log order, up to the high watermarks as they are now."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -267,20 +272,40 @@ def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> list[by
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
         consumer.assign([TopicPartition(topic, p, low) for p, (low, high) in ends.items() if high > low])
         left = {p: high for p, (low, high) in ends.items() if high > low}
-        out: list[bytes] = []
+        out: dict[int, list[bytes]] = {p: [] for p in partitions}
         deadline = time.monotonic() + timeout
         while left and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.5):
                 assert message.error() is None, message.error()
                 p, offset = message.partition(), message.offset()
                 if p in left and offset is not None and offset < left[p]:
-                    out.append(message.value() or b"")
+                    out[p].append(message.value() or b"")
                     if offset + 1 >= left[p]:
                         del left[p]
         assert not left, f"could not read {topic} to its end in {timeout:.0f} s: {left}"
         return out
     finally:
         consumer.close()
+
+
+def assert_logged_as_sent(settings: Settings, messages: Sequence[Outgoing]) -> None:
+    """Each input partition holds exactly the messages sent to it, in the order sent.
+
+    The precondition of a scenario: a producer that reordered its input (a retried batch
+    overtaken by the next) makes events truly late, and the pipeline would rightly not bill them.
+    """
+    sent: dict[tuple[str, int], list[bytes]] = {}
+    for topic, key, value in messages:
+        assert key is not None, "every scenario message is keyed"
+        sent.setdefault((topic, partition_of(key, settings.partitions)), []).append(value)
+    for topic in sorted({topic for topic, _ in sent}):
+        logged = read_partitions(settings, topic)
+        for partition, values in logged.items():
+            expected = sent.get((topic, partition), [])
+            assert values == expected, (
+                f"{topic}[{partition}] holds {len(values)} messages, {len(expected)} were sent"
+                + ("" if len(values) != len(expected) else ": the same, in another order (the producer reordered them)")
+            )
 
 
 # -- metrics and memory ---------------------------------------------------------------------
@@ -346,8 +371,8 @@ class WorkerPool(Workers):
         self._supervisor: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def start(self, count: int = 1) -> list[subprocess.Popen[bytes]]:
-        started = super().start(count)
+    def start(self, count: int = 1, **extra_env: str) -> list[subprocess.Popen[bytes]]:
+        started = super().start(count, **extra_env)
         self.current.extend(started)
         return started
 

@@ -67,10 +67,10 @@ class Workers:
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int = 1) -> list[subprocess.Popen[bytes]]:
+    def start(self, count: int = 1, **extra_env: str) -> list[subprocess.Popen[bytes]]:
         started = []
         for _ in range(count):
-            env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json"}
+            env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json", **extra_env}
             log = (self.log_dir / f"worker-{len(self.processes)}.log").open("ab")
             process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT

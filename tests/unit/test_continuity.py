@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.stream.continuity import OffsetGuard, Verdict
+from pipeline.stream.continuity import OffsetGuard, Progress, Verdict
 
 
 def test_consecutive_offsets_are_accepted() -> None:
@@ -46,3 +46,34 @@ def test_partitions_are_independent_and_forgotten_after_a_rebalance() -> None:
     assert guard.positions() == {("t", 0): 1, ("t", 1): 101}
     guard.forget_all()
     assert not guard.knows("t", 0)
+
+
+def test_a_tail_read_from_the_log_moves_the_position_forward_only() -> None:
+    guard = OffsetGuard()
+    guard.start("t", 0, 10)
+    guard.read_up_to("t", 0, 25)
+    assert guard.expected("t", 0) == 25
+    assert guard.admit("t", 0, 12).verdict is Verdict.ALREADY, "faust delivering the records later meters nothing"
+    guard.read_up_to("t", 0, 20)
+    assert guard.expected("t", 0) == 25
+    assert guard.admit("t", 0, 25).verdict is Verdict.ACCEPT
+
+
+def test_progress_counts_from_the_first_observation_of_a_position() -> None:
+    progress = Progress()
+    assert progress.unmoved_for("t", 0, 10, now=100.0) == 0.0
+    assert progress.unmoved_for("t", 0, 10, now=104.5) == 4.5
+    assert progress.unmoved_for("t", 0, 11, now=105.0) == 0.0, "a new position starts again"
+    assert progress.unmoved_for("t", 1, 11, now=106.0) == 0.0, "partitions are independent"
+    assert progress.unmoved_for("t", 0, 11, now=107.0) == 2.0
+    progress.forget_all()
+    assert progress.unmoved_for("t", 0, 11, now=200.0) == 0.0
+
+
+def test_progress_of_forgotten_topics_counts_again_and_others_keep_theirs() -> None:
+    progress = Progress()
+    progress.unmoved_for("t", 0, 10, now=100.0)
+    progress.unmoved_for("u", 0, 10, now=100.0)
+    progress.forget(["t"])
+    assert progress.unmoved_for("t", 0, 10, now=150.0) == 0.0
+    assert progress.unmoved_for("u", 0, 10, now=150.0) == 50.0

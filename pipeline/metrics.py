@@ -90,7 +90,8 @@ APP_BALANCE: Final = Gauge(
 )
 APP_BALANCE_STATUS: Final = Gauge(
     "metering_app_balance_status",
-    "1 for the app's current balance status (active, low, depleted), 0 for the others.",
+    "1 for the app's current balance status (active, low, depleted), 0 for the others; "
+    "none until the app's first funds or session (an app being set up pages nobody).",
     ["account_id", "app_id", "status"],
 )
 APP_SESSIONS_UNPRICED: Final = Gauge(

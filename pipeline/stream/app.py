@@ -5,12 +5,15 @@ Per batch (``take_events``), in this order, which is what makes at-least-once sa
 1. each partition's messages go through its ``PartitionMeter`` (no I/O);
 2. billing sessions, late events and dead letters are produced and the producer is flushed:
    they are on the brokers before anything says they were emitted;
-3. the state changes are written to the table, i.e. to its changelog topic;
-4. faust acks the batch; its commit flushes the changelog before committing input offsets.
+3. the state changes are written to the table, i.e. to its changelog topic, and the batch
+   waits until the brokers have acknowledged every one of them;
+4. faust acks the batch, and only then may its commit cover the batch's input offsets.
 
 A crash after 2 replays the batch against the old state and emits the same records with the
 same ids (the sink and the balance keep one); a crash after 3 replays it against the new
 state, where every event is a duplicate. Nothing is lost, and nothing is counted twice.
+(faust's own commit does not wait for the changelog: its producer buffer's flush gives up
+after 0.1 s without a send, so step 3 waits itself, and a write that fails ends the worker.)
 
 Idle partitions: a timer produces one tick per partition to the ticks topic, which the
 agents read with the input topics, so idle finalization happens in the agent with the
@@ -62,6 +65,10 @@ EXIT_BATCH_FAILED: Final = 70
 BROKER_WAIT_SECONDS: Final = 120.0
 
 StateTable = TableT[bytes, bytes]
+
+
+class ChangelogNotDurable(RuntimeError):
+    """A state change was not acknowledged by the brokers: the batch must not be committed."""
 
 
 class DroppedByConsumer(Exception):
@@ -136,6 +143,10 @@ class MeteringApp:
         self._in_hand: set[str] = set()
         self._guard_faust_gaps()
         self._offsets_reader: Consumer | None = None
+        #: Changelog sends of the batch in hand, per table: awaited before the batch ends.
+        self._changelog_sends: dict[str, list[asyncio.Future[Any]]] = {kind: [] for kind in TABLES}
+        for kind, table in (("conversations", self.conversations), ("alerts", self.alerts)):
+            self._track_changelog(kind, table)
         self.app.agent(self.conversation_topic, name="conversations")(self._conversation_agent)
         self.app.agent(self.alert_topic, name="alerts")(self._alert_agent)
         self.app.timer(interval=self.tick_interval, name="ticks")(self._tick)
@@ -238,6 +249,7 @@ class MeteringApp:
         await self._emit([r for _, _, r in results])
         for event, _, result in results:
             self._persist(table, event, result)
+        await self._changelog_durable(kind)
         self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
 
     async def _lagging(self, kind: str, partition: int, before: Sequence[Delivered] = ()) -> list[str]:
@@ -498,6 +510,38 @@ class MeteringApp:
             raise RuntimeError(
                 f"could not deliver {remaining or len(failures)} output records ({'; '.join(failures[:3])}): "
                 "the batch will be processed again after restart; check the brokers"
+            )
+
+    def _track_changelog(self, kind: str, table: StateTable) -> None:
+        """Keep the future of every changelog send of ``table`` (faust drops it in ``__setitem__``)."""
+        send = table.send_changelog
+        pending = self._changelog_sends[kind]
+
+        def send_changelog(*args: Any, **kwargs: Any) -> Any:
+            sent = send(*args, **kwargs)
+            pending.append(sent)
+            return sent
+
+        table.send_changelog = send_changelog  # type: ignore[method-assign]
+
+    async def _changelog_durable(self, kind: str) -> None:
+        """Wait until the brokers have every state change of the batch; raise if one failed."""
+        pending = self._changelog_sends[kind]
+        sends, pending[:] = list(pending), []
+        if not sends:
+            return
+        _, waiting = await asyncio.wait(sends, timeout=BROKER_WAIT_SECONDS)
+        failures = [
+            "cancelled" if f.cancelled() else str(f.exception())
+            for f in sends
+            if f.done() and (f.cancelled() or f.exception() is not None)
+        ]
+        failpoints.hit("worker.changelog", ChangelogNotDurable)
+        if waiting or failures:
+            raise ChangelogNotDurable(
+                f"{len(waiting)} state changes unacknowledged after {BROKER_WAIT_SECONDS:.0f} s, "
+                f"{len(failures)} failed ({'; '.join(failures[:3])}): the batch will be processed "
+                "again after restart from the last commit; check the brokers"
             )
 
     def _persist(self, table: StateTable, event: EventT[bytes], result: BatchResult) -> None:

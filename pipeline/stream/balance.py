@@ -94,6 +94,8 @@ class _Gauges:
     balance: float
     status: str
     unpriced: int
+    #: after the app's first funds or session: before, it is being set up, has no status and pages nobody
+    opened: bool
 
 
 @dataclass
@@ -362,13 +364,27 @@ class BalanceProcessor:
                     float(snap.balance),
                     snap.status,
                     snap.unpriced_sessions,
+                    self._opened(snap.app_id),
                 )
             )
+
+    def _opened(self, app_id: str) -> bool:
+        part = self.parts.get(self._app_partition.get(app_id, -1))
+        record = None if part is None else part.apps.get(app_id)
+        return record is None or record.balance.opened
 
     def _export_state(self, record: AppRecord) -> None:
         state = record.balance
         self._set_gauges(
-            _Gauges(state.app_id, state.account_id, state.currency, float(state.balance), state.status, state.unpriced)
+            _Gauges(
+                state.app_id,
+                state.account_id,
+                state.currency,
+                float(state.balance),
+                state.status,
+                state.unpriced,
+                state.opened,
+            )
         )
 
     def _set_gauges(self, g: _Gauges) -> None:
@@ -379,7 +395,10 @@ class BalanceProcessor:
         self._exported[app_id] = _Exported(account_id, currency)
         metrics.APP_BALANCE.labels(account_id, app_id, currency).set(g.balance)
         for name in STATUSES:
-            metrics.APP_BALANCE_STATUS.labels(account_id, app_id, name).set(1 if name == status else 0)
+            if g.opened:
+                metrics.APP_BALANCE_STATUS.labels(account_id, app_id, name).set(1 if name == status else 0)
+            else:
+                _remove(metrics.APP_BALANCE_STATUS.remove, account_id, app_id, name)
         metrics.APP_SESSIONS_UNPRICED.labels(account_id, app_id).set(g.unpriced)
 
     def _unexport(self, app_id: str) -> None:

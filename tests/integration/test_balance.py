@@ -300,6 +300,8 @@ def test_balances_from_the_topics_equal_the_ledger_over_the_same_records(
         kinds: tuple[Kind, ...] = ("usage", "alert", "voice")
         sessions += [session(f"{app}-s{k}", T0 + k * 3 * MINUTE, kinds[k % 3], app_id=app) for k in range(40 + 10 * i)]
         sessions.append(session(f"{app}-early", T0 - 5 * MINUTE, app_id=app))  # before any plan: held
+    # an app being set up: a plan, no funds and no sessions yet
+    plans_events.append(plan(T0, usage="1.00", alert="0.01", voice="1.00", event_id="p1-new", app_id="bot-new"))
     seats = AgentsSubscribed(
         event_id="seats-1", occurred_at=ms_to_datetime(T0), account_id=ACCOUNT, app_id="bot-a", agents=7
     )
@@ -354,6 +356,11 @@ def test_balances_from_the_topics_equal_the_ledger_over_the_same_records(
             metrics[("metering_app_balance_status", (("account_id", ACCOUNT), ("app_id", app), ("status", status)))]
             == 1.0
         )
+    new_app = (("account_id", ACCOUNT), ("app_id", "bot-new"))
+    assert metrics[("metering_app_balance", (*new_app, ("currency", "USD")))] == 0.0
+    assert not [k for k in metrics if k[0] == "metering_app_balance_status" and k[1][:2] == new_app], (
+        "no status, so no depleted page, before the app's first funds or session"
+    )
     by_kind = {k: sum(1 for s in sessions if s.kind == k) for k in ("usage", "alert", "voice")}
     for kind, n in by_kind.items():
         assert metrics[("metering_sessions_charged_total", (("kind", kind),))] == n

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RESTORE_TIMEOUT_SECONDS: Final = 300.0
 COMMIT_ATTEMPTS: Final = 5
 STATUSES: Final = ("active", "low", "depleted")
+LAG_EVERY_SECONDS: Final = 1.0
 #: A changelog shard holds an app's sessions of one day and start hour (about 20 bytes each):
 #: room for some 400,000 sessions an hour for one app.
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
@@ -124,6 +125,7 @@ class BalanceProcessor:
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
         self.committed_batches = 0
+        self._lag_observed_at = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class BalanceProcessor:
     def _step(self) -> None:
         assert self.consumer is not None
         messages = self.consumer.consume(self.settings.batch_size, timeout=self.settings.batch_seconds)
+        self._observe_lag()
         now_ms = int(time.time() * 1000)
         if not messages and not any(part.has_due(now_ms) for part in self.parts.values()):
             return
@@ -310,6 +313,9 @@ class BalanceProcessor:
         for app_id in [a for a, p in self._app_partition.items() if p in numbers]:
             self._unexport(app_id)
             del self._app_partition[app_id]
+        group = group_id(self.settings)
+        for tp in partitions:
+            _remove(metrics.CONSUMER_LAG.remove, group, tp.topic, str(tp.partition))
         if numbers:
             log.info("balance partitions revoked", extra=fields(partitions=sorted(numbers)))
 
@@ -353,6 +359,22 @@ class BalanceProcessor:
             metrics.BALANCE_SESSIONS_LATE.inc(len(out.late))
         if out.backdated:
             metrics.BALANCE_PLANS_BACKDATED.inc(out.backdated)
+
+    def _observe_lag(self) -> None:
+        """Consumer lag of the partitions in hand, once a second (the lag alert covers the processor)."""
+        now = time.monotonic()
+        if self.consumer is None or not self.parts or now - self._lag_observed_at < LAG_EVERY_SECONDS:
+            return
+        self._lag_observed_at = now
+        group = group_id(self.settings)
+        topics = (self.topics.billing_sessions, self.topics.plans)
+        try:
+            for tp in self.consumer.position([TopicPartition(t, p) for p in sorted(self.parts) for t in topics]):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    metrics.CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+        except KafkaException as exc:
+            log.debug("consumer lag not updated", extra=fields(error=str(exc)))
 
     def _export(self, snapshots: list[BalanceSnapshot]) -> None:
         for snap in snapshots:

@@ -346,6 +346,18 @@ def test_balances_from_the_topics_equal_the_ledger_over_the_same_records(
     dead = [msgspec.json.decode(v or b"", type=DeadLetter) for *_, v in read_committed(settings, settings.topics.dlq)]
     assert [(d.code, d.source_topic) for d in dead] == [("schema", settings.topics.plans)]
 
+    def caught_up(topic: str) -> bool:
+        """The processor's lag gauges on ``topic`` (partitions it has read from) all read 0."""
+        group = ("group", group_id(settings))
+        lags = [
+            v
+            for (name, labels), v in scrape(url).items()
+            if name == "metering_consumer_lag_messages" and group in labels and ("topic", topic) in labels
+        ]
+        return bool(lags) and not any(lags)
+
+    wait_until(lambda: caught_up(settings.topics.billing_sessions), 30, "the processor's lag gauge to read 0")
+    assert caught_up(settings.topics.plans)
     metrics = scrape(url)
     for app in apps:
         assert metrics[

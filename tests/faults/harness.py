@@ -387,19 +387,7 @@ class WorkerPool(Workers):
 
     def metrics_url(self, process: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
         """The /metrics URL ``process`` announced in its log."""
-        path = self.log_dir / f"worker-{self.index(process)}.log"
-        found: list[str] = []
-
-        def announced() -> bool:
-            assert process.poll() is None, f"the worker exited with {process.returncode}:\n{self.logs()}"
-            for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
-                if '"worker metrics"' in line:
-                    found.append(json.loads(line)["url"] + "/metrics")
-                    return True
-            return False
-
-        wait_until(announced, timeout, "the worker to serve its metrics", every=0.2)
-        return found[0]
+        return self.announced_url(process, timeout) + "/metrics"
 
     def supervise(self) -> None:
         """From now on, restart a worker that exits by itself, as `metering run` and orchestrators do."""

@@ -6,10 +6,7 @@ METERING_TEST_KAFKA_BOOTSTRAP to use an existing cluster instead of starting the
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumers.service import StoreEndpoints, serve_store
 from pipeline.settings import Settings, Topics
+from tests.processes import ChildProcesses
 
 
 @pytest.fixture
@@ -59,43 +57,14 @@ def settings(
     return base
 
 
-class Workers:
-    """Stream workers as real child processes (``python -m pipeline worker``), as in production."""
+class Workers(ChildProcesses):
+    """Stream workers (``python -m pipeline worker``)."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings = settings
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
+        super().__init__(settings, log_dir, "worker", "worker metrics")
 
     def start(self, count: int = 1, **extra_env: str) -> list[subprocess.Popen[bytes]]:
-        started = []
-        for _ in range(count):
-            env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json", **extra_env}
-            log = (self.log_dir / f"worker-{len(self.processes)}.log").open("ab")
-            process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-            self.processes.append(process)
-            started.append(process)
-        return started
-
-    def stop(self, process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
-        """SIGTERM, as an operator or an orchestrator would; the worker must exit by itself."""
-        process.send_signal(signal.SIGTERM)
-        return process.wait(timeout=timeout)
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        process.kill()
-        process.wait()
-
-    def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("worker-*.log")))
+        return [self.spawn(**extra_env) for _ in range(count)]
 
 
 @pytest.fixture

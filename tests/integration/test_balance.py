@@ -18,10 +18,8 @@ What each test proves:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -67,6 +65,7 @@ from pipeline.rules.model import BillingSession, Kind
 from pipeline.settings import Settings
 from pipeline.stream.balance import group_id
 from tests.balance_support import ACCOUNT, funds, plan, session
+from tests.processes import ChildProcesses
 from tests.support import T0, wait_until
 
 pytestmark = pytest.mark.integration
@@ -79,49 +78,17 @@ _alert = msgspec.json.Decoder(BalanceAlert)
 # -- helpers ---------------------------------------------------------------------------------
 
 
-class BalanceProcess:
-    """``python -m pipeline balance`` as a child process, as `metering run` starts it."""
+class BalanceProcess(ChildProcesses):
+    """``python -m pipeline balance``, as `metering run` starts it."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings = settings
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen[bytes]] = []
+        super().__init__(settings, log_dir, "balance", "balance metrics")
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        variables = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json", **env}
-        log = (self.log_dir / f"balance-{len(self.processes)}.log").open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "balance", "--metrics-port", "0", *args],
-            env=variables,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.processes.append(process)
-        return process
+        return self.spawn("--metrics-port", "0", *args, **env)
 
     def metrics_url(self, process: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
-        path = self.log_dir / f"balance-{self.processes.index(process)}.log"
-        found: list[str] = []
-
-        def announced() -> bool:
-            assert process.poll() is None, f"the processor exited with {process.returncode}:\n{self.logs()}"
-            for line in path.read_text(errors="replace").splitlines():
-                if '"balance metrics"' in line:
-                    found.append(json.loads(line)["url"])
-                    return True
-            return False
-
-        wait_until(announced, timeout, "the processor to serve its metrics", every=0.2)
-        return found[0]
-
-    def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("balance-*.log")))
+        return self.announced_url(process, timeout)
 
 
 @pytest.fixture

@@ -239,18 +239,22 @@ class MeteringApp:
             if messages:
                 results.append((last, meter, meter.process(messages, now_ms, skew_ms, lagging=lagging)))
             if ticks and kind == "conversations":
-                lagging = await self._lagging(kind, partition)
-                tick_ms = max(_tick_ms(e.value) for e in ticks)
-                idle_ms = int(self.settings.idle_partition_seconds * SECOND)
-                was_idle = meter.meter.partition.idle
-                results.append((ticks[-1], meter, meter.idle_tick(tick_ms, idle_ms, backlog=bool(lagging))))
-                if meter.meter.partition.idle and not was_idle:
-                    log.debug("partition idle: its clock follows the wall clock", extra=fields(partition=partition))
+                results.append((ticks[-1], meter, await self._idle_tick(meter, partition, ticks)))
         await self._emit([r for _, _, r in results])
         for event, _, result in results:
             self._persist(table, event, result)
         await self._changelog_durable(kind)
         self._observe(kind, [r for _, _, r in results], len(events), time.perf_counter() - started)
+
+    async def _idle_tick(self, meter: PartitionMeter, partition: int, ticks: Sequence[Delivered]) -> BatchResult:
+        """A conversation partition's ticks: idle with nothing waiting, its clock follows the wall clock (R9)."""
+        backlog = bool(await self._lagging("conversations", partition))
+        tick_ms = max(_tick_ms(e.value) for e in ticks)
+        was_idle = meter.meter.partition.idle
+        result = meter.idle_tick(tick_ms, int(self.settings.idle_partition_seconds * SECOND), backlog=backlog)
+        if meter.meter.partition.idle and not was_idle:
+            log.debug("partition idle: its clock follows the wall clock", extra=fields(partition=partition))
+        return result
 
     async def _lagging(self, kind: str, partition: int, before: Sequence[Delivered] = ()) -> list[str]:
         """Input topics of the partition with messages in the log not yet metered (``before`` the batch).

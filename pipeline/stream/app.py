@@ -293,6 +293,11 @@ class MeteringApp:
             out[topic] = (done, _highwater_or_none(self.app.consumer, topic, partition))
         return out
 
+    async def _waiting(self, kind: str, partition: int) -> list[tuple[str, int, int]]:
+        """``(topic, next offset to meter, log end)`` of the partition's inputs with records waiting."""
+        positions = await self._positions(kind, partition)
+        return [(t, done, end) for t, (done, end) in positions.items() if end is not None and end > done]
+
     async def _dropped_tail(self, kind: str, partition: int) -> list[Delivered]:
         """Records of the partition's inputs that faust fetched and never delivered, read from the log.
 
@@ -305,9 +310,7 @@ class MeteringApp:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         out: list[Delivered] = []
-        for topic, (done, highwater) in (await self._positions(kind, partition)).items():
-            if highwater is None or highwater <= done:
-                continue
+        for topic, done, highwater in await self._waiting(kind, partition):
             if self._unmoved.unmoved_for(topic, partition, done, now) < HOLE_SECONDS:
                 continue
             end = min(highwater, done + TAIL_READ_MAX)
@@ -620,9 +623,7 @@ class MeteringApp:
                 continue
             partitions = sorted({p for t, p in assigned if t in self._input_topics(kind)})
             for partition in partitions:
-                for topic, (done, highwater) in (await self._positions(kind, partition)).items():
-                    if highwater is None or highwater <= done:
-                        continue
+                for topic, done, highwater in await self._waiting(kind, partition):
                     stalled_for = self._stalled.unmoved_for(topic, partition, done, now)
                     if stalled_for >= STALL_SECONDS:
                         _restart_stalled(topic, partition, highwater - done, stalled_for)

@@ -27,7 +27,7 @@ from typing import Any, Final
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from pipeline.events import to_ms
+from pipeline.decode import to_ms
 from pipeline.local_kafka import LocalKafka, LocalKafkaError, free_port
 from pipeline.settings import Settings, Topics
 from pipeline.stream.app import changelog_topics

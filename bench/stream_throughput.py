@@ -72,7 +72,7 @@ from consumers.service import find_running_store, read_discovery
 from consumers.usage_command import usage_text
 from pipeline import traffic
 from pipeline.compute import compute
-from pipeline.events import to_ms
+from pipeline.decode import to_ms
 from pipeline.local_kafka import LocalKafka
 from pipeline.produce import produce
 from pipeline.report import render

@@ -31,7 +31,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline import metrics
-from pipeline.events import BalanceSnapshot, format_ms, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import BalanceSnapshot, format_ms
 from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings

@@ -26,15 +26,8 @@ import msgspec
 from consumers.clickhouse.plans import PlanStore, record_key
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import Backoff, ClickHouseSink, ConsumerFactory
-from pipeline.events import (
-    AgentsSubscribed,
-    AgentTransfer,
-    BalanceSnapshot,
-    FundsAdded,
-    PlanChanged,
-    Rejection,
-    decode_event,
-)
+from pipeline.decode import decode_event
+from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded, PlanChanged, Rejection
 from pipeline.settings import Settings
 
 __all__ = ["FEEDS", "Feed", "PlanSink", "plan_sinks"]

@@ -19,7 +19,8 @@ from datetime import date, timedelta
 from typing import Final, Literal
 
 from pipeline.balance.agents import SeatTimeline, day_of, day_start_ms
-from pipeline.events import AgentsSubscribed, AgentTransfer, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import AgentsSubscribed, AgentTransfer
 from pipeline.rules.attribution import UsageRow
 
 AGENT_COLUMNS: Final = ("agents", "active_agents")

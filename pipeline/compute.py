@@ -27,6 +27,7 @@ from typing import IO, Final
 from zoneinfo import ZoneInfo
 
 from pipeline.agent_book import AGENT_COLUMNS, AgentBook
+from pipeline.decode import decode_event
 from pipeline.events import (
     AgentsSubscribed,
     AgentTransfer,
@@ -36,16 +37,22 @@ from pipeline.events import (
     FundsAdded,
     PlanChanged,
     Rejection,
-    decode_event,
 )
 from pipeline.progress import OnProgress
 from pipeline.report import Cell
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageBook, UsageRow
 from pipeline.rules.config import MINUTE, RulesConfig
-from pipeline.rules.meter import Meter, MeterStats, Outcome
+from pipeline.rules.meter import LATE, Meter, MeterStats, Outcome
 from pipeline.rules.model import BillingSession
 
 RUN_SIZE: Final = 400_000
+
+# Compiled (pipeline.native), a Final of this module is a C global, while a name imported from an
+# interpreted module is a dict lookup at every use: the hot path uses these.
+_TURN: Final = ConversationTurn
+_TRANSFER: Final = AgentTransfer
+_ALERT: Final = AlertDelivered
+_REJECTION: Final = Rejection
 
 OnInvalid = Callable[[int, str], None]
 
@@ -144,20 +151,29 @@ def compute(
     meter = Meter(fast)
     collect = _Collector(UsageBook(tz), keep, result)
     reported = 0
-    apply = meter.apply
-    metered = (ConversationTurn, AgentTransfer, AlertDelivered)
     try:
         with path.open("rb") as f:
-            for lineno, t, event in _events(f, now_ms, on_invalid, on_progress, result):
+            lineno = 0
+            for line in _Lines(f, on_progress):
+                lineno += 1
+                decoded = decode_event(line, now_ms)
+                if type(decoded) is _REJECTION:
+                    _invalid(result, on_invalid, lineno, line, decoded)
+                    continue
+                t, event = decoded  # type: ignore[misc]
                 reported = lineno
-                metered_now = type(event) in metered
-                if type(event) is AgentTransfer:
+                if type(event) is _TURN or type(event) is _ALERT:
+                    outcome = meter.apply(t, event)
+                elif type(event) is _TRANSFER:
                     agents.transfer(event)
-                outcome = apply(t, event) if metered_now else _apply(meter, t, event, result)  # type: ignore[arg-type]
-                if outcome is Outcome.LATE:
+                    outcome = meter.apply(t, event)
+                else:
+                    outcome = _apply(meter, t, event, result)
+                if outcome is LATE:
                     raise _Late
                 if meter.sessions:
                     collect(meter.drain()[0])
+            result.lines = lineno
     except _Late:
         return _compute_sorted(path, tz, config, now_ms=now_ms, on_invalid=on_invalid, reported=reported, keep=keep)
     collect.finish(meter, now_ms)
@@ -211,58 +227,65 @@ def _apply(meter: Meter, t: int, event: Event, result: ComputeResult) -> Outcome
     return meter.apply(t, event)  # type: ignore[arg-type]
 
 
-def _events(
-    f: IO[bytes],
-    now_ms: int,
-    on_invalid: OnInvalid,
-    on_progress: OnProgress | None,
-    result: ComputeResult,
-) -> Iterator[tuple[int, int, Event]]:
-    """Valid events of a JSON-lines file with their line numbers; invalid lines reported."""
-    lineno = 0
-    for lineno, line in enumerate(_lines(f, on_progress), 1):
-        decoded = decode_event(line, now_ms)
-        if type(decoded) is Rejection:
-            if line.strip():
-                result.invalid += 1
-                on_invalid(lineno, decoded.reason)
-            continue
-        t, event = decoded  # type: ignore[misc]
-        yield lineno, t, event
-    result.lines = lineno
+def _invalid(result: ComputeResult, on_invalid: OnInvalid, lineno: int, line: bytes, rejection: Rejection) -> None:
+    """Report an invalid line; blank lines are not events and not errors."""
+    if line.strip():
+        result.invalid += 1
+        on_invalid(lineno, rejection.reason)
 
 
 def _valid_lines(
     f: IO[bytes], now_ms: int, on_invalid: OnInvalid, result: ComputeResult
 ) -> Iterator[tuple[int, int, bytes]]:
     lineno = 0
-    for lineno, line in enumerate(_lines(f, None), 1):
+    for lineno, line in enumerate(_Lines(f, None), 1):
         decoded = decode_event(line, now_ms)
         if type(decoded) is Rejection:
-            if line.strip():
-                result.invalid += 1
-                on_invalid(lineno, decoded.reason)
+            _invalid(result, on_invalid, lineno, line, decoded)
             continue
         yield lineno, decoded[0], line.rstrip(b"\r")  # type: ignore[index]
     result.lines = lineno
 
 
-def _lines(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int = 4 << 20) -> Iterator[bytes]:
-    """The file's lines without their newline, read in large chunks (much cheaper than ``for line in f``)."""
-    done = 0
-    carry = b""
-    while True:
-        chunk = f.read(chunk_bytes)
-        if not chunk:
-            break
-        done += len(chunk)
-        lines = (carry + chunk).split(b"\n")
-        carry = lines.pop()
-        yield from lines
-        if on_progress is not None:
-            on_progress(done)
-    if carry:
-        yield carry
+class _Lines:
+    """The file's lines without their newline, read in large chunks (much cheaper than ``for line in f``).
+
+    An iterator class rather than a generator: compiled, ``__next__`` is a direct call.
+    """
+
+    def __init__(self, f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int = 4 << 20) -> None:
+        self.f = f
+        self.on_progress = on_progress
+        self.chunk_bytes = chunk_bytes
+        self.done = 0
+        self.carry = b""
+        self.lines: list[bytes] = []
+        self.next = 0
+        self.ended = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.next < len(self.lines):
+            line = self.lines[self.next]
+            self.next += 1
+            return line
+        while not self.ended:
+            chunk = self.f.read(self.chunk_bytes)
+            if not chunk:
+                self.ended = True
+                self.lines = [self.carry] if self.carry else []
+            else:
+                self.done += len(chunk)
+                self.lines = (self.carry + chunk).split(b"\n")
+                self.carry = self.lines.pop()
+                if self.on_progress is not None:
+                    self.on_progress(self.done)
+            if self.lines:
+                self.next = 1
+                return self.lines[0]
+        raise StopIteration
 
 
 def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int) -> Iterator[tuple[int, Event]]:

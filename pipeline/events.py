@@ -1,8 +1,7 @@
-"""The event contract (``schemas/v1``) as typed structs, and the one decoder every entry point uses.
+"""The event contract (``schemas/v1``) as typed structs; ``pipeline.decode`` turns bytes into them.
 
 Input events are decoded straight into these structs by msgspec, so type checks, string
-limits and the tagged ``type`` field are enforced in C; what JSON Schema cannot say (the
-time window, the payload size, money rules) is checked here, once.
+limits and the tagged ``type`` field are enforced in C.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ MIN_IDLE_TIMEOUT_MINUTES: Final = 5
 MAX_IDLE_TIMEOUT_MINUTES: Final = 14 * 24 * 60
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS: Final = timedelta(milliseconds=1)
 
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
 Channel = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -35,7 +33,7 @@ Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}(?!\n)$")]
 IdleTimeoutMinutes = Annotated[int, Meta(ge=MIN_IDLE_TIMEOUT_MINUTES, le=MAX_IDLE_TIMEOUT_MINUTES)]
 
 
-class _Event(Struct, tag_field="type", kw_only=True, frozen=True):
+class _Event(Struct, tag_field="type", frozen=True):
     event_id: Id
     occurred_at: Timestamp
     account_id: Id
@@ -122,66 +120,9 @@ class Rejection(Struct, frozen=True):
         return f"{self.code}: {self.detail}"
 
 
-_DECODER: Final = msgspec.json.Decoder(Event)
-_MONEY_EVENTS: Final = frozenset({PlanChanged, FundsAdded})
-
-
-def to_ms(value: datetime) -> int:
-    """Milliseconds since the epoch, truncated: billing works in whole milliseconds."""
-    return (value - EPOCH) // _ONE_MS
-
-
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with milliseconds, the form every output record uses."""
     return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
-    """Decode and validate one message; ``now_ms`` bounds how far in the future it may be."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return Rejection("too_large", f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
-    if not payload.isascii():
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return Rejection("not_json", f"not utf-8: 'utf-8' codec can't decode byte {exc.start}: {exc.reason}")
-    try:
-        event = _DECODER.decode(payload)
-    except msgspec.ValidationError as exc:
-        return _schema_rejection(str(exc))
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        return Rejection("not_json", str(exc) or type(exc).__name__)
-    t = to_ms(event.occurred_at)
-    if t < EARLIEST_MS:
-        return Rejection("out_of_range", "occurred_at is before 2000-01-01")
-    if t > now_ms + MAX_FUTURE_MS:
-        return Rejection("out_of_range", "occurred_at is more than 24 h in the future")
-    if type(event) in _MONEY_EVENTS:
-        problem = _money_problem(event)
-        if problem:
-            return Rejection("schema", problem)
-    return t, event
-
-
-def _schema_rejection(message: str) -> Rejection:
-    if message.startswith("Expected `object`"):
-        return Rejection("not_an_object", message)
-    if "$.type" in message or "missing required field `type`" in message:
-        return Rejection("unknown_type", message)
-    return Rejection("schema", message)
-
-
-def _money_problem(event: Event) -> str:
-    if isinstance(event, FundsAdded):
-        if Decimal(event.amount) <= 0:
-            return "amount must be greater than zero"
-    elif isinstance(event, PlanChanged):
-        for field in ("price_per_usage_session", "price_per_alert_session", "price_per_voice_session"):
-            if Decimal(getattr(event, field)) < 0:
-                return f"{field} must not be negative"
-        if Decimal(event.low_balance_threshold) < 0:
-            return "low_balance_threshold must not be negative: zero and below is already `depleted`"
-    return ""
 
 
 def parse_decimal(value: str) -> Decimal:

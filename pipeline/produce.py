@@ -24,14 +24,8 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.console import Console
 
-from pipeline.events import (
-    EVENT_TYPES,
-    AgentTransfer,
-    ConversationTurn,
-    Event,
-    Rejection,
-    decode_event,
-)
+from pipeline.decode import decode_event
+from pipeline.events import EVENT_TYPES, AgentTransfer, ConversationTurn, Event, Rejection
 from pipeline.kafka import KafkaSetupError, missing_topics, producer_config, wait_for_broker
 from pipeline.logs import fields
 from pipeline.progress import FileProgress, OnProgress

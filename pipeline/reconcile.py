@@ -101,7 +101,8 @@ from consumers.clickhouse.reconcile import (
 from consumers.service import LOCAL_OPENER, read_token, token_file
 from consumers.usage_command import StoreBusyError, open_client, running_store
 from pipeline.compute import Days, compute
-from pipeline.events import MAX_FUTURE_MS, PlanChanged, Rejection, decode_event, format_ms
+from pipeline.decode import decode_event
+from pipeline.events import MAX_FUTURE_MS, PlanChanged, Rejection, format_ms
 from pipeline.kafka import KafkaSetupError, consumer_config
 from pipeline.progress import FileProgress, OnProgress
 from pipeline.records import billing_session_record

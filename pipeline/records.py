@@ -8,6 +8,7 @@ from datetime import datetime
 
 import msgspec
 
+from pipeline.decode import to_ms
 from pipeline.events import (
     DEAD_LETTER_PAYLOAD_BYTES,
     BillingSessionRecord,
@@ -15,7 +16,6 @@ from pipeline.events import (
     LateRecord,
     Rejection,
     ms_to_datetime,
-    to_ms,
 )
 from pipeline.rules.model import BillingSession, LateEvent
 

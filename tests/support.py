@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.events import Event, Rejection, decode_event, format_ms, to_ms
+from pipeline.decode import decode_event, to_ms
+from pipeline.events import Event, Rejection, format_ms
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.rules.model import BillingSession

@@ -24,7 +24,8 @@ from consumers.clickhouse.usage import Period, named_query, usage
 from pipeline.agent_book import AgentRow, period_last_day, with_agents
 from pipeline.balance.agents import SeatTimeline
 from pipeline.balance.money import format_money
-from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded, PlanChanged, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded, PlanChanged
 from pipeline.rules.attribution import UsageRow
 
 __all__ = [

@@ -53,7 +53,8 @@ from pipeline.balance.plans import (
     PlanTimeline,
     is_unlimited,
 )
-from pipeline.events import BalanceAlert, FundsAdded, PlanChanged, ms_to_datetime, parse_decimal, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import BalanceAlert, FundsAdded, PlanChanged, ms_to_datetime, parse_decimal
 from pipeline.rules.billing import derived_id
 from pipeline.rules.config import DAY
 from pipeline.rules.meter import Outcome

@@ -25,7 +25,8 @@ from typing import Final
 
 from msgspec import Struct, field
 
-from pipeline.events import PlanChanged, parse_decimal, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import PlanChanged, parse_decimal
 from pipeline.rules.model import Kind
 
 DEFAULT_LOW_BALANCE_THRESHOLD: Final = Decimal("50.00")

@@ -13,14 +13,14 @@ Invariants the tests hold it to:
 
 from __future__ import annotations
 
-import heapq
 from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import IntEnum
+from heapq import heappop, heappush
 from typing import Final
 
-from msgspec import Struct
+from msgspec.structs import astuple
 
 from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn
 from pipeline.rules.billing import bill_alert, bill_segment
@@ -43,9 +43,39 @@ from pipeline.rules.model import (
 )
 from pipeline.rules.segmentation import gap_limit, horizon, split
 
-_SPEAKER: Final = {"user": USER, "bot": BOT, "agent": AGENT}
+# Compiled (pipeline.native), a Final of this module is a C global, while a name imported from an
+# interpreted module is a dict lookup at every use: the hot path uses these.
+_TURN: Final = ConversationTurn
+_TRANSFER: Final = AgentTransfer
+_astuple: Final = astuple
+
 NEVER: Final = -(2**62)
 FOREVER: Final = 2**62
+
+#: The field order ``Meter.apply`` unpacks (a test holds the event structs to it).
+TURN_FIELDS: Final = (
+    "event_id",
+    "occurred_at",
+    "account_id",
+    "app_id",
+    "conversation_id",
+    "user_id",
+    "channel",
+    "speaker",
+    "end_of_conversation",
+    "is_test",
+    "message_id",
+)
+TRANSFER_FIELDS: Final = (
+    "event_id",
+    "occurred_at",
+    "account_id",
+    "app_id",
+    "conversation_id",
+    "action",
+    "agent_id",
+    "user_id",
+)
 
 LATE_FINAL: Final = "would change a conversation session that is already final"
 LATE_CLOCK: Final = "older than the partition clock minus the allowed lateness"
@@ -57,37 +87,120 @@ class Outcome(IntEnum):
     LATE = 2
 
 
-class ConversationState(Struct, array_like=True):
+# The members as constants: compiled, a constant is a C global, a member a lookup on the class.
+APPLIED: Final = Outcome.APPLIED
+DUPLICATE: Final = Outcome.DUPLICATE
+LATE: Final = Outcome.LATE
+
+
+#: A conversation's state as it is persisted: ``ConversationState``'s fields in order.
+ConversationWire = tuple[str, str, list[Buffered], dict[str, int], int, int, str, int, bool, bool, int]
+#: The partition clock as it is persisted: ``PartitionClock``'s fields in order.
+ClockWire = tuple[int, int, bool]
+
+
+class ConversationState:
     """What a conversation needs between events: its open sessions' events and its ids.
 
     ``events`` holds only events of sessions not yet final, sorted. ``seen`` maps event ids to
     their time, for deduplication, and outlives the events by the dedupe horizon. The ``tail_*``
-    fields describe the last open session so that an in-order event costs O(1).
+    fields describe the last open session so that an in-order event costs O(1). A plain class,
+    not a Struct, because compiled (``pipeline.native``) its fields are read at C speed.
     """
 
-    app_id: str
-    conversation_id: str
-    events: list[Buffered]
-    seen: dict[str, int]
-    horizon: int = NEVER
-    tail_start: int = 0
-    tail_first: str = ""
-    tail_timeout: int = 0
-    tail_eoc: bool = False
-    tail_transfer_open: bool = False
-    scheduled: int = FOREVER
+    __slots__ = (
+        "app_id",
+        "conversation_id",
+        "events",
+        "horizon",
+        "scheduled",
+        "seen",
+        "tail_eoc",
+        "tail_first",
+        "tail_start",
+        "tail_timeout",
+        "tail_transfer_open",
+    )
+
+    def __init__(
+        self,
+        app_id: str,
+        conversation_id: str,
+        events: list[Buffered],
+        seen: dict[str, int],
+        *,
+        horizon: int = NEVER,
+        tail_start: int = 0,
+        tail_first: str = "",
+        tail_timeout: int = 0,
+        tail_eoc: bool = False,
+        tail_transfer_open: bool = False,
+        scheduled: int = FOREVER,
+    ) -> None:
+        self.app_id = app_id
+        self.conversation_id = conversation_id
+        self.events = events
+        self.seen = seen
+        self.horizon = horizon
+        self.tail_start = tail_start
+        self.tail_first = tail_first
+        self.tail_timeout = tail_timeout
+        self.tail_eoc = tail_eoc
+        self.tail_transfer_open = tail_transfer_open
+        self.scheduled = scheduled
+
+    def to_wire(self) -> ConversationWire:
+        return (
+            self.app_id,
+            self.conversation_id,
+            self.events,
+            self.seen,
+            self.horizon,
+            self.tail_start,
+            self.tail_first,
+            self.tail_timeout,
+            self.tail_eoc,
+            self.tail_transfer_open,
+            self.scheduled,
+        )
+
+    @staticmethod
+    def from_wire(w: ConversationWire) -> ConversationState:
+        return ConversationState(
+            w[0],
+            w[1],
+            w[2],
+            w[3],
+            horizon=w[4],
+            tail_start=w[5],
+            tail_first=w[6],
+            tail_timeout=w[7],
+            tail_eoc=w[8],
+            tail_transfer_open=w[9],
+            scheduled=w[10],
+        )
 
 
-class PartitionClock(Struct, array_like=True):
+class PartitionClock:
     """R9's partition clock: event time, or wall-clock time while the partition is idle.
 
     ``high_water`` is the highest event time ever seen; it never follows the wall clock, so
     an idle spell cannot expire state that a resumed replay still needs.
     """
 
-    clock: int = NEVER
-    high_water: int = NEVER
-    idle: bool = False
+    __slots__ = ("clock", "high_water", "idle")
+
+    def __init__(self, clock: int = NEVER, high_water: int = NEVER, idle: bool = False) -> None:
+        self.clock = clock
+        self.high_water = high_water
+        self.idle = idle
+
+    def to_wire(self) -> ClockWire:
+        return (self.clock, self.high_water, self.idle)
+
+    @staticmethod
+    def from_wire(w: ClockWire) -> PartitionClock:
+        return PartitionClock(w[0], w[1], w[2])
 
 
 @dataclass(slots=True)
@@ -166,59 +279,65 @@ class Meter:
         p = self.partition
         if t > p.high_water:
             p.high_water = t
-            if self._expiry and self._expiry[0][0] < t:
+            expiry = self._expiry
+            if expiry and expiry[0][0] < t:
                 self._expire()
-        capped = t if t < self.clock_ceiling else self.clock_ceiling
+        ceiling = self.clock_ceiling
+        capped = t if t < ceiling else ceiling
         if p.idle:
             p.idle = False
             p.clock = capped
         elif capped > p.clock:
             p.clock = capped
-        if isinstance(event, ConversationTurn):
-            code = _SPEAKER[event.speaker]
-            if event.end_of_conversation:
+        # One call for all fields (``TURN_FIELDS``, ``TRANSFER_FIELDS``): compiled, each attribute is a lookup.
+        if isinstance(event, _TURN):
+            event_id, _, account_id, app_id, conversation_id, user_id, channel, speaker, eoc, test, _ = _astuple(event)
+            code = USER if speaker == "user" else BOT if speaker == "bot" else AGENT
+            if eoc:
                 code |= END_OF_CONVERSATION
-            if event.is_test:
+            if test:
                 code |= TEST
-            e: Buffered = (t, event.event_id, code, event.channel, event.user_id, "", event.account_id)
-        elif isinstance(event, AgentTransfer):
-            code = TRANSFER_STARTED if event.action == "started" else TRANSFER_ENDED
-            e = (t, event.event_id, code, "", event.user_id or "", event.agent_id or "", event.account_id)
+            e: Buffered = (t, event_id, code, channel, user_id, "", account_id)
+        elif isinstance(event, _TRANSFER):
+            event_id, _, account_id, app_id, conversation_id, action, agent_id, user_id = _astuple(event)
+            code = TRANSFER_STARTED if action == "started" else TRANSFER_ENDED
+            e = (t, event_id, code, "", user_id or "", agent_id or "", account_id)
         else:
             outcome = self._apply_alert(t, event)
             self._sweep()
             return outcome
-        key = f"c\x1f{event.app_id}\x1f{event.conversation_id}"
+        key = f"c\x1f{app_id}\x1f{conversation_id}"
         conv = self.conversations.get(key)
         stale = t < p.clock - self._lateness
         if conv is None:
             if stale:
-                return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
-            conv = ConversationState(event.app_id, event.conversation_id, [], {})
+                return self._late(t, event_id, app_id, LATE_CLOCK)
+            conv = ConversationState(app_id, conversation_id, [], {})
             self.conversations[key] = conv
-        elif event.event_id in conv.seen:
+        elif event_id in conv.seen:
             self.stats.duplicates += 1
-            return Outcome.DUPLICATE
+            return DUPLICATE
         elif t <= conv.horizon:
-            return self._late(t, event.event_id, event.app_id, LATE_FINAL)
+            return self._late(t, event_id, app_id, LATE_FINAL)
         events = conv.events
-        if events and e < events[-1]:
+        last_t = events[-1][T] if events else NEVER
+        if t < last_t or (t == last_t and e < events[-1]):
             if not self._insert(key, conv, e, stale):
-                return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
+                return self._late(t, event_id, app_id, LATE_CLOCK)
         else:
             if events and not conv.tail_eoc:
                 limit = conv.tail_timeout
                 if conv.tail_transfer_open and self._transfer_timeout > limit:
                     limit = self._transfer_timeout
-                new_session = t - events[-1][0] > limit
+                new_session = t - last_t > limit
             else:
                 new_session = True
             if new_session:
                 if stale:
-                    return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
+                    return self._late(t, event_id, app_id, LATE_CLOCK)
                 conv.tail_start = t
-                conv.tail_first = e[1]
-                conv.tail_timeout = self.timeouts.at(conv.app_id, t)
+                conv.tail_first = event_id
+                conv.tail_timeout = self.timeouts.at(app_id, t)
                 conv.tail_transfer_open = False
             events.append(e)
             if code & END_OF_CONVERSATION:
@@ -237,14 +356,14 @@ class Meter:
                 due = t + limit + self._lateness
             if due < conv.scheduled:
                 conv.scheduled = due
-                heapq.heappush(self._due, (due, key))
-        conv.seen[event.event_id] = t
+                heappush(self._due, (due, key))
+        conv.seen[event_id] = t
         if self._track:
             self.changed.add(key)
         due_list = self._due
         if due_list and due_list[0][0] < p.clock:
             self._sweep()
-        return Outcome.APPLIED
+        return APPLIED
 
     def idle_tick(self, now_ms: int) -> None:
         """The partition received nothing for a while: its clock follows the wall clock (R9)."""
@@ -289,10 +408,10 @@ class Meter:
                 conv.scheduled = FOREVER
                 self._schedule(key, conv, NEVER)
             else:
-                heapq.heappush(self._expiry, (conv.horizon + self._retention, key))
+                heappush(self._expiry, (conv.horizon + self._retention, key))
         for key, t in alerts:
             self.alerts_seen[key] = t
-            heapq.heappush(self._expiry, (t + self._retention, key))
+            heappush(self._expiry, (t + self._retention, key))
 
     def take_changes(self) -> tuple[dict[str, ConversationState | int], set[str]]:
         """Keys changed since the last call (with their value) and keys removed, for persistence."""
@@ -318,17 +437,17 @@ class Meter:
     def _late(self, t: int, event_id: str, app_id: str, reason: str) -> Outcome:
         self.stats.late += 1
         self.late.append(LateEvent(t, event_id, app_id, reason, self.partition.clock))
-        return Outcome.LATE
+        return LATE
 
     def _apply_alert(self, t: int, event: AlertDelivered) -> Outcome:
         key = alert_key(event.app_id, event.event_id)
         if key in self.alerts_seen:
             self.stats.duplicates += 1
-            return Outcome.DUPLICATE
+            return DUPLICATE
         if t < self.partition.clock - self._lateness:
             return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
         self.alerts_seen[key] = t
-        heapq.heappush(self._expiry, (t + self._retention, key))
+        heappush(self._expiry, (t + self._retention, key))
         if self._track:
             self.changed.add(key)
         if event.is_test:
@@ -336,7 +455,7 @@ class Meter:
         else:
             self.stats.alert_sessions += 1
             self.sessions.append(bill_alert(t, event))
-        return Outcome.APPLIED
+        return APPLIED
 
     def _insert(self, key: str, conv: ConversationState, e: Buffered, stale: bool) -> bool:
         """Insert an out-of-order event; False if, being stale, it would open a session of its own."""
@@ -371,13 +490,13 @@ class Meter:
     def _schedule(self, key: str, conv: ConversationState, due: int) -> None:
         if due < conv.scheduled:
             conv.scheduled = due
-            heapq.heappush(self._due, (due, key))
+            heappush(self._due, (due, key))
 
     def _sweep(self) -> None:
         due = self._due
         clock = self.partition.clock
         while due and due[0][0] < clock:
-            when, key = heapq.heappop(due)
+            when, key = heappop(due)
             conv = self.conversations.get(key)
             if conv is not None and conv.scheduled == when:
                 self._finalize_due(key, conv, clock)
@@ -409,9 +528,11 @@ class Meter:
             self._set_tail(conv, segments[-1])
         else:
             conv.tail_eoc = conv.tail_transfer_open = False
-            heapq.heappush(self._expiry, (conv.horizon + self._retention, key))
+            heappush(self._expiry, (conv.horizon + self._retention, key))
         floor = min(self.partition.high_water - self._retention, conv.horizon + 1)
-        if any(t < floor for t in conv.seen.values()):
+        if not events and floor > conv.horizon:
+            conv.seen = {}  # every id seen is of a final session, none within the horizon
+        elif any(t < floor for t in conv.seen.values()):
             conv.seen = {k: t for k, t in conv.seen.items() if t >= floor}
 
     def _finalize(self, conv: ConversationState, seg: Segment) -> None:
@@ -440,7 +561,7 @@ class Meter:
         expiry = self._expiry
         high_water = self.partition.high_water
         while expiry and expiry[0][0] < high_water:
-            _, key = heapq.heappop(expiry)
+            _, key = heappop(expiry)
             if key[0] == "a":
                 t = self.alerts_seen.get(key)
                 if t is not None and t + self._retention < high_water:

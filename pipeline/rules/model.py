@@ -6,7 +6,7 @@ is serialised on every change; tuples are the cheapest thing to build, compare a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from msgspec import Struct
@@ -56,25 +56,46 @@ class BillingSession(Struct, frozen=True, kw_only=True):
     alert_id: str | None = None
 
 
-@dataclass(slots=True)
 class Segment:
-    """A conversation session (R2) with what R3-R6 need to bill it."""
+    """A conversation session (R2) with what R3-R6 need to bill it.
 
-    start: int
-    end: int
-    first_event_id: str
-    account_id: str
-    timeout_ms: int
-    channel: str | None = None
-    user_id: str = ""
-    interactive: bool = False
-    test: bool = False
-    end_of_conversation: bool = False
-    transfer_open: bool = False
-    agent_intervals: list[tuple[int, int]] = field(default_factory=list)
-    events: int = 0
-    ended_without_start: int = 0
-    started_while_open: int = 0
+    A plain class: compiled (``pipeline.native``), one is built per conversation session.
+    """
+
+    __slots__ = (
+        "account_id",
+        "agent_intervals",
+        "channel",
+        "end",
+        "end_of_conversation",
+        "ended_without_start",
+        "events",
+        "first_event_id",
+        "interactive",
+        "start",
+        "started_while_open",
+        "test",
+        "timeout_ms",
+        "transfer_open",
+        "user_id",
+    )
+
+    def __init__(self, start: int, end: int, first_event_id: str, account_id: str, timeout_ms: int) -> None:
+        self.start = start
+        self.end = end
+        self.first_event_id = first_event_id
+        self.account_id = account_id
+        self.timeout_ms = timeout_ms
+        self.channel: str | None = None
+        self.user_id = ""
+        self.interactive = False
+        self.test = False
+        self.end_of_conversation = False
+        self.transfer_open = False
+        self.agent_intervals: list[tuple[int, int]] = []
+        self.events = 0
+        self.ended_without_start = 0
+        self.started_while_open = 0
 
     @property
     def agent_ms(self) -> int:

@@ -35,8 +35,8 @@ def split(
     if not events:
         return out
     first = events[0]
-    seg = Segment(start=first[0], end=first[0], first_event_id=first[1], account_id=first[6], timeout_ms=0)
-    timeout = seg.timeout_ms = timeout_at(first[0])
+    timeout = timeout_at(first[0])
+    seg = Segment(first[0], first[0], first[1], first[6], timeout)
     hold = max(timeout, open_transfer_timeout_ms)
     last = first[0]
     count = 0
@@ -48,8 +48,8 @@ def split(
             seg.end = last
             seg.events = count
             out.append(_close(seg, open_since))
-            seg = Segment(start=t, end=t, first_event_id=event_id, account_id=account_id, timeout_ms=0)
-            timeout = seg.timeout_ms = timeout_at(t)
+            timeout = timeout_at(t)
+            seg = Segment(t, t, event_id, account_id, timeout)
             hold = max(timeout, open_transfer_timeout_ms)
             intervals = seg.agent_intervals
             count = 0

@@ -37,6 +37,7 @@ from pipeline.balance.ledger import (
     entitled,
 )
 from pipeline.balance.money import ZERO, format_money, sub
+from pipeline.decode import decode_event, to_ms
 from pipeline.events import (
     AgentsSubscribed,
     BalanceAlert,
@@ -47,9 +48,7 @@ from pipeline.events import (
     LateRecord,
     PlanChanged,
     Rejection,
-    decode_event,
     ms_to_datetime,
-    to_ms,
 )
 from pipeline.kafka import partition_of
 from pipeline.records import billing_session_of, dead_letter

@@ -14,6 +14,7 @@ from typing import Final
 
 import msgspec
 
+from pipeline.decode import decode_event
 from pipeline.events import (
     DEFAULT_TOPIC_OF_TYPE,
     AgentTransfer,
@@ -24,20 +25,28 @@ from pipeline.events import (
     Event,
     LateRecord,
     Rejection,
-    decode_event,
 )
 from pipeline.kafka import partition_of
 from pipeline.records import billing_session_record, dead_letter, late_record
 from pipeline.rules.config import IdleTimeouts, RulesConfig
-from pipeline.rules.meter import NEVER, ConversationState, Meter, MeterStats, Outcome, PartitionClock
+from pipeline.rules.meter import (
+    NEVER,
+    ClockWire,
+    ConversationState,
+    ConversationWire,
+    Meter,
+    MeterStats,
+    Outcome,
+    PartitionClock,
+)
 
 CLOCK_KEY: Final = "p"
 
 Metered = ConversationTurn | AgentTransfer | AlertDelivered
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_state = msgspec.msgpack.Decoder(ConversationState).decode
-_decode_clock = msgspec.msgpack.Decoder(PartitionClock).decode
+_decode_state = msgspec.msgpack.Decoder(ConversationWire).decode
+_decode_clock = msgspec.msgpack.Decoder(ClockWire).decode
 _decode_int = msgspec.msgpack.Decoder(int).decode
 
 
@@ -100,9 +109,9 @@ class PartitionMeter:
         alerts: list[tuple[str, int]] = []
         for key, value in items:
             if key == CLOCK_KEY:
-                clock = _decode_clock(value)
+                clock = PartitionClock.from_wire(_decode_clock(value))
             elif key[0] == "c":
-                conversations.append(_decode_state(value))
+                conversations.append(ConversationState.from_wire(_decode_state(value)))
             elif key[0] == "a":
                 alerts.append((key, _decode_int(value)))
         self.meter.restore(clock, conversations, alerts)
@@ -184,10 +193,10 @@ class PartitionMeter:
         result.sessions.extend(billing_session_record(s) for s in sessions)
         upserts, removed = meter.take_changes()
         for key, value in upserts.items():
-            result.changes[key] = _encode(value)
+            result.changes[key] = _encode(value.to_wire() if isinstance(value, ConversationState) else value)
         for key in removed:
             result.changes[key] = None
-        result.changes[CLOCK_KEY] = _encode(meter.partition)
+        result.changes[CLOCK_KEY] = _encode(meter.partition.to_wire())
         after = meter.stats
         result.stats = MeterStats(**{k: v - getattr(before, k) for k, v in after.as_dict().items()})
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from pipeline.events import PlanChanged, Rejection, decode_event
+from pipeline.decode import decode_event
+from pipeline.events import PlanChanged, Rejection
 from pipeline.logs import fields
 from pipeline.rules.config import MINUTE
 from pipeline.settings import Settings

@@ -28,7 +28,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from pipeline import metrics, traffic
 from pipeline.compute import compute
-from pipeline.events import to_ms
+from pipeline.decode import to_ms
 from pipeline.kafka import ensure_topics, missing_topics, partition_of
 from pipeline.local_kafka import free_port
 from pipeline.produce import produce

@@ -40,7 +40,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.service import LOCAL_OPENER, StoreEndpoints, pid_alive, read_discovery
 from pipeline import traffic
 from pipeline.cli import main
-from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn, Rejection, decode_event, format_ms
+from pipeline.decode import decode_event
+from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn, Rejection, format_ms
 from pipeline.kafka import ensure_topics, partition_of, producer_config
 from pipeline.rules.config import RulesConfig
 from pipeline.rules.meter import Meter

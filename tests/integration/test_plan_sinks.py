@@ -18,7 +18,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumers.service import StoreEndpoints
 from consumers.usage_command import plans_text, usage_text
-from pipeline.events import format_ms, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import format_ms
 from pipeline.kafka import producer_config
 from pipeline.settings import Settings
 from tests.support import wait_until

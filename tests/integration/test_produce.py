@@ -17,7 +17,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from rich.console import Console
 
 from pipeline import traffic
-from pipeline.events import Rejection, decode_event, format_ms
+from pipeline.decode import decode_event
+from pipeline.events import Rejection, format_ms
 from pipeline.kafka import KafkaSetupError, partition_of
 from pipeline.produce import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, produce, produce_command
 from pipeline.settings import Settings, Topics

@@ -18,7 +18,8 @@ from pipeline.balance.agents import (
     day_start_ms,
     seats_per_day,
 )
-from pipeline.events import AgentsSubscribed, AgentTransfer, ms_to_datetime, to_ms
+from pipeline.decode import to_ms
+from pipeline.events import AgentsSubscribed, AgentTransfer, ms_to_datetime
 from pipeline.rules.config import DAY, HOUR, MINUTE
 from pipeline.rules.meter import Outcome
 

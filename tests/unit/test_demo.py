@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from pipeline import traffic
+from pipeline.decode import decode_event
 from pipeline.demo import DemoTraffic, plan_events
-from pipeline.events import Rejection, decode_event
+from pipeline.events import Rejection
 from pipeline.kafka import PARTITIONER
 from pipeline.settings import Settings
 

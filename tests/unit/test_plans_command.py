@@ -25,7 +25,7 @@ from consumers.service import StoreEndpoints, discovery_file
 from consumers.usage_api import UsageApi, UsageParameterError
 from consumers.usage_command import plans_text
 from pipeline.cli import main
-from pipeline.events import to_ms
+from pipeline.decode import to_ms
 from pipeline.settings import Settings
 from tests.balance_support import funds, plan
 from tests.unit.test_clickhouse_plans import ACCOUNT, at, session, snapshot

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pipeline.events import format_ms
 from pipeline.rules.billing import conversation_session_id
 from pipeline.rules.config import MINUTE, SECOND, RulesConfig
-from pipeline.rules.meter import ConversationState, Meter, Outcome, PartitionClock
+from pipeline.rules.meter import ClockWire, ConversationState, ConversationWire, Meter, Outcome, PartitionClock
 from pipeline.rules.model import BillingSession
 from tests.support import (
     T0,
@@ -153,7 +153,7 @@ def test_batches_with_persist_and_restore_give_the_same_result(data: st.DataObje
     arrival = data.draw(within_lateness(events))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(arrival)), max_size=6)))
     table: dict[str, bytes] = {}
-    clock = msgspec.msgpack.encode(PartitionClock())
+    clock = msgspec.msgpack.encode(PartitionClock().to_wire())
     out: list[BillingSession] = []
     start = 0
     for end in [*cuts, len(arrival)]:
@@ -164,10 +164,10 @@ def test_batches_with_persist_and_restore_give_the_same_result(data: st.DataObje
         out.extend(meter.drain()[0])
         upserts, removed = meter.take_changes()
         for key, value in upserts.items():
-            table[key] = msgspec.msgpack.encode(value)
+            table[key] = msgspec.msgpack.encode(value.to_wire() if isinstance(value, ConversationState) else value)
         for key in removed:
             table.pop(key, None)
-        clock = msgspec.msgpack.encode(meter.partition)
+        clock = msgspec.msgpack.encode(meter.partition.to_wire())
     meter = restored(table, clock)
     meter.finish()
     out.extend(meter.drain()[0])
@@ -178,8 +178,12 @@ def test_batches_with_persist_and_restore_give_the_same_result(data: st.DataObje
 def restored(table: dict[str, bytes], clock: bytes) -> Meter:
     meter = Meter(CONFIG, track_changes=True)
     meter.restore(
-        msgspec.msgpack.decode(clock, type=PartitionClock),
-        [msgspec.msgpack.decode(v, type=ConversationState) for k, v in table.items() if k[0] == "c"],
+        PartitionClock.from_wire(msgspec.msgpack.decode(clock, type=ClockWire)),
+        [
+            ConversationState.from_wire(msgspec.msgpack.decode(v, type=ConversationWire))
+            for k, v in table.items()
+            if k[0] == "c"
+        ],
         [(k, msgspec.msgpack.decode(v, type=int)) for k, v in table.items() if k[0] == "a"],
     )
     return meter

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 import schemas
+from pipeline.decode import decode_event, to_ms
 from pipeline.events import (
     EVENT_TYPES,
     BalanceAlert,
@@ -32,9 +33,7 @@ from pipeline.events import (
     Event,
     LateRecord,
     Rejection,
-    decode_event,
     ms_to_datetime,
-    to_ms,
 )
 
 NOW = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))

@@ -30,7 +30,8 @@ from consumers.usage_api import UsageApi, UsageParameterError, usage_columns, us
 from consumers.usage_command import migrate_text, usage_text
 from pipeline import traffic
 from pipeline.cli import main
-from pipeline.events import AgentsSubscribed, AgentTransfer, Rejection, decode_event
+from pipeline.decode import decode_event
+from pipeline.events import AgentsSubscribed, AgentTransfer, Rejection
 from pipeline.records import billing_session_record
 from pipeline.report import render
 from pipeline.settings import Settings

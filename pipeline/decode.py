@@ -32,7 +32,8 @@ _MAX_BYTES: Final[int] = MAX_PAYLOAD_BYTES
 _EARLIEST: Final[int] = EARLIEST_MS
 _MAX_FUTURE: Final[int] = MAX_FUTURE_MS
 _EPOCH: Final = EPOCH
-_MONEY_EVENTS: Final = frozenset({PlanChanged, FundsAdded})
+_PLAN_CHANGED: Final = PlanChanged
+_FUNDS_ADDED: Final = FundsAdded
 
 
 def to_ms(value: datetime) -> int:
@@ -64,7 +65,7 @@ def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
         return Rejection("out_of_range", "occurred_at is before 2000-01-01")
     if t > now_ms + _MAX_FUTURE:
         return Rejection("out_of_range", "occurred_at is more than 24 h in the future")
-    if type(event) in _MONEY_EVENTS:
+    if type(event) is _PLAN_CHANGED or type(event) is _FUNDS_ADDED:
         problem = _money_problem(event)
         if problem:
             return Rejection("schema", problem)

@@ -39,14 +39,16 @@ def is_voice(channel: str | None) -> bool:
     return channel is not None and channel.lower() in VOICE_CHANNELS
 
 
-def usage_boundaries(seg: Segment) -> list[int]:
+def usage_boundaries(seg: Segment, agent_ms: int | None = None) -> list[int]:
     """Start instants of the usage sessions of ``seg`` (R5), then its end.
 
     Session k starts at the first instant the bot time reaches k x 15 minutes; bot time stands
     still inside human-agent intervals, so the walk skips over them.
     """
-    bot_ms = seg.end - seg.start - seg.agent_ms
+    bot_ms = seg.end - seg.start - (seg.agent_ms if agent_ms is None else agent_ms)
     count = max(1, ceil_div(bot_ms, SESSION_LENGTH_MS))
+    if count == 1:
+        return [seg.start, seg.end]
     bounds = [seg.start]
     intervals = iter(seg.agent_intervals)
     pos = seg.start
@@ -78,7 +80,7 @@ def bill_segment(app_id: str, conversation_id: str, seg: Segment) -> list[Billin
     bot_ms = seg.end - seg.start - agent_ms
     voice = is_voice(seg.channel)
     kind: Kind = "voice" if voice else "usage"
-    bounds = voice_boundaries(seg) if voice else usage_boundaries(seg)
+    bounds = voice_boundaries(seg) if voice else usage_boundaries(seg, agent_ms)
     return [
         BillingSession(
             billing_session_id=billing_session_id(kind, parent, k),

@@ -99,7 +99,10 @@ class Segment:
 
     @property
     def agent_ms(self) -> int:
-        return sum(b - a for a, b in self.agent_intervals)
+        total = 0
+        for a, b in self.agent_intervals:
+            total += b - a
+        return total
 
     @property
     def billable(self) -> bool:

@@ -6,17 +6,23 @@ and every test go through them, so there is one definition of a conversation ses
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pipeline.rules.model import (
+    ACCOUNT_ID,
     AGENT,
+    CHANNEL,
+    CODE,
     END_OF_CONVERSATION,
+    EVENT_ID,
     TEST,
     TRANSFER_STARTED,
     USER,
+    USER_ID,
     WHAT,
     Buffered,
     Segment,
+    T,
 )
 
 
@@ -26,30 +32,35 @@ def gap_limit(timeout_ms: int, transfer_open: bool, open_transfer_timeout_ms: in
 
 
 def split(
-    events: Sequence[Buffered],
+    events: list[Buffered],
     timeout_at: Callable[[int], int],
     open_transfer_timeout_ms: int,
 ) -> list[Segment]:
-    """Conversation sessions of ``events`` (sorted, deduplicated) in time order."""
+    """Conversation sessions of ``events`` (sorted, deduplicated) in time order.
+
+    Fields beyond time and code are read only where a session needs them (compiled, each read costs).
+    """
     out: list[Segment] = []
     if not events:
         return out
     first = events[0]
-    timeout = timeout_at(first[0])
-    seg = Segment(first[0], first[0], first[1], first[6], timeout)
+    timeout = timeout_at(first[T])
+    seg = Segment(first[T], first[T], first[EVENT_ID], first[ACCOUNT_ID], timeout)
     hold = max(timeout, open_transfer_timeout_ms)
-    last = first[0]
+    last = first[T]
     count = 0
     open_since = -1
     eoc = False
     intervals = seg.agent_intervals
-    for t, event_id, code, channel, user_id, _, account_id in events:
+    for e in events:
+        t = e[T]
+        code = e[CODE]
         if count and (eoc or t - last > (hold if open_since >= 0 else timeout)):
             seg.end = last
             seg.events = count
             out.append(_close(seg, open_since))
             timeout = timeout_at(t)
-            seg = Segment(t, t, event_id, account_id, timeout)
+            seg = Segment(t, t, e[EVENT_ID], e[ACCOUNT_ID], timeout)
             hold = max(timeout, open_transfer_timeout_ms)
             intervals = seg.agent_intervals
             count = 0
@@ -60,11 +71,11 @@ def split(
         what = code & WHAT
         if what <= AGENT:
             if seg.channel is None:
-                seg.channel = channel
-                seg.user_id = user_id
+                seg.channel = e[CHANNEL]
+                seg.user_id = e[USER_ID]
             if what == USER and not seg.interactive:
                 seg.interactive = True
-                seg.user_id = user_id
+                seg.user_id = e[USER_ID]
             if code & TEST:
                 seg.test = True
             if code & END_OF_CONVERSATION:

@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: $(STAMP) prometheus-tools
+unit: $(STAMP) native prometheus-tools
 	$(BIN)/pytest -q tests/unit
 
 test: setup lint prometheus-tools ## everything: lint, types, alert rules, unit, integration

@@ -50,6 +50,14 @@ def run_once(path: Path) -> tuple[float, float, str]:
     return seconds, peak_kib / 1024, done.stdout.decode()
 
 
+def engine() -> str:
+    """How `metering compute` runs here: "compiled" (make setup) or "interpreted" (see pipeline/native.py)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import pipeline; print(pipeline.ENGINE)"], capture_output=True, check=True, text=True
+    )
+    return done.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -61,6 +69,9 @@ def main() -> None:
         with console.status(f"generating {args.events:,} events into {path}"):
             generate(path, args.events)
     size_mib = path.stat().st_size / 2**20
+    mode = engine()
+    if mode != "compiled":
+        console.print("[yellow]the rules engine runs interpreted here (about half as fast): `make setup` compiles it")
     runs = []
     outputs = set()
     for i in range(args.runs):
@@ -71,7 +82,7 @@ def main() -> None:
         console.print(f"run {i + 1}: {seconds:.2f} s, {rate:,.0f} events/s, peak RSS {peak_mib:.0f} MiB")
     assert len(outputs) == 1, "runs disagree: the result must be deterministic"
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    table = Table(title=f"metering compute, {args.events:,} events ({size_mib:.0f} MiB), one core")
+    table = Table(title=f"metering compute, {args.events:,} events ({size_mib:.0f} MiB), one core, {mode} engine")
     for column in ("median events/s", "median seconds", "peak RSS (MiB)", "usage rows"):
         table.add_column(column, justify="right")
     table.add_row(
@@ -81,7 +92,7 @@ def main() -> None:
         str(len(outputs.pop().splitlines()) - 1),
     )
     console.print(table)
-    result = {"events": args.events, "file_mib": round(size_mib, 1), "runs": runs, "median": median}
+    result = {"events": args.events, "file_mib": round(size_mib, 1), "engine": mode, "runs": runs, "median": median}
     out = ROOT / "bench" / "results" / "compute.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -35,8 +35,11 @@ ACCOUNT_ID: Final = 6
 Kind = Literal["usage", "voice", "alert"]
 
 
-class BillingSession(Struct, frozen=True, kw_only=True):
-    """One billable unit (R5-R7). Times are epoch milliseconds; the wire form is in `events`."""
+class BillingSession(Struct, frozen=True, kw_only=True, gc=False):
+    """One billable unit (R5-R7). Times are epoch milliseconds; the wire form is in `events`.
+
+    Only strings and numbers: never in a reference cycle, so not tracked by the cyclic collector.
+    """
 
     billing_session_id: str
     kind: Kind

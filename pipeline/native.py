@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-#: The modules compiled together, hot path first. Each must keep type-checking under mypy --strict.
+#: The modules compiled together. Each must keep type-checking under mypy --strict.
 MODULES: Final = (
     "pipeline.decode",
     "pipeline.rules.config",
@@ -35,6 +35,14 @@ MODULES: Final = (
     "pipeline.rules.meter",
     "pipeline.agent_book",
     "pipeline.compute",
+)
+#: The project's modules they import: mypyc builds their types and constants into the extension,
+#: so a change there makes a build out of date too (a test keeps this list complete).
+DEPENDS: Final = (
+    "pipeline.events",
+    "pipeline.balance.agents",
+    "pipeline.progress",
+    "pipeline.report",
 )
 GROUP: Final = "pipeline.native"
 INTERPRETED_ENV: Final = "METERING_INTERPRETED"
@@ -49,14 +57,14 @@ def source_of(module: str, root: Path = ROOT) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def fingerprint(root: Path = ROOT, modules: Sequence[str] = MODULES) -> dict[str, str]:
+def fingerprint(root: Path = ROOT, modules: Sequence[str] = (*MODULES, *DEPENDS)) -> dict[str, str]:
     """SHA-256 of each module's source, plus the interpreter the build is for."""
     prints = {m: hashlib.sha256(source_of(m, root).read_bytes()).hexdigest() for m in modules}
     prints["python"] = sys.implementation.cache_tag or ""
     return prints
 
 
-def stale(manifest: Path = MANIFEST, root: Path = ROOT, modules: Sequence[str] = MODULES) -> list[str]:
+def stale(manifest: Path = MANIFEST, root: Path = ROOT, modules: Sequence[str] = (*MODULES, *DEPENDS)) -> list[str]:
     """What differs between the build recorded in ``manifest`` and the sources now (empty: up to date)."""
     try:
         built: dict[str, str] = json.loads(manifest.read_text())
@@ -84,6 +92,8 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 def choose(
     root: Path = ROOT,
     modules: Sequence[str] = MODULES,
+    *,
+    depends: Sequence[str] = DEPENDS,
     meta_path: list[Any] = sys.meta_path,
     environ: Mapping[str, str] = os.environ,
 ) -> str:
@@ -97,7 +107,7 @@ def choose(
     if environ.get(INTERPRETED_ENV, "") not in ("", "0"):
         meta_path.insert(0, _SourceFirst(modules, root))
         return "interpreted"
-    changed = stale(manifest, root, modules)
+    changed = stale(manifest, root, (*modules, *depends))
     if changed:
         meta_path.insert(0, _SourceFirst(modules, root))
         log.warning(

@@ -6,6 +6,7 @@ with ``METERING_INTERPRETED=1``, over the same files, and compare every billing 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import random
@@ -118,18 +119,36 @@ def test_a_build_is_stale_when_a_source_changes(tmp_path: Path) -> None:
     assert native.stale(manifest, tmp_path, modules) == ["pkg.b"]
 
 
-def test_a_stale_build_is_not_used_the_sources_are(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    package = tmp_path / "pipeline"
+def fake_build(root: Path) -> Path:
+    """A project with an engine module, a module it imports, and a build that matches them."""
+    package = root / "pipeline"
     package.mkdir()
     (package / "engine.py").write_text("X = 1\n")
+    (package / "lib.py").write_text("LIMIT = 1\n")
     (package / "native__mypyc.fake.so").write_bytes(b"")
-    (package / "native-build.json").write_text(json.dumps(native.fingerprint(tmp_path, ["pipeline.engine"])))
+    (package / "native-build.json").write_text(
+        json.dumps(native.fingerprint(root, ["pipeline.engine", "pipeline.lib"]))
+    )
+    return package
+
+
+def choose(root: Path, finders: list[object], **environ: str) -> str:
+    return native.choose(root, ["pipeline.engine"], depends=["pipeline.lib"], meta_path=finders, environ=environ)
+
+
+def test_a_stale_build_is_not_used_the_sources_are(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    package = fake_build(tmp_path)
     finders: list[object] = []
-    assert native.choose(tmp_path, ["pipeline.engine"], finders, {}) == "compiled"
+    assert choose(tmp_path, finders) == "compiled"
     assert finders == []
 
+    (package / "lib.py").write_text("LIMIT = 2\n")  # a constant the build may have inlined
+    assert choose(tmp_path, []) == "interpreted"
+    assert "out of date (pipeline.lib changed)" in caplog.text
+    (package / "lib.py").write_text("LIMIT = 1\n")
+
     (package / "engine.py").write_text("X = 2\n")
-    assert native.choose(tmp_path, ["pipeline.engine"], finders, {}) == "interpreted"
+    assert choose(tmp_path, finders) == "interpreted"
     assert "out of date (pipeline.engine changed)" in caplog.text
     (finder,) = finders
     spec = finder.find_spec("pipeline.engine")  # type: ignore[attr-defined]
@@ -138,21 +157,18 @@ def test_a_stale_build_is_not_used_the_sources_are(tmp_path: Path, caplog: pytes
 
 
 def test_the_interpreted_switch_wins_over_an_up_to_date_build(tmp_path: Path) -> None:
-    package = tmp_path / "pipeline"
-    package.mkdir()
-    (package / "engine.py").write_text("X = 1\n")
-    (package / "native__mypyc.fake.so").write_bytes(b"")
-    (package / "native-build.json").write_text(json.dumps(native.fingerprint(tmp_path, ["pipeline.engine"])))
+    fake_build(tmp_path)
     finders: list[object] = []
-    assert native.choose(tmp_path, ["pipeline.engine"], finders, {native.INTERPRETED_ENV: "1"}) == "interpreted"
+    assert choose(tmp_path, finders, **{native.INTERPRETED_ENV: "1"}) == "interpreted"
     assert len(finders) == 1
-    assert native.choose(tmp_path, ["pipeline.engine"], [], {}) == "compiled"
+    assert choose(tmp_path, []) == "compiled"
 
 
 def test_without_a_build_the_engine_runs_interpreted(tmp_path: Path) -> None:
     (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "engine.py").write_text("X = 1\n")
     finders: list[object] = []
-    assert native.choose(tmp_path, ["pipeline.engine"], finders, {}) == "interpreted"
+    assert choose(tmp_path, finders) == "interpreted"
     assert finders == []
 
 
@@ -160,3 +176,20 @@ def test_the_engine_unpacks_event_fields_in_their_declared_order() -> None:
     """``Meter.apply`` reads a turn or a transfer with one ``astuple``: a reordered struct must fail here."""
     assert ConversationTurn.__struct_fields__ == TURN_FIELDS
     assert AgentTransfer.__struct_fields__ == TRANSFER_FIELDS
+
+
+def test_a_build_depends_on_every_project_module_the_engine_imports() -> None:
+    """mypyc builds imported types and constants into the extension: a change there must make it stale."""
+    imported: set[str] = set()
+    for module in native.MODULES:
+        tree = ast.parse(native.source_of(module).read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.split(".")[0] in ("pipeline", "consumers")
+            ):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names if a.name.split(".")[0] in ("pipeline", "consumers"))
+    assert imported - set(native.MODULES) == set(native.DEPENDS)

@@ -268,7 +268,7 @@ def _valid_lines(
     result.lines = lineno
 
 
-def _line_batches(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int = 4 << 20) -> Iterator[list[bytes]]:
+def _line_batches(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int = 1 << 20) -> Iterator[list[bytes]]:
     """The file's lines without their newline, a large chunk at a time (much cheaper than ``for line in f``).
 
     Lists rather than lines: compiled, the loop over a list is C, the step of a generator a call.
@@ -280,7 +280,8 @@ def _line_batches(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int
         if not chunk:
             break
         done += len(chunk)
-        lines = (carry + chunk).split(b"\n")
+        lines = chunk.split(b"\n")
+        lines[0] = carry + lines[0]
         carry = lines.pop()
         yield lines
         if on_progress is not None:

@@ -181,3 +181,16 @@ def test_rows_are_sorted_by_account_app_day(tmp_path: Path) -> None:
         ("b", "alpha", "2026-11-01"),
         ("b", "zeta", "2026-11-01"),
     ]
+
+
+@pytest.mark.parametrize(
+    "data", [b"ab\ncd\n\nefgh\nij", b"one line without newline", b"x\n", b"\n\n", b"", b"a\r\nb\r\n"]
+)
+def test_lines_cut_by_read_chunks_come_out_whole(data: bytes) -> None:
+    """The file is read a chunk at a time: a line across two chunks, or many, is still one line."""
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    for chunk_bytes in (1, 2, 3, 5, 8, 1 << 20):
+        batches = compute_module._line_batches(io.BytesIO(data), None, chunk_bytes)
+        assert [line for batch in batches for line in batch] == expected, chunk_bytes

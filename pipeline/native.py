@@ -7,6 +7,10 @@ everything runs interpreted with the same results. A build records the hash of e
 compiled; when a source has changed since, the build is out of date and is not used at all
 (a stale extension would silently run old rules), so an edit takes effect at once, interpreted,
 until the next ``make setup``.
+
+Written for the compiler where it pays: state as plain classes (their fields become C reads),
+imported classes and constants bound to a module's ``Final`` names (a C global instead of a dict
+lookup at each use), direct calls rather than bound methods kept in variables.
 """
 
 from __future__ import annotations

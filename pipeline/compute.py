@@ -2,8 +2,11 @@
 
 The file is read once in file order through a ``Meter`` with the stream's lateness rules; a
 file in time order (within the allowed lateness) is therefore metered in one pass with memory
-bound by its open conversations. If an event turns out to be late, because the file is not
-in time order, the result of that pass would not be the true one, so the file is metered
+bound by its open conversations and the event ids of the last ``RESEND_WINDOW_MS`` of event
+time. Those ids make a copy that a producer re-sent after its conversation session became final
+(an export of an at-least-once pipeline) the duplicate it is, not a late event. If an event
+turns out to be late (the file is not in time order beyond the lateness, or a copy comes later
+than the window) the result of that pass would not be the true one, so the file is metered
 again in time order (an external sort, in runs), which is exact for any order.
 
 `metering reconcile` needs more than the per-day rows: the billing sessions themselves, to
@@ -56,6 +59,8 @@ from pipeline.rules.meter import LATE, Meter, MeterStats, Outcome
 from pipeline.rules.model import BillingSession
 
 RUN_SIZE: Final = 400_000
+#: How long after an event a re-sent copy of it is still recognised in the single pass (event time).
+RESEND_WINDOW_MS: Final = 60 * MINUTE
 _FEW_COLLECTIONS: Final = (20_000, 20, 50)
 
 # Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.native).
@@ -198,6 +203,7 @@ def compute(
     keep: Days | None = None,
     unordered: bool = False,
     periods: Periods = Periods(),
+    resend_window_ms: int = RESEND_WINDOW_MS,
 ) -> ComputeResult:
     """Per-app usage of the events in ``path`` per ``periods``; invalid lines go to ``on_invalid``.
 
@@ -213,7 +219,7 @@ def compute(
             return _compute_sorted(
                 path, tz, config, now_ms=now_ms, on_invalid=on_invalid, reported=0, keep=keep, periods=periods
             )
-        return _compute_in_one_pass(path, tz, config, now_ms, on_invalid, on_progress, keep, periods)
+        return _compute_in_one_pass(path, tz, config, now_ms, on_invalid, on_progress, keep, periods, resend_window_ms)
     finally:
         gc.set_threshold(*thresholds)
 
@@ -227,11 +233,11 @@ def _compute_in_one_pass(  # noqa: PLR0917 - compute's arguments, passed on
     on_progress: OnProgress | None,
     keep: Days | None,
     periods: Periods,
+    resend_window_ms: int,
 ) -> ComputeResult:
-    fast = replace(config, dedupe_horizon_ms=0)
     book, agents = periods.books(tz)
     result = ComputeResult(rows=[], stats=MeterStats(), agents=agents)
-    meter = Meter(fast)
+    meter = Meter(replace(config, dedupe_horizon_ms=min(config.dedupe_horizon_ms, resend_window_ms)))
     collect = _Collector(book, keep, result)
     reported = 0
     try:

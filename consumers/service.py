@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from consumers.clickhouse import SessionStore, connect, migrate
+from consumers.clickhouse import ClickHouseUnavailableError, SessionStore, connect, migrate
 from consumers.clickhouse.client import Client, redact
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import plan_sinks
@@ -51,6 +51,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BROKER_WAIT_SECONDS: Final = 60.0
+#: How long the store waits for a process outside the data directory's lock protocol (a script of
+#: one's own on chDB, an older `metering usage`) to close the embedded database it has open.
+DATABASE_WAIT_SECONDS: Final = 60.0
 _ANY_ADDRESS: Final = frozenset({"", "0.0.0.0", "::"})
 #: Local calls must not go through an HTTP proxy from the environment.
 LOCAL_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -99,7 +102,7 @@ def serve_store(
     """
     settings = settings.with_clickhouse_default()
     database = settings.clickhouse_database
-    client = connect(settings.clickhouse_url, database)
+    client = _connect_when_free(settings, stop)
     api: UsageApi | None = None
     token = secrets.token_urlsafe(32)
     try:
@@ -136,6 +139,28 @@ def serve_store(
         if api is not None:
             api.stop()
         client.close()
+
+
+def _connect_when_free(settings: Settings, stop: threading.Event) -> Client:
+    """ClickHouse; an embedded database another process has open for a moment is waited for, not a failed start.
+
+    Commands of this project never open it while a store owns the data directory
+    (``consumers.store_lock``); this covers the others, for ``DATABASE_WAIT_SECONDS``.
+    """
+    deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+    told = False
+    while True:
+        try:
+            return connect(settings.clickhouse_url, settings.clickhouse_database)
+        except ClickHouseUnavailableError as exc:
+            if not settings.embedded_clickhouse or time.monotonic() >= deadline or stop.is_set():
+                raise
+            if not told:
+                log.warning(
+                    "the embedded database is open in another process: waiting for it", extra=fields(error=str(exc))
+                )
+                told = True
+            stop.wait(0.25)
 
 
 def _run_sinks(settings: Settings, client: Client, database: str, stop: threading.Event) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,14 +28,33 @@ EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service the command needs do
 
 
 def load_settings() -> Settings:
-    """The settings from the environment, logging configured; a clear exit on a wrong setting."""
+    """The settings from the environment, logging configured; a clear exit on a wrong setting.
+
+    Without METERING_KAFKA_BOOTSTRAP, Kafka is the broker `metering run` started for the data
+    directory, where it announced itself (``pipeline.local_kafka.running_broker``).
+    """
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_BAD_SETTINGS)
     logs.setup(settings.log_level, settings.log_format)
-    return settings
+    return with_data_dir_broker(settings)
+
+
+def with_data_dir_broker(settings: Settings) -> Settings:
+    """``settings`` pointed at the data directory's running broker, unless a bootstrap was given."""
+    if settings.kafka_bootstrap_given:
+        return settings
+    from pipeline.local_kafka import running_broker  # here: compute never loads the Kafka client
+
+    broker = running_broker(settings.data_dir / "kafka")
+    return settings if broker is None else replace(settings, kafka_bootstrap=broker.bootstrap)
+
+
+def _waiting(message: str) -> None:
+    """What a command says while it waits for the metering service starting on its data directory."""
+    Console(stderr=True).print(message, highlight=False)
 
 
 class _MeteringCommands(click.Group):
@@ -189,6 +209,7 @@ def usage(
             by=by,
             tz=tz_name or settings.timezone,
             fmt=fmt,
+            on_wait=_waiting,
         )
     except UsageParameterError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
@@ -239,7 +260,9 @@ def plans(account: str | None, month: str | None, tz_name: str | None, fmt: Form
 
     settings = load_settings()
     try:
-        text = plans_text(settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt)
+        text = plans_text(
+            settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt, on_wait=_waiting
+        )
     except UsageParameterError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
     except (StoreBusyError, ClickHouseError) as exc:
@@ -255,7 +278,7 @@ def migrate() -> None:
     from consumers.usage_command import StoreBusyError, migrate_text
 
     try:
-        sys.stdout.write(migrate_text(load_settings()))
+        sys.stdout.write(migrate_text(load_settings(), on_wait=_waiting))
     except (StoreBusyError, ClickHouseError) as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
@@ -268,6 +291,7 @@ def sink() -> None:
     import threading
 
     from consumers.service import StoreEndpoints, serve_store
+    from consumers.store_lock import DataDirBusyError, ReaderHold, StoreLock
 
     settings = load_settings()
     stop = threading.Event()
@@ -278,7 +302,17 @@ def sink() -> None:
     def ready(endpoints: StoreEndpoints) -> None:
         err.print(f"usage API {endpoints.api}  metrics {endpoints.metrics}  ClickHouse {endpoints.clickhouse_url}")
 
-    serve_store(settings, stop, ready)
+    try:  # the embedded database is this process's alone, from before it opens it (consumers.store_lock)
+        owned = (
+            StoreLock.acquire(settings.data_dir, "metering sink", on_wait=_waiting)
+            if settings.embedded_clickhouse
+            else ReaderHold(None)
+        )
+    except DataDirBusyError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    with owned:
+        serve_store(settings, stop, ready)
 
 
 @main.command()

@@ -26,7 +26,8 @@ from rich.console import Console
 
 from pipeline.decode import decode_event
 from pipeline.events import EVENT_TYPES, AgentTransfer, ConversationTurn, Event, Rejection
-from pipeline.kafka import KafkaSetupError, missing_topics, producer_config, wait_for_broker
+from pipeline.kafka import KafkaSetupError, admin, missing_topics, producer_config, wait_for_broker
+from pipeline.local_kafka import data_dir_cluster_id
 from pipeline.logs import fields
 from pipeline.progress import FileProgress, OnProgress
 from pipeline.settings import Settings, Topics
@@ -136,6 +137,7 @@ def produce(
 def _check_topics(settings: Settings, timeout: float) -> None:
     """The broker answers and has the input topics; a topic created a moment ago gets a few seconds to show."""
     wait_for_broker(settings, timeout=timeout)
+    _check_cluster(settings)
     deadline = time.monotonic() + TOPIC_VISIBLE_SECONDS
     while True:
         try:
@@ -150,6 +152,24 @@ def _check_topics(settings: Settings, timeout: float) -> None:
             f"input topic(s) {', '.join(missing)} do not exist on Kafka at {settings.kafka_bootstrap}: start the "
             f"pipeline once (`metering run`), which creates them, or create them with {settings.partitions} "
             "partitions (METERING_PARTITIONS); a broker's auto-created topics would not be co-partitioned"
+        )
+
+
+def _check_cluster(settings: Settings) -> None:
+    """Without METERING_KAFKA_BOOTSTRAP, events go to the data directory's own broker, never to another's."""
+    directory = settings.data_dir / "kafka"
+    ours = None if settings.kafka_bootstrap_given else data_dir_cluster_id(directory)
+    if ours is None:
+        return
+    try:
+        theirs = admin(settings).list_topics(timeout=10).cluster_id
+    except KafkaException as exc:
+        raise KafkaSetupError(f"cannot ask Kafka at {settings.kafka_bootstrap} which cluster it is: {exc}") from exc
+    if theirs != ours:
+        raise KafkaSetupError(
+            f"Kafka at {settings.kafka_bootstrap} is cluster {theirs}, not {ours}, the broker of the data directory "
+            f"{settings.data_dir}, which is not running: start `metering run` with METERING_DATA_DIR="
+            f"{settings.data_dir}, or set METERING_KAFKA_BOOTSTRAP to use that cluster"
         )
 
 

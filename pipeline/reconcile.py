@@ -99,7 +99,8 @@ from consumers.clickhouse.reconcile import (
     snapshot,
 )
 from consumers.service import LOCAL_OPENER, read_token, token_file
-from consumers.usage_command import StoreBusyError, open_client, running_store
+from consumers.store_lock import ReaderHold
+from consumers.usage_command import OnWait, StoreBusyError, open_client, reach_store
 from pipeline.compute import Days, compute
 from pipeline.decode import decode_event
 from pipeline.events import MAX_FUTURE_MS, PlanChanged, Rejection, format_ms
@@ -756,11 +757,14 @@ class ReconcileStore(Protocol):
 class DirectStore:
     """ClickHouse opened by this process (a server, or an embedded database nobody holds)."""
 
-    def __init__(self, client: Client, database: str, where: str, *, owned: bool = True) -> None:
+    def __init__(
+        self, client: Client, database: str, where: str, *, owned: bool = True, hold: ReaderHold | None = None
+    ) -> None:
         self.client = client
         self.database = database
         self.where = where
         self._owned = owned
+        self._hold = hold
 
     def snapshot(self, period: Period) -> Snapshot:
         return snapshot(self.client, self.database, start=period.first, end=period.last, tz=period.tz)
@@ -771,6 +775,8 @@ class DirectStore:
     def close(self) -> None:
         if self._owned:
             self.client.close()
+        if self._hold is not None:
+            self._hold.release()
 
 
 class ApiStore:
@@ -827,12 +833,16 @@ def _api_error(api: str, path: str, exc: urllib.error.HTTPError) -> Exception:
     return ReconcileError(f"the running metering service at {api} answered {exc.code} to {path}: {message}")
 
 
-def open_store(settings: Settings) -> ReconcileStore:
-    """The running service if it holds the embedded database, else a connection of our own."""
+def open_store(settings: Settings, on_wait: OnWait | None = None) -> ReconcileStore:
+    """The running service if it holds the embedded database (waiting for one that starts), else our own connection."""
     settings = settings.with_clickhouse_default()
+    hold = None
     if settings.embedded_clickhouse:
-        api = running_store(settings)
-        if api is not None:
+        reached = reach_store(settings, on_wait=on_wait)
+        if isinstance(reached, ReaderHold):
+            hold = reached
+        else:
+            api = reached
             token = read_token(settings)
             if token is None:
                 raise ReconcileError(
@@ -842,7 +852,13 @@ def open_store(settings: Settings) -> ReconcileStore:
                 )
             return ApiStore(api, token)
     where = redact(settings.clickhouse_url)
-    return DirectStore(open_client(settings), settings.clickhouse_database, f"ClickHouse at {where}")
+    try:
+        client = open_client(settings)
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
+    return DirectStore(client, settings.clickhouse_database, f"ClickHouse at {where}", hold=hold)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -1079,7 +1095,7 @@ def reconcile_command(
         if archive is not None:
             with archive.open("rb"):  # unreadable: say so before touching ClickHouse
                 pass
-        store = open_store(settings)
+        store = open_store(settings, on_wait=lambda message: err.print(message, highlight=False))
         try:
             report = reconcile(store, period, _truth_source(settings, period, archive, now_ms, err), repair=repair)
         finally:

@@ -98,6 +98,11 @@ class Settings:
     entitlement_port: int = 8471
     webhook_url: str = ""
     webhook_secret: str = ""
+    #: Whether ``kafka_bootstrap`` is to be used as given (METERING_KAFKA_BOOTSTRAP set, or set in code).
+    #: Unset in the environment, `metering run` starts the data directory's own broker (on
+    #: ``local_kafka_port`` if free) and the other commands find it there.
+    kafka_bootstrap_given: bool = field(default=True, compare=False)
+    local_kafka_port: int = 9092
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -141,6 +146,7 @@ class Settings:
             "ENTITLEMENT_PORT": str(self.entitlement_port),
             "WEBHOOK_URL": self.webhook_url,
             "WEBHOOK_SECRET": self.webhook_secret,
+            "LOCAL_KAFKA_PORT": str(self.local_kafka_port),
         }
         if r.app_idle_timeout_ms:
             env["APP_IDLE_TIMEOUTS"] = ",".join(f"{a}={ms // MINUTE}" for a, ms in r.app_idle_timeout_ms.items())
@@ -207,6 +213,8 @@ class Settings:
             entitlement_port=reader.get("ENTITLEMENT_PORT", _port, base.entitlement_port),
             webhook_url=reader.get("WEBHOOK_URL", _http_url, base.webhook_url),
             webhook_secret=reader.get("WEBHOOK_SECRET", str, base.webhook_secret),
+            kafka_bootstrap_given=bool(env.get(PREFIX + "KAFKA_BOOTSTRAP", "").strip()),
+            local_kafka_port=reader.get("LOCAL_KAFKA_PORT", _port, base.local_kafka_port),
         )
         if reader.errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(reader.errors))

@@ -165,6 +165,7 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("ENTITLEMENT_PORT", "18471", lambda s: s.entitlement_port, 18471),
     ("WEBHOOK_URL", "https://hooks.example.com/m", lambda s: s.webhook_url, "https://hooks.example.com/m"),
     ("WEBHOOK_SECRET", "s3cret", lambda s: s.webhook_secret, "s3cret"),
+    ("LOCAL_KAFKA_PORT", "19092", lambda s: s.local_kafka_port, 19092),
     *(
         (f"TOPIC_{name.upper()}", f"eu.{name}-v2", lambda s, name=name: getattr(s.topics, name), f"eu.{name}-v2")
         for name in Topics.__dataclass_fields__
@@ -422,3 +423,11 @@ def test_to_env_of_the_defaults_gives_the_defaults() -> None:
 def test_to_env_keeps_the_lateness_and_the_dedupe_horizon_to_the_millisecond(lateness: int, horizon: int) -> None:
     s = replace(Settings.from_env({}), rules=RulesConfig(allowed_lateness_ms=lateness, dedupe_horizon_ms=horizon))
     assert Settings.from_env(s.to_env()).rules == s.rules
+
+
+def test_a_bootstrap_is_given_only_when_the_variable_is_set() -> None:
+    """Unset, `metering run` starts the data directory's own broker rather than use whatever answers on 9092."""
+    assert not Settings.from_env({}).kafka_bootstrap_given
+    assert not read(KAFKA_BOOTSTRAP=" ").kafka_bootstrap_given
+    assert read(KAFKA_BOOTSTRAP="127.0.0.1:9092").kafka_bootstrap_given
+    assert Settings.from_env(Settings().to_env()).kafka_bootstrap_given, "children get the address their parent chose"

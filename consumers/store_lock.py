@@ -6,17 +6,19 @@ chDB lets one process open a database directory; a second one fails ("Cannot loc
 agree through ``<data_dir>/run/store.lock``, an advisory ``flock`` the kernel releases when its
 holder exits, even by SIGKILL:
 
-1. The store takes it exclusively before anything else (broker, database) and writes in it who it
-   is and since when: from that moment it is *starting*, until its API announces itself in
+1. The store takes it before anything else (broker, database) and writes in it who it is and
+   since when: from that moment it is *starting*, until its API announces itself in
    ``run/store.json``. A second store on the same data directory fails at once, naming the first.
-2. A reader asks the store's API when it serves. Otherwise it takes the lock shared, without
-   waiting. Granted: no store starts or serves, so it opens the database itself and releases the
-   lock after closing it. Refused: a store is starting, so the reader waits for it to serve (and
-   says so), then asks it; or it fails with one line when the wait is over.
-3. A store that finds the lock held shared (readers at work) writes its intent to
-   ``run/store.starting``, which readers respect (they wait for the service rather than take the
-   lock again), and retries until the last reader is done. Readers are short: a query or the
-   migrations.
+2. A reader asks the store's API when it serves. Otherwise it tries the lock, without waiting.
+   Granted: no store starts or serves, so it opens the database itself and lets the lock go
+   after closing it. Refused by a store (the lock names one): the store is starting, so the
+   reader waits for it to serve (and says so), then asks it, or fails with one line when its
+   wait is over. Refused by another reader (the lock names nobody): its turn comes in a moment.
+3. A store that finds a reader holding the lock writes its intent to ``run/store.starting``,
+   which readers respect (they wait for the service rather than take the lock again), and
+   retries until the reader is done. Readers are short: a query or the migrations.
+
+The lock is exclusive for readers too: chDB itself lets one process open the database.
 """
 
 from __future__ import annotations
@@ -74,13 +76,18 @@ def _intent_file(data_dir: Path) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Alive and, where /proc tells, a Python process (not an unrelated one that got a dead store's pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"python" in command or b"metering" in command
 
 
 def _read_holder(path: Path) -> Holder | None:
@@ -100,18 +107,6 @@ def holder(data_dir: Path) -> Holder | None:
 def _open(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-
-def _held_exclusively(path: Path) -> bool:
-    """Whether a store holds the lock (a shared request is refused), rather than readers (it is granted)."""
-    fd = _open(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also releases the shared lock, if granted
-    return False
 
 
 def _write_json(path: Path, value: Holder) -> None:
@@ -149,12 +144,11 @@ class StoreLock:
                     break
                 except BlockingIOError:
                     pass
-                if _held_exclusively(path):
-                    other = holder(data_dir)
-                    who = f"({other.describe()}) " if other else ""
+                other = _read_holder(path)
+                if other is not None:  # a store wrote its name in the lock it holds; readers write nothing
                     raise DataDirBusyError(
-                        f"another metering service {who}owns the data directory {data_dir}: stop it, or give this "
-                        "one another METERING_DATA_DIR"
+                        f"another metering service ({other.describe()}) owns the data directory {data_dir}: stop "
+                        "it, or give this one another METERING_DATA_DIR"
                     )
                 if not intent:
                     _write_json(_intent_file(data_dir), me)
@@ -199,7 +193,7 @@ class StoreLock:
 
 
 class ReaderHold:
-    """A reader's shared hold: while it lasts, no store opens the database; release it after closing yours."""
+    """A reader's hold: while it lasts, no store nor other reader opens the database; release it after closing."""
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
@@ -219,7 +213,7 @@ class ReaderHold:
 
 
 def try_reader_hold(data_dir: Path) -> ReaderHold | None:
-    """A shared hold if no store owns the data directory or waits for it; None if one does (ask it instead)."""
+    """A hold if nobody has the data directory and no store waits for it; else None (:func:`holder` names a store)."""
     if _read_holder(_intent_file(data_dir)) is not None:
         return None
     try:
@@ -227,7 +221,7 @@ def try_reader_hold(data_dir: Path) -> ReaderHold | None:
     except OSError:
         return ReaderHold(None)  # a data directory this user cannot write: chDB will say why it cannot open it
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
 from consumers.clickhouse.client import redact
+from consumers.clickhouse.errors import MissingTablesError
 from consumers.clickhouse.usage import named_query
 from consumers.plans_report import PlansQuery, plans_query, plans_report
 from consumers.service import LOCAL_OPENER, discovery_file, find_running_store, read_discovery
@@ -89,7 +90,15 @@ def _report(
     with hold:
         client = open_client(settings)
         try:
-            return report(client, settings.clickhouse_database, query)
+            try:
+                return report(client, settings.clickhouse_database, query)
+            except MissingTablesError:
+                if not settings.embedded_clickhouse:
+                    raise
+                # A fresh embedded database no store has started yet (or is about to): its schema is what
+                # the store creates first; with it, the answer is the true one, nothing metered yet.
+                migrate(client, settings.clickhouse_database)
+                return report(client, settings.clickhouse_database, query)
         finally:
             client.close()
 
@@ -112,18 +121,20 @@ def reach_store(
         hold = try_reader_hold(settings.data_dir)
         if hold is not None:
             return hold
-        owner = holder(settings.data_dir)
-        who = f" ({owner.describe()})" if owner else ""
+        owner = holder(settings.data_dir)  # None: another command reads the database; its turn ends soon
         if time.monotonic() >= deadline:
             raise StoreBusyError(
-                f"the metering service{who} that holds the data directory {settings.data_dir} did not serve "
-                f"within {wait_seconds:.0f} s: its own output says why (or it is still starting); run this again "
-                "once it serves"
+                f"the metering service ({owner.describe()}) that holds the data directory {settings.data_dir} did "
+                f"not serve within {wait_seconds:.0f} s: its own output says why (or it is still starting); run "
+                "this again once it serves"
+                if owner is not None
+                else f"another command has read the embedded database of {settings.data_dir} for "
+                f"{wait_seconds:.0f} s: run this again when it is done"
             )
-        if not told and on_wait is not None:
+        if owner is not None and not told and on_wait is not None:
             on_wait(
-                f"waiting for the metering service starting on {settings.data_dir}{who} to serve: it holds the "
-                "embedded database"
+                f"waiting for the metering service starting on {settings.data_dir} ({owner.describe()}) to serve: "
+                "it holds the embedded database"
             )
             told = True
         time.sleep(_POLL_SECONDS)

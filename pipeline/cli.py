@@ -53,8 +53,9 @@ def with_data_dir_broker(settings: Settings) -> Settings:
 
 
 def _waiting(message: str) -> None:
-    """What a command says while it waits for the metering service starting on its data directory."""
-    Console(stderr=True).print(message, highlight=False)
+    """What a command says while it waits for the metering service starting on its data directory (one line)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 class _MeteringCommands(click.Group):

@@ -96,7 +96,7 @@ def test_a_store_waits_for_readers_and_new_readers_wait_for_it(tmp_path: Path) -
 
 
 def test_readers_that_never_let_go_make_the_store_give_up_with_one_line(tmp_path: Path) -> None:
-    with ReaderHold(None), try_reader_hold(tmp_path), pytest.raises(DataDirBusyError, match="held it for 0 s"):
+    with try_reader_hold(tmp_path), pytest.raises(DataDirBusyError, match="held it for 0 s"):
         StoreLock.acquire(tmp_path, "metering run", readers_wait=0.3)
 
 
@@ -150,6 +150,9 @@ def test_without_a_store_a_reader_opens_the_database_itself(tmp_path: Path) -> N
     assert isinstance(reached, ReaderHold)
     with pytest.raises(DataDirBusyError):  # while it reads, a store waits (here: gives up at once)
         StoreLock.acquire(tmp_path, "metering run", readers_wait=0)
+    assert try_reader_hold(tmp_path) is None, "readers take turns: chDB lets one process open the database"
+    with pytest.raises(StoreBusyError, match="another command has read the embedded database"):
+        reach_store(settings, wait_seconds=0.5)
     reached.release()
     StoreLock.acquire(tmp_path, "metering run", readers_wait=0).release()
     assert os.listdir(tmp_path / "run") == ["store.lock"]

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from consumers.service import pid_alive
+
 __all__ = [
     "DataDirBusyError",
     "Holder",
@@ -77,12 +79,8 @@ def _intent_file(data_dir: Path) -> Path:
 
 def _pid_alive(pid: int) -> bool:
     """Alive and, where /proc tells, a Python process (not an unrelated one that got a dead store's pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:  # alive, another user's
-        return True
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -115,11 +113,31 @@ def _write_json(path: Path, value: Holder) -> None:
     os.replace(temporary, path)
 
 
-class StoreLock:
-    """A store's exclusive hold on its data directory, from :meth:`acquire` to :meth:`release` (or its exit)."""
+class ReaderHold:
+    """A reader's hold: while it lasts, no store nor other reader opens the database; release it after closing."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class StoreLock(ReaderHold):
+    """A store's hold on its data directory, from :meth:`acquire` to :meth:`release` (or its exit)."""
 
     def __init__(self, fd: int, data_dir: Path) -> None:
-        self._fd: int | None = fd
+        super().__init__(fd)
         self.data_dir = data_dir
 
     @classmethod
@@ -177,39 +195,10 @@ class StoreLock:
 
     def release(self) -> None:
         """Clear the announcement and let the data directory go (exiting does the same)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-
-class ReaderHold:
-    """A reader's hold: while it lasts, no store nor other reader opens the database; release it after closing."""
-
-    def __init__(self, fd: int | None) -> None:
-        self._fd = fd
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+                os.ftruncate(self._fd, 0)
+        super().release()
 
 
 def try_reader_hold(data_dir: Path) -> ReaderHold | None:

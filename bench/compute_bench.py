@@ -120,7 +120,8 @@ def main() -> None:
         console.print("[yellow]the rules engine runs interpreted here (about half as fast): `make setup` compiles it")
     files = [measure(console, p, args.runs) for p in (path, resent)]
     table = Table(title=f"metering compute, one core, {mode} engine")
-    for column in ("file", "events", "median events/s", "median seconds", "peak RSS (MiB)", "usage rows"):
+    table.add_column("file", no_wrap=True)
+    for column in ("events", "median events/s", "median seconds", "peak RSS (MiB)", "usage rows"):
         table.add_column(column, justify="right")
     for f in files:
         table.add_row(

@@ -159,7 +159,8 @@ def test_usage_equals_compute_by_period(
     for metric in SESSION_METRICS:
         assert totals[metric] == sum(p[metric] for p in body["series"])
     assert totals["agents"] == max(p["agents"] for p in body["series"])
-    over_range = set().union(*active_from_events(evs, tz, "day", {app} if app else None, first=first, last=last).values())
+    by_day = active_from_events(evs, tz, "day", {app} if app else None, first=first, last=last)
+    over_range = set().union(*by_day.values())
     assert totals["active_agents"] == len(over_range)
     assert body["range"] == {"from": first.isoformat(), "to": last.isoformat(), "by": by, "timezone": tz}
 

@@ -94,7 +94,8 @@ def build(client: Client) -> None:
             INSERT INTO {DATABASE}.agent_subscriptions (account_id, app_id, event_id, occurred_at, agents)
             SELECT 'acct-{account:02d}', concat('app-{account:02d}-', toString(number % {APPS_PER_ACCOUNT})),
                    concat('seats-', toString(number)),
-                   toDateTime64('{FIRST_DAY} 00:00:00', 3, 'UTC') + toIntervalDay(intDiv(number, {APPS_PER_ACCOUNT}) * 30),
+                   toDateTime64('{FIRST_DAY} 00:00:00', 3, 'UTC')
+                       + toIntervalDay(intDiv(number, {APPS_PER_ACCOUNT}) * 30),
                    1 + number % 7
             FROM numbers({APPS_PER_ACCOUNT * 3})
             """
@@ -105,7 +106,8 @@ def build(client: Client) -> None:
                 (account_id, app_id, event_id, occurred_at, agent_id, conversation_id)
             SELECT 'acct-{account:02d}', concat('app-{account:02d}-', toString(number % {APPS_PER_ACCOUNT})),
                    concat('t-', toString(number)),
-                   toDateTime64('{FIRST_DAY} 00:00:00', 3, 'UTC') + toIntervalSecond(intDiv(number, {APPS_PER_ACCOUNT}) * 21600),
+                   toDateTime64('{FIRST_DAY} 00:00:00', 3, 'UTC')
+                       + toIntervalSecond(intDiv(number, {APPS_PER_ACCOUNT}) * 21600),
                    concat('agent-', toString(number % 150)), concat('c-', toString(number))
             FROM numbers({APPS_PER_ACCOUNT * DAYS * 4})
             """
@@ -130,11 +132,14 @@ def measure_usage(url: str, token: str, requests: int, params: dict[str, str]) -
 def measure_export(url: str, token: str, params: dict[str, str]) -> tuple[int, float]:
     rows = 0
     started = time.perf_counter()
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, trust_env=False, timeout=600) as http:
-        with http.stream("GET", "/api/v1/sessions.csv", params=params) as answer:
-            answer.raise_for_status()
-            for chunk in answer.iter_bytes():
-                rows += chunk.count(b"\n")
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=600) as http,
+        http.stream("GET", "/api/v1/sessions.csv", params=params) as answer,
+    ):
+        answer.raise_for_status()
+        for chunk in answer.iter_bytes():
+            rows += chunk.count(b"\n")
     return rows - 1, time.perf_counter() - started
 
 

@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Annotated, Final
 
@@ -41,6 +42,9 @@ CHUNK_BYTES: Final = 64 * 1024
 #: Exports running at once in this process; more get 429 (each holds a handle and a core).
 MAX_CONCURRENT_EXPORTS: Final = 2
 _running = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
+#: Long-lived reading threads, one per export that may run: a thread's allocator arena is reused
+#: by the next export instead of a new thread growing a new one.
+_PUMPS = ThreadPoolExecutor(MAX_CONCURRENT_EXPORTS, thread_name_prefix="sessions-export")
 _QUERY: Final = "console_sessions_export"
 _QUEUED: Final = 4
 _STALLED_SECONDS: Final = 300.0
@@ -132,7 +136,7 @@ def _chunks(raw: io.IOBase, handles: contextlib.ExitStack) -> AsyncIterator[byte
 
     Reading in the server's thread pool would touch the stream from a different thread at every
     chunk, and every thread's allocator arena keeps what it once held: measured, 20-40 MiB more
-    per export than one reading thread, which stays within a few MiB. The queue holds at most
+    per export than one reading thread. The pumps are long-lived threads (``_PUMPS``). The queue holds at most
     ``_QUEUED`` chunks, so a slow client slows the query down instead of filling memory.
     """
     chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUED)
@@ -163,7 +167,7 @@ def _chunks(raw: io.IOBase, handles: contextlib.ExitStack) -> AsyncIterator[byte
             handles.close()
             _running.release()
 
-    threading.Thread(target=pump, name="sessions-export", daemon=True).start()
+    _PUMPS.submit(pump)
 
     async def stream() -> AsyncIterator[bytes]:
         try:

@@ -26,6 +26,8 @@ __all__ = ["SETTLED_AFTER", "hourly_rows", "whole_hour_zone"]
 #: Hours younger than this are computed from their sets every time, never cached.
 SETTLED_AFTER: Final = timedelta(hours=2)
 _STEP: Final = timedelta(hours=6)
+#: Beyond this many apps, the stale hours are read for all apps of the account (one filter less).
+_MAX_LISTED_APPS: Final = 1000
 
 
 def whole_hour_zone(rng: UsageRange, tz: ZoneInfo) -> bool:
@@ -68,8 +70,16 @@ def hourly_rows(scope: AccountScope, rng: UsageRange, apps: list[str]) -> list[t
 def _recompute(
     scope: AccountScope, rng: UsageRange, stale: dict[tuple[str, datetime, str], str], now: datetime
 ) -> list[tuple[Any, ...]]:
-    keys = sorted({(app, hour) for app, hour, _ in stale})
-    rows = scope.query("console_usage_hours", keys=keys, start=rng.start, end=rng.end)
+    # one pass over the span of the stale hours: recent hours when data is arriving, the whole
+    # range the first time an account is read (then cached)
+    hours = [hour for _, hour, _ in stale]
+    apps = sorted({app for app, _, _ in stale})
+    rows = scope.query(
+        "console_usage_hours",
+        apps=apps if len(apps) <= _MAX_LISTED_APPS else [],
+        start=min(hours),
+        end=max(hours) + timedelta(hours=1),
+    )
     out: list[tuple[Any, ...]] = []
     settled: list[Sequence[Any]] = []
     horizon = now - SETTLED_AFTER

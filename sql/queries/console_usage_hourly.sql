@@ -26,20 +26,6 @@ WITH
                 AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
         )
         GROUP BY app_id, day
-    ),
-    cached AS
-    (
-        SELECT app_id, day, max(version) AS cached_version, argMax((hours, kinds, sessions), version) AS payload
-        FROM {database:Identifier}.usage_day_counts
-        WHERE account_id = {account:String} AND day >= first_day AND day <= last_day
-            AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
-        GROUP BY app_id, day
-    ),
-    joined AS
-    (
-        SELECT v.app_id AS app_id, v.day AS day, c.cached_version = v.version AS fresh, c.payload AS payload
-        FROM versions AS v LEFT JOIN cached AS c ON v.app_id = c.app_id AND v.day = c.day
-        SETTINGS join_use_nulls = 0
     )
 SELECT
     kind,
@@ -49,15 +35,20 @@ SELECT
         {period:String} = 'month', toString(toStartOfMonth(toDate(hour, {tz:String}))),
         toString(toDate(hour, {tz:String}))
     ) AS period_key,
-    sum(n) AS sessions,
+    sum(n) AS counted,
     [] AS stale
-FROM
-(
-    SELECT tupleElement(payload, 1) AS hours, tupleElement(payload, 2) AS kinds, tupleElement(payload, 3) AS counts
-    FROM joined WHERE fresh
-)
-ARRAY JOIN hours AS hour, kinds AS kind, counts AS n
-WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
+FROM {database:Identifier}.usage_day_counts FINAL
+ARRAY JOIN hours AS hour, kinds AS kind, sessions AS n
+WHERE account_id = {account:String} AND day >= first_day AND day <= last_day
+    AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
+    AND (app_id, day, version) IN (SELECT app_id, day, version FROM versions)
+    AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
 GROUP BY kind, period_key
 UNION ALL
-SELECT '', '', 0, groupArray((app_id, day)) FROM joined WHERE NOT fresh
+SELECT '', '', 0, groupArray((app_id, day))
+FROM versions
+WHERE (app_id, day, version) NOT IN (
+    SELECT app_id, day, version FROM {database:Identifier}.usage_day_counts FINAL
+    WHERE account_id = {account:String} AND day >= first_day AND day <= last_day
+        AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
+)

@@ -76,6 +76,7 @@ class Call:
     json: Any
     success: int
     names_app: bool  # the request names an app (so another account's admin gets 404)
+    headers: tuple[tuple[str, str], ...] = ()  # required headers (an Idempotency-Key: a fresh one per call)
 
 
 def calls(app: FastAPI, route: RouteInfo) -> list[Call]:
@@ -96,10 +97,13 @@ def calls(app: FastAPI, route: RouteInfo) -> list[Call]:
             body = schema.get("example") or _resolve_example(document, schema)
             assert body is not None, f"{method} {route.path}: give its JSON body schema an example for this matrix"
         success = route.status_code or 200
-        out.append(Call(method, path, {}, body, success, names_app))
+        headers = tuple(
+            (p["name"], "") for p in operation.get("parameters", []) if p["in"] == "header" and p.get("required")
+        )
+        out.append(Call(method, path, {}, body, success, names_app, headers))
         query_names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
         if "app" in query_names:
-            out.append(Call(method, path, {"app": APP}, body, success, True))
+            out.append(Call(method, path, {"app": APP}, body, success, True, headers))
     return out
 
 
@@ -124,7 +128,8 @@ def _billing_routes(app: FastAPI) -> list[RouteInfo]:
 
 
 def _send(client: TestClient, call: Call, headers: dict[str, str]) -> Any:
-    return client.request(call.method, call.path, params=call.params, json=call.json, headers=headers)
+    required = {name: uuid.uuid4().hex for name, _ in call.headers}  # e.g. Idempotency-Key: new each time
+    return client.request(call.method, call.path, params=call.params, json=call.json, headers={**required, **headers})
 
 
 def test_billing_routes_answer_each_kind_of_caller_as_the_spec_says(app: FastAPI, client: TestClient) -> None:
@@ -160,8 +165,10 @@ def test_billing_routes_answer_each_kind_of_caller_as_the_spec_says(app: FastAPI
             stranger = _send(client, call, bearer(token(OTHER_ACCOUNT)))
             if call.names_app:
                 assert stranger.status_code == 404, f"{what} as another account's admin: {stranger.text[:200]}"
-                missing = Call(call.method, call.path.replace(APP, "no-such-app"), _no_app(call.params), call.json,
-                               call.success, True)
+                missing = Call(
+                    call.method, call.path.replace(APP, "no-such-app"), _no_app(call.params), call.json,
+                    call.success, True, call.headers,
+                )  # fmt: skip
                 if missing != call:
                     nobody = _send(client, missing, bearer(token()))
                     assert nobody.status_code == 404

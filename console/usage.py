@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from console.tenancy import AccountScope
 from console.usage_range import UsageRange, local_midnight
-from console.usage_rollup import hourly_rows, whole_hour_zone
+from console.usage_rollup import hourly_rows, query_bounds, whole_hour_zone
 from pipeline.balance.agents import SeatTimeline
 from pipeline.decode import to_ms
 from pipeline.rules.attribution import zone
@@ -78,13 +78,7 @@ class UsageSeries:
 def usage_series(scope: AccountScope, rng: UsageRange, app: str | None) -> UsageSeries:
     """Read and assemble; ``app`` must already be known to belong to the account (or None: all)."""
     apps = [app] if app is not None else []
-    bounds: dict[str, Any] = {
-        "apps": apps,
-        "start": rng.start,
-        "end": rng.end,
-        "tz": rng.timezone,
-        "period": rng.by,
-    }
+    bounds = query_bounds(rng, apps)
     if whole_hour_zone(rng, zone(rng.timezone)):
         sessions = hourly_rows(scope, rng, apps)  # cached counts of UTC hours (migration 006)
     else:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from console.tenancy import AccountScope
 from console.usage_range import UsageRange, first_of_period
 
-__all__ = ["SETTLED_AFTER", "hourly_rows", "whole_hour_zone"]
+__all__ = ["SETTLED_AFTER", "hourly_rows", "query_bounds", "whole_hour_zone"]
 
 #: Days that ended less than this ago are computed from their sets every time, never cached.
 SETTLED_AFTER: Final = timedelta(hours=2)
@@ -45,15 +45,14 @@ def whole_hour_zone(rng: UsageRange, tz: ZoneInfo) -> bool:
         instant = min(instant + _STEP, end)
 
 
+def query_bounds(rng: UsageRange, apps: list[str]) -> dict[str, Any]:
+    """The parameters every console usage query takes (console_usage.sql)."""
+    return {"apps": apps, "start": rng.start, "end": rng.end, "tz": rng.timezone, "period": rng.by}
+
+
 def hourly_rows(scope: AccountScope, rng: UsageRange, apps: list[str]) -> list[tuple[Any, ...]]:
     """Rows ``(app_id, kind, period_key, sessions)`` as ``console_usage.sql`` gives them (app_id may be "")."""
-    bounds: dict[str, Any] = {
-        "apps": apps,
-        "start": rng.start,
-        "end": rng.end,
-        "tz": rng.timezone,
-        "period": rng.by,
-    }
+    bounds = query_bounds(rng, apps)
     out: list[tuple[Any, ...]] = []
     stale: set[tuple[str, date]] = set()
     for kind, key, sessions, stale_days in scope.query("console_usage_hourly", **bounds):

@@ -21,7 +21,7 @@ from msgspec.structs import replace
 from console.tenancy import AccountScope
 from console.usage import assemble
 from console.usage_range import UsageRange, resolve_range
-from console.usage_rollup import hourly_rows, whole_hour_zone
+from console.usage_rollup import hourly_rows, query_bounds, whole_hour_zone
 from consumers.clickhouse import Client, SessionStore, migrate
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, SessionVoid, apply_batch
 from pipeline import traffic
@@ -55,8 +55,7 @@ def ranges() -> list[UsageRange]:
 
 
 def both(scope: AccountScope, rng: UsageRange) -> tuple[list[Any], list[Any]]:
-    bounds = {"apps": [], "start": rng.start, "end": rng.end, "tz": rng.timezone, "period": rng.by}
-    direct, _ = assemble(rng, scope.query("console_usage", **bounds), [], [])
+    direct, _ = assemble(rng, scope.query("console_usage", **query_bounds(rng, [])), [], [])
     cached, _ = assemble(rng, hourly_rows(scope, rng, []), [], [])
     return [p.row() for p in direct], [p.row() for p in cached]
 

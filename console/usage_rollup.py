@@ -27,6 +27,8 @@ SETTLED_AFTER: Final = timedelta(hours=2)
 _STEP: Final = timedelta(hours=6)
 #: Beyond this many apps, the stale hours are read for all apps of the account (one filter less).
 _MAX_LISTED_APPS: Final = 1000
+#: Hourly rows read per recomputing pass (bounds the memory of a first read of a long range).
+_ROWS_PER_PASS: Final = 100_000
 
 
 def whole_hour_zone(rng: UsageRange, tz: ZoneInfo) -> bool:
@@ -68,37 +70,50 @@ def hourly_rows(scope: AccountScope, rng: UsageRange, apps: list[str]) -> list[t
 def _recompute(
     scope: AccountScope, rng: UsageRange, stale: set[tuple[str, date]], now: datetime
 ) -> list[tuple[Any, ...]]:
-    """The stale days' counts from their sets, in one pass over their span; settled days cached."""
-    apps = sorted({app for app, _ in stale})
-    rows = scope.query(
-        "console_usage_hours",
-        apps=apps if len(apps) <= _MAX_LISTED_APPS else [],
-        first=min(day for _, day in stale),
-        last=max(day for _, day in stale),
-    )
+    """The stale days' counts from their sets, a few days per pass; settled days cached.
+
+    Passes cover about ``_ROWS_PER_PASS`` hourly rows (days x apps x 24 x kinds), so the first
+    read of a year of a large account holds a bounded batch in memory at a time.
+    """
+    by_day: dict[date, set[str]] = {}
+    for app_id, day_date in stale:
+        by_day.setdefault(day_date, set()).add(app_id)
+    ordered = sorted(by_day)
+    widest = max(len(apps) for apps in by_day.values())
+    per_pass = max(1, _ROWS_PER_PASS // (widest * 24 * 3))
     tz = ZoneInfo(rng.timezone)
-    out: list[tuple[Any, ...]] = []
-    days: dict[tuple[str, date], _Day] = {}
-    for app_id, kind, hour_value, inserted, sessions in rows:
-        hour = _utc(hour_value)
-        key = (str(app_id), hour.date())
-        if key not in stale:
-            continue  # a day whose cache was current: already counted
-        day = days.get(key)
-        if day is None:
-            day = days[key] = _Day()
-        day.add(hour, str(kind), int(inserted), int(sessions))
-        if rng.start <= hour < rng.end and sessions:
-            out.append((key[0], str(kind), _period_key(rng, hour, tz), int(sessions)))
+    totals: dict[tuple[str, str], int] = {}
     horizon = now - SETTLED_AFTER
-    settled = [
-        [scope.account_id, app_id, day_date, day.version, day.hours, day.kinds, day.sessions]
-        for (app_id, day_date), day in days.items()
-        if datetime.combine(day_date + timedelta(days=1), datetime.min.time(), UTC) <= horizon
-    ]
-    if settled:
-        scope.insert("usage_day_counts", _CACHE_COLUMNS, settled)
-    return out
+    for i in range(0, len(ordered), per_pass):
+        batch = ordered[i : i + per_pass]
+        apps = sorted(set().union(*(by_day[d] for d in batch)))
+        rows = scope.query(
+            "console_usage_hours",
+            apps=apps if len(apps) <= _MAX_LISTED_APPS else [],
+            first=batch[0],
+            last=batch[-1],
+        )
+        days: dict[tuple[str, date], _Day] = {}
+        for app_id, kind, hour_value, inserted, sessions in rows:
+            hour = _utc(hour_value)
+            key = (str(app_id), hour.date())
+            if key not in stale:
+                continue  # a day whose cache was current: already counted
+            day = days.get(key)
+            if day is None:
+                day = days[key] = _Day()
+            day.add(hour, str(kind), int(inserted), int(sessions))
+            if rng.start <= hour < rng.end and sessions:
+                period = (str(kind), _period_key(rng, hour, tz))
+                totals[period] = totals.get(period, 0) + int(sessions)
+        settled = [
+            [scope.account_id, app_id, day_date, day.version, day.hours, day.kinds, day.sessions]
+            for (app_id, day_date), day in days.items()
+            if datetime.combine(day_date + timedelta(days=1), datetime.min.time(), UTC) <= horizon
+        ]
+        if settled:
+            scope.insert("usage_day_counts", _CACHE_COLUMNS, settled)
+    return [("", kind, key, n) for (kind, key), n in totals.items()]
 
 
 _CACHE_COLUMNS: Final = ("account_id", "app_id", "day", "version", "hours", "kinds", "sessions")

@@ -127,3 +127,15 @@ def test_cached_counts_stay_exact_through_late_sessions_replays_voids_and_moves(
     check(scope, "after a session moved within its hour")
     direct, _ = both(scope, ranges()[0])
     assert sum(r[1] for r in direct) > 0
+
+
+def test_a_first_read_in_many_small_passes_gives_the_same_series(
+    chdb_client: Client, rollup_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long first read recomputes a few days per pass (bounded memory): one day per pass here."""
+    import console.usage_rollup  # noqa: PLC0415
+
+    monkeypatch.setattr(console.usage_rollup, "_ROWS_PER_PASS", 1)
+    scope = AccountScope(chdb_client, rollup_db, ACCOUNT)
+    check(scope, "one day per pass")
+    assert cached_rows(chdb_client, rollup_db) >= 2, "every settled day cached, pass after pass"

@@ -99,6 +99,10 @@ def check_zone(name: str) -> ZoneInfo:
         return zone(name)
     except UnknownZoneError as exc:
         raise bad_parameter("timezone", f"{exc}") from exc
+    except OSError as exc:  # zoneinfo opens files: "America" is a directory, a long name is too long
+        raise bad_parameter(
+            "timezone", f"unknown time zone {name[:100]!r}: use an IANA name such as UTC or Asia/Kolkata"
+        ) from exc
 
 
 def parse_day(parameter: str, value: str) -> date:

@@ -46,7 +46,7 @@ def usage(
         text = usage_report(context.client, context.database, query)
     except UsageParameterError as exc:
         return JSONResponse(exc.as_json(), status_code=400)
-    except UnknownZoneError as exc:  # the server's tz database lacks a zone Python knows
+    except (UnknownZoneError, OSError) as exc:  # the server's tz data lacks the zone; "Etc" is a directory
         return JSONResponse(UsageParameterError("timezone", str(exc), "use another zone").as_json(), status_code=400)
     return Response(text, media_type=CONTENT_TYPES[query.fmt], headers={"Cache-Control": "no-store"})
 
@@ -66,7 +66,7 @@ def plans(
         text = plans_report(context.client, context.database, query)
     except UsageParameterError as exc:
         return JSONResponse(exc.as_json(), status_code=400)
-    except UnknownZoneError as exc:
+    except (UnknownZoneError, OSError) as exc:
         return JSONResponse(UsageParameterError("timezone", str(exc), "use another zone").as_json(), status_code=400)
     return Response(text, media_type=CONTENT_TYPES[query.fmt], headers={"Cache-Control": "no-store"})
 
@@ -84,7 +84,7 @@ async def reconcile_sessions(request: Request, context: Context) -> Response:
     try:
         period = msgspec.json.decode(body, type=PeriodRequest)
         check_period(period.start, period.end, period.timezone)
-    except (msgspec.ValidationError, msgspec.DecodeError, UsageParameterError, UnknownZoneError, ValueError) as e:
+    except (msgspec.ValidationError, msgspec.DecodeError, UsageParameterError, UnknownZoneError, ValueError, OSError) as e:  # noqa: E501
         return JSONResponse({"error": f"/reconcile/sessions: {e}", "parameter": "body"}, status_code=400)
     answer = await run_in_threadpool(
         snapshot, context.client, context.database, start=period.start, end=period.end, tz=period.timezone

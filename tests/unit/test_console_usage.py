@@ -280,3 +280,13 @@ def test_an_app_with_seats_and_no_usage_counts_in_the_accounts_agents(chdb_clien
     assert [p["agents"] for p in body["series"]] == [6, 6]
     assert [p["agents"] for p in one["series"]] == [3, 3]
     assert body["totals"]["billing_sessions"] == 0
+
+
+@pytest.mark.parametrize("zone_name", ["America", "Etc", "a" * 300, "Etc/", "posixrules"])
+def test_zone_names_that_are_files_or_directories_are_400(client: TestClient, zone_name: str) -> None:
+    """zoneinfo opens files: a directory or an over-long name is an OSError, still the caller's bad zone."""
+    for path in ("/api/v1/usage", "/api/v1/sessions.csv"):
+        answer = client.get(path, params={"timezone": zone_name}, headers=bearer(token(ACCOUNT)))
+        assert answer.status_code in (200, 400), (path, zone_name, answer.text[:200])
+        if answer.status_code == 400:
+            assert answer.json()["parameter"] == "timezone"

@@ -10,23 +10,21 @@ protocol is reported with its pid and what to do.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, Final, TypeVar
-from urllib.parse import urlencode
+from typing import Final, TypeVar
 
 from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
 from consumers.clickhouse.client import redact
 from consumers.clickhouse.errors import MissingTablesError
 from consumers.clickhouse.usage import named_query
 from consumers.plans_report import PlansQuery, plans_query, plans_report
-from consumers.service import LOCAL_OPENER, discovery_file, find_running_store, read_discovery
+from consumers.service import discovery_file, find_running_store, read_discovery, read_token, token_file
+from consumers.store_client import TIMEOUT_SECONDS, StoreClient, StoreHttpError, StoreUnreachableError
 from consumers.store_lock import ReaderHold, holder, try_reader_hold
-from consumers.usage_api import UsageParameterError, UsageQuery, usage_query, usage_report
+from consumers.usage_report import UsageParameterError, UsageQuery, usage_query, usage_report
 from pipeline.settings import Settings
 
 __all__ = [
@@ -37,10 +35,10 @@ __all__ = [
     "plans_text",
     "reach_store",
     "running_store",
+    "store_client",
     "usage_text",
 ]
 
-_API_TIMEOUT_SECONDS = 120.0
 #: How long a command waits for a metering service that is starting on its data directory.
 STORE_WAIT_SECONDS: Final = 180.0
 _POLL_SECONDS: Final = 0.25
@@ -85,7 +83,7 @@ def _report(
     if settings.embedded_clickhouse:
         reached = reach_store(settings, on_wait=on_wait)
         if isinstance(reached, str):
-            return _ask(reached, query)
+            return _ask(settings, reached, query)
         hold = reached
     with hold:
         client = open_client(settings)
@@ -224,30 +222,31 @@ def _holder(path: str) -> str:
     return f"process {pid} ({command})" if command else f"process {pid}"
 
 
-def _ask(api: str, query: UsageQuery | PlansQuery) -> str:
+def store_client(settings: Settings, api: str, *, timeout: float = TIMEOUT_SECONDS) -> StoreClient:
+    """A client of the running store with its operator token; StoreBusyError if this user cannot read it."""
+    token = read_token(settings)
+    if token is None:
+        raise StoreBusyError(
+            f"the running metering service at {api} holds the embedded database, but its operator token "
+            f"{token_file(settings)} cannot be read: run this as the OS user that runs the service"
+        )
+    return StoreClient(api, token, timeout=timeout)
+
+
+def _ask(settings: Settings, api: str, query: UsageQuery | PlansQuery) -> str:
     path = "/plans" if isinstance(query, PlansQuery) else "/usage"
-    url = f"{api}{path}?{urlencode(query.parameters())}"
     try:
-        with LOCAL_OPENER.open(url, timeout=_API_TIMEOUT_SECONDS) as response:
-            return str(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        body = _json_body(exc)
-        if exc.code == 400 and "parameter" in body:
+        return store_client(settings, api).get_text(path, query.parameters())
+    except StoreHttpError as exc:
+        if exc.status == 400 and "parameter" in exc.body:
+            body = exc.body
             raise UsageParameterError(
                 str(body["parameter"]), str(body.get("problem", body.get("error", ""))), str(body.get("fix", ""))
             ) from exc
         raise ClickHouseUnavailableError(
-            f"the running metering service at {api} answered {exc.code}: {body.get('error', exc.reason)}"
+            f"the running metering service at {api} answered {exc.status}: {exc.message}"
         ) from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except StoreUnreachableError as exc:
         raise StoreBusyError(
             f"the running metering service at {api} did not answer ({exc}); if it has just stopped, run this again"
         ) from exc
-
-
-def _json_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
-    try:
-        data = json.loads(exc.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -108,6 +108,8 @@ class Settings:
     webhook_secret: str = ""
     #: the plan catalogue the console offers (None: the one shipped in pipeline/balance/catalog.toml)
     plan_catalog: Path | None = None
+    #: the seller named on invoices (the order processor writes it into each invoice as issued)
+    invoice_seller: str = "Metering"
     #: the Billing console (console/): token verification, "now", export limit
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
@@ -154,6 +156,7 @@ class Settings:
             "WEBHOOK_URL": self.webhook_url,
             "WEBHOOK_SECRET": self.webhook_secret,
             "PLAN_CATALOG": "" if self.plan_catalog is None else str(self.plan_catalog),
+            "INVOICE_SELLER": self.invoice_seller,
         }
         if r.app_idle_timeout_ms:
             env["APP_IDLE_TIMEOUTS"] = ",".join(f"{a}={ms // MINUTE}" for a, ms in r.app_idle_timeout_ms.items())
@@ -221,6 +224,7 @@ class Settings:
             webhook_url=reader.get("WEBHOOK_URL", _http_url, base.webhook_url),
             webhook_secret=reader.get("WEBHOOK_SECRET", str, base.webhook_secret),
             plan_catalog=reader.get("PLAN_CATALOG", _catalog, base.plan_catalog),
+            invoice_seller=reader.get("INVOICE_SELLER", _seller, base.invoice_seller),
             console=_console(env, reader),
         )
         if reader.errors:
@@ -411,6 +415,12 @@ def _catalog(raw: str) -> Path:
     except CatalogError as exc:
         raise ValueError(str(exc)) from None
     return path
+
+
+def _seller(raw: str) -> str:
+    if len(raw) > 200:
+        raise ValueError("at most 200 characters: the seller's name as invoices show it")
+    return raw
 
 
 def _http_url(raw: str) -> str:

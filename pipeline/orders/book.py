@@ -160,7 +160,8 @@ def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> S
     allowed = {("pending", "paid"), ("pending", "failed"), ("paid", "refunded")}
     if (order.status, event.status) not in allowed:
         return Step("duplicate")
-    order.provider = event.provider
+    if event.status != "refunded":  # a refund goes back the way the payment came
+        order.provider = event.provider
     if event.payment_method:
         order.payment_method = event.payment_method
     if event.reference:

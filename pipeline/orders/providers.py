@@ -46,5 +46,15 @@ class ManualProvider:
         return PaymentOutcome(status="paid", payment_method="manual", reference=f"manual:{order.order_id}")
 
 
+class TransferProvider:
+    """Paid by bank transfer: pending until an operator records the money's arrival
+    (``metering orders paid ORDER``) or its failure (``metering orders failed ORDER``)."""
+
+    name: Final = "transfer"
+
+    def start(self, order: OrderCreated) -> None:
+        return None
+
+
 #: The providers this build knows, by name (the console accepts these as ``payment_method``).
-BUILT_IN: Final[dict[str, PaymentProvider]] = {"manual": ManualProvider()}
+BUILT_IN: Final[dict[str, PaymentProvider]] = {"manual": ManualProvider(), "transfer": TransferProvider()}

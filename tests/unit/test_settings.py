@@ -169,6 +169,7 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("WEBHOOK_URL", "https://hooks.example.com/m", lambda s: s.webhook_url, "https://hooks.example.com/m"),
     ("WEBHOOK_SECRET", "s3cret", lambda s: s.webhook_secret, "s3cret"),
     ("PLAN_CATALOG", str(DEFAULT_CATALOG), lambda s: s.plan_catalog, DEFAULT_CATALOG),
+    ("INVOICE_SELLER", "Acme Metering GmbH", lambda s: s.invoice_seller, "Acme Metering GmbH"),
     ("CONSOLE_SECRET", "k" * 32, lambda s: s.console.secret, "k" * 32),
     ("CONSOLE_JWKS", "https://idp.example/jwks.json", lambda s: s.console.jwks, "https://idp.example/jwks.json"),
     ("CONSOLE_ISSUER", "https://idp.example/", lambda s: s.console.issuer, "https://idp.example/"),

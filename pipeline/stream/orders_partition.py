@@ -174,4 +174,3 @@ def _wrong_topic(kind: object, topic: str) -> Rejection:
         "wrong_topic",
         f"a {kind} event does not belong on topic {topic!r}: produce it to the topic of its type (see docs/events.md)",
     )
-

@@ -22,7 +22,7 @@ from console.context import ConsoleContext
 from console.deps import Audience, audience_of, reject_unknown_parameters
 from console.errors import install_handlers
 from console.limits import BodyLimit
-from console.routers import health, operators, orders, plan_operators, plans, session, usage
+from console.routers import exports, health, operators, orders, plan_operators, plans, session, usage
 from consumers.clickhouse.client import connect
 from pipeline.settings import Settings
 
@@ -37,6 +37,7 @@ ROUTERS: Final[list[APIRouter]] = [
     operators.router,
     plan_operators.router,
     usage.router,
+    exports.router,
     plans.router,
     orders.router,
 ]

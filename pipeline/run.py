@@ -305,7 +305,7 @@ def _announce(
     console: Console, settings: Settings, store: StoreEndpoints, workers: list[_Worker], *, demo: bool
 ) -> None:
     console.print("[bold]metering is running[/]" + (" with demo traffic" if demo else ""))
-    console.print(f"  usage API      {store.api}/usage?by=day&format=csv   (also: metering usage)")
+    console.print(f"  console        {store.api}/api/v1/usage   (a token: metering token --account ACCOUNT)")
     console.print(f"  metrics        {store.metrics}  (sink, API)")
     for w in workers:
         if w.name == "entitlement":

@@ -7,12 +7,14 @@ The partition is driven as the processor drives it (``Input`` messages, changelo
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 
 import msgspec
 import pytest
 from pypdf import PdfReader
 
+import schemas
 from pipeline.events import AccountChanged, FundsAdded, FundsRefunded, ms_to_datetime
 from pipeline.kafka import partition_of
 from pipeline.orders.book import AccountOrders, create_order, funds_event_id, update_payment
@@ -261,3 +263,41 @@ def test_any_script_renders(app: str) -> None:
     created = msgspec.structs.replace(order(), app_id=app)
     [invoice] = create_order(book, created, BUILT_IN["manual"].start(created), SELLER).documents
     assert render_invoice(invoice).startswith(b"%PDF")
+
+
+# -- the records and their JSON Schemas (schemas/v1) --------------------------------------------------------------
+
+
+def _sample_records() -> list[object]:
+    book = AccountOrders(account_id=ACCOUNT)
+    created = order("ord-s", method="transfer")
+    records: list[object] = [created]
+    step = create_order(book, created, None, SELLER)
+    confirmation = payment("ord-s", "paid")
+    refund = payment("ord-s", "refunded", t=T0 + 120_000)
+    records += [confirmation, refund, *step.states]
+    for more in (update_payment(book, confirmation, SELLER), update_payment(book, refund, SELLER)):
+        records += [*more.states, *more.documents]
+    return records
+
+
+@pytest.mark.parametrize("record", _sample_records(), ids=lambda r: type(r).__name__)
+def test_every_record_validates_against_its_schema(record: object) -> None:
+    document = json.loads(msgspec.json.encode(record))
+    validator = schemas.validator(document["type"])
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(document)]
+    assert not errors
+
+
+@pytest.mark.parametrize("kind", [OrderCreated, PaymentUpdated, OrderState, InvoiceIssued])
+def test_each_schema_has_exactly_the_struct_fields(kind: type[msgspec.Struct]) -> None:
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    schema = schemas.load(str(info.tag))
+    fields = {f.encode_name for f in msgspec.structs.fields(kind)}
+    assert set(schema["properties"]) == {"type"} | fields
+    required = {f.encode_name for f in msgspec.structs.fields(kind) if f.required}
+    if schema["additionalProperties"] is False:  # an output: every field always written
+        assert set(schema["required"]) == {"type"} | fields
+    else:
+        assert set(schema["required"]) == {"type"} | required

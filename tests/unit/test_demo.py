@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from pipeline import traffic
-from pipeline.decode import decode_event
 from pipeline.balance.catalog import load_catalog
+from pipeline.decode import decode_event
 from pipeline.demo import DemoTraffic, plan_events
 from pipeline.events import Rejection
 from pipeline.kafka import PARTITIONER

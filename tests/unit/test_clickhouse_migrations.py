@@ -77,7 +77,7 @@ def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Cl
         "usage_1h_mv": "MaterializedView",
         "voids_1h": "AggregatingMergeTree",
         "voids_1h_mv": "MaterializedView",
-        "usage_1h_counts": "ReplacingMergeTree",
+        "usage_day_counts": "ReplacingMergeTree",
         "funds_refunded": "ReplacingMergeTree",
         "extension_events": "ReplacingMergeTree",
         "owner_changes": "ReplacingMergeTree",

@@ -414,9 +414,7 @@ def test_a_replaced_plan_never_sets_the_idle_timeout() -> None:
         scheduled(NOW, NEXT, event_id="starter", name="starter"),
         plan(NOW + HOUR, event_id="business-again", name="business"),
     ]
-    events = [
-        PlanChanged(**{**_fields(e), "idle_timeout_minutes": 30 if e.plan == "business" else 5}) for e in events
-    ]
+    events = [PlanChanged(**{**_fields(e), "idle_timeout_minutes": 30 if e.plan == "business" else 5}) for e in events]
     for event in events:
         for change in schedule.add(event):
             timeouts.plan_changed(*change)
@@ -434,3 +432,25 @@ def test_a_replaced_plan_never_sets_the_idle_timeout() -> None:
             engine.plan_changed(*change)
     assert engine.at(APP, NEXT + DAY) == 5 * MINUTE, "a downgrade that stands sets its timeout at its instant"
     assert engine.at(APP, NEXT - 1) == 30 * MINUTE
+
+
+def test_account_changed_has_its_own_topic_and_key_and_is_refused_elsewhere() -> None:
+    from pipeline.events import AccountChanged, OwnerChanged  # noqa: PLC0415
+    from pipeline.produce import _routes  # noqa: PLC0415
+    from pipeline.settings import Topics  # noqa: PLC0415
+
+    routes = _routes(Topics())
+    assert routes[AccountChanged] == ("billing-accounts", "account_id")
+    assert routes[OwnerChanged] == ("billing-plans", "app_id")
+    payload = msgspec.json.encode(
+        {
+            "type": "account_changed",
+            "event_id": "e",
+            "occurred_at": "2026-11-01T00:00:00Z",
+            "account_id": "a",
+            "billing_type": "enterprise",
+        }
+    )
+    refused = decode_event(payload, NOW)
+    assert isinstance(refused, Rejection)
+    assert refused.code == "wrong_topic", "on an app's topic it is dead-lettered, not mistaken for an app event"

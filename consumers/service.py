@@ -35,6 +35,7 @@ from pipeline import metrics
 from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
+from pipeline.stream.orders import ensure_account_topics
 
 if TYPE_CHECKING:
     from console.server import ConsoleServer
@@ -115,6 +116,7 @@ def serve_store(
         )
         # the console (console/): billing routes for account admins, operators' routes for the CLI
         from console.app import create_app, store_context  # noqa: PLC0415 - FastAPI loads only where it serves
+        from console.billing import close_billing_extras  # noqa: PLC0415
         from console.server import ConsoleServer  # noqa: PLC0415
 
         app = create_app(store_context(settings, client, database, token))
@@ -145,6 +147,7 @@ def serve_store(
     finally:
         if api is not None:
             api.stop()
+            close_billing_extras(api.app.state.console)
         client.close()
 
 
@@ -178,6 +181,7 @@ def _run_sinks(settings: Settings, client: Client, database: str, stop: threadin
     """
     ensure_topics(settings, [settings.topics.plans, settings.topics.transfers])
     ensure_topics(settings, [settings.topics.balance_state], config={"cleanup.policy": "compact"})
+    ensure_account_topics(settings)
     sinks = [ClickHouseSink(settings, SessionStore(client, database))]
     sinks += plan_sinks(settings, PlanStore(client, database))
     done = threading.Event()

@@ -31,14 +31,14 @@ from typing import IO, Final
 from zoneinfo import ZoneInfo
 
 from pipeline.agent_book import AGENT_COLUMNS, AgentBook
-from pipeline.decode import decode_event
+from pipeline.balance.plans import TimeoutSchedule
+from pipeline.decode import decode_input
 from pipeline.events import (
     AgentsSubscribed,
     AgentTransfer,
     AlertDelivered,
     ConversationTurn,
-    Event,
-    FundsAdded,
+    InputEvent,
     PlanChanged,
     Rejection,
 )
@@ -116,6 +116,8 @@ class ComputeResult:
     unfinished: list[BillingSession] = field(default_factory=list)
     #: With ``within``: every (account, app) that has a billing session in the file, on any day.
     apps: set[tuple[str, str]] = field(default_factory=set)
+    #: The plans' idle timeouts, as the stream's plan feed applies them (replaced plans included).
+    timeouts: TimeoutSchedule = field(default_factory=TimeoutSchedule)
 
     def report(self, *, zero_fill: bool = False) -> tuple[tuple[str, ...], Sequence[Sequence[Cell]]]:
         """The columns and rows `metering compute` prints: interfaces.md's eight, then R11's agents.
@@ -246,7 +248,7 @@ def _compute_in_one_pass(  # noqa: PLR0917 - compute's arguments, passed on
             for lines in _line_batches(f, on_progress):
                 for line in lines:
                     lineno += 1
-                    decoded = decode_event(line, now_ms)
+                    decoded = decode_input(line, now_ms)
                     if type(decoded) is _REJECTION:
                         _invalid(result, on_invalid, lineno, line, decoded)
                         continue
@@ -304,21 +306,22 @@ def _compute_sorted(
     return result
 
 
-def _apply(meter: Meter, t: int, event: Event, result: ComputeResult) -> Outcome:
+def _apply(meter: Meter, t: int, event: InputEvent, result: ComputeResult) -> Outcome:
     kind = type(event)
-    if kind is PlanChanged:
-        result.plan_events += 1
-        timeout = event.idle_timeout_minutes  # type: ignore[union-attr]
-        meter.plan_changed(event.app_id, t, None if timeout is None else timeout * MINUTE, event.event_id)
-        return Outcome.APPLIED
-    if kind is AgentsSubscribed and result.agents is not None:
-        result.agents.subscribed(t, event)  # type: ignore[arg-type]
-    if kind is FundsAdded or kind is AgentsSubscribed:
-        result.plan_events += 1
-        return Outcome.APPLIED
-    if kind is AgentTransfer and result.agents is not None:
-        result.agents.transfer(event)  # type: ignore[arg-type]
-    return meter.apply(t, event)  # type: ignore[arg-type]
+    if kind is _TURN or kind is _ALERT:
+        return meter.apply(t, event)  # type: ignore[arg-type]
+    if kind is _TRANSFER:
+        if result.agents is not None:
+            result.agents.transfer(event)  # type: ignore[arg-type]
+        return meter.apply(t, event)  # type: ignore[arg-type]
+    # billing-plans and billing-accounts events: only plans (idle timeouts) and seats matter here
+    result.plan_events += 1
+    if isinstance(event, PlanChanged):
+        for app_id, at_ms, timeout_ms, event_id in result.timeouts.add(event):
+            meter.plan_changed(app_id, at_ms, timeout_ms, event_id)
+    elif isinstance(event, AgentsSubscribed) and result.agents is not None:
+        result.agents.subscribed(t, event)
+    return Outcome.APPLIED
 
 
 def _invalid(result: ComputeResult, on_invalid: OnInvalid, lineno: int, line: bytes, rejection: Rejection) -> None:
@@ -333,7 +336,7 @@ def _valid_lines(
 ) -> Iterator[tuple[int, int, bytes]]:
     lineno = 0
     for lineno, line in enumerate((line for lines in _line_batches(f, None) for line in lines), 1):
-        decoded = decode_event(line, now_ms)
+        decoded = decode_input(line, now_ms)
         if type(decoded) is Rejection:
             _invalid(result, on_invalid, lineno, line, decoded)
             continue
@@ -363,7 +366,7 @@ def _line_batches(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int
         yield [carry]
 
 
-def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int) -> Iterator[tuple[int, Event]]:
+def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int) -> Iterator[tuple[int, InputEvent]]:
     """Events in (time, line) order; runs beyond ``RUN_SIZE`` are spilled to ``tmp`` and merged."""
     runs: list[Path] = []
     run: list[tuple[int, int, bytes]] = []
@@ -375,7 +378,7 @@ def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: i
     run.sort()
     merged: Iterable[tuple[int, int, bytes]] = heapq.merge(*(_read_run(p) for p in runs), run) if runs else run
     for _, _, line in merged:
-        decoded = decode_event(line, now_ms)
+        decoded = decode_input(line, now_ms)
         assert type(decoded) is not Rejection, "a line valid before sorting is valid after"
         yield decoded  # type: ignore[misc]
 

@@ -24,18 +24,20 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from consumers.clickhouse import SessionStore, connect, migrate
 from consumers.clickhouse.client import Client, redact
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import plan_sinks
 from consumers.sink import ClickHouseSink
-from consumers.usage_api import UsageApi
 from pipeline import metrics
 from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from console.server import ConsoleServer
 
 __all__ = [
     "LOCAL_OPENER",
@@ -100,7 +102,7 @@ def serve_store(
     settings = settings.with_clickhouse_default()
     database = settings.clickhouse_database
     client = connect(settings.clickhouse_url, database)
-    api: UsageApi | None = None
+    api: ConsoleServer | None = None
     token = secrets.token_urlsafe(32)
     try:
         applied = migrate(client, database)
@@ -108,7 +110,12 @@ def serve_store(
             "ClickHouse ready",
             extra=fields(url=redact(settings.clickhouse_url), database=database, applied_now=[m.file for m in applied]),
         )
-        api = UsageApi(client, database, settings.api_host, settings.api_port, reconcile_token=token)
+        # the console (console/): billing routes for account admins, operators' routes for the CLI
+        from console.app import create_app, store_context  # noqa: PLC0415 - FastAPI loads only where it serves
+        from console.server import ConsoleServer  # noqa: PLC0415
+
+        app = create_app(store_context(settings, client, database, token))
+        api = ConsoleServer(app, settings.api_host, settings.api_port)
         host, port = api.start()
         port_wanted = settings.metrics_port if metrics_port is None else metrics_port
         bound_metrics = _serve_metrics(port_wanted, settings.api_host)

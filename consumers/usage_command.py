@@ -8,25 +8,30 @@ that did not announce itself is reported with its pid and what to do.
 
 from __future__ import annotations
 
-import json
-import urllib.error
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlencode
+from typing import TypeVar
 
 from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
 from consumers.clickhouse.client import redact
 from consumers.clickhouse.usage import named_query
 from consumers.plans_report import PlansQuery, plans_query, plans_report
-from consumers.service import LOCAL_OPENER, discovery_file, find_running_store, read_discovery
-from consumers.usage_api import UsageParameterError, UsageQuery, usage_query, usage_report
+from consumers.service import discovery_file, find_running_store, read_discovery, read_token, token_file
+from consumers.store_client import TIMEOUT_SECONDS, StoreClient, StoreHttpError, StoreUnreachableError
+from consumers.usage_report import UsageParameterError, UsageQuery, usage_query, usage_report
 from pipeline.settings import Settings
 
-__all__ = ["StoreBusyError", "migrate_text", "open_client", "plans_text", "running_store", "usage_text"]
+__all__ = [
+    "StoreBusyError",
+    "migrate_text",
+    "open_client",
+    "plans_text",
+    "running_store",
+    "store_client",
+    "usage_text",
+]
 
-_API_TIMEOUT_SECONDS = 120.0
 _Query = TypeVar("_Query", UsageQuery, PlansQuery)
 
 
@@ -61,7 +66,7 @@ def _report(settings: Settings, query: _Query, report: Callable[[Client, str, _Q
     if settings.embedded_clickhouse:
         api = running_store(settings)
         if api is not None:
-            return _ask(api, query)
+            return _ask(settings, api, query)
     client = open_client(settings)
     try:
         return report(client, settings.clickhouse_database, query)
@@ -150,30 +155,31 @@ def _holder(path: str) -> str:
     return f"process {pid} ({command})" if command else f"process {pid}"
 
 
-def _ask(api: str, query: UsageQuery | PlansQuery) -> str:
+def store_client(settings: Settings, api: str, *, timeout: float = TIMEOUT_SECONDS) -> StoreClient:
+    """A client of the running store with its operator token; StoreBusyError if this user cannot read it."""
+    token = read_token(settings)
+    if token is None:
+        raise StoreBusyError(
+            f"the running metering service at {api} holds the embedded database, but its operator token "
+            f"{token_file(settings)} cannot be read: run this as the OS user that runs the service"
+        )
+    return StoreClient(api, token, timeout=timeout)
+
+
+def _ask(settings: Settings, api: str, query: UsageQuery | PlansQuery) -> str:
     path = "/plans" if isinstance(query, PlansQuery) else "/usage"
-    url = f"{api}{path}?{urlencode(query.parameters())}"
     try:
-        with LOCAL_OPENER.open(url, timeout=_API_TIMEOUT_SECONDS) as response:
-            return str(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        body = _json_body(exc)
-        if exc.code == 400 and "parameter" in body:
+        return store_client(settings, api).get_text(path, query.parameters())
+    except StoreHttpError as exc:
+        if exc.status == 400 and "parameter" in exc.body:
+            body = exc.body
             raise UsageParameterError(
                 str(body["parameter"]), str(body.get("problem", body.get("error", ""))), str(body.get("fix", ""))
             ) from exc
         raise ClickHouseUnavailableError(
-            f"the running metering service at {api} answered {exc.code}: {body.get('error', exc.reason)}"
+            f"the running metering service at {api} answered {exc.status}: {exc.message}"
         ) from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except StoreUnreachableError as exc:
         raise StoreBusyError(
             f"the running metering service at {api} did not answer ({exc}); if it has just stopped, run this again"
         ) from exc
-
-
-def _json_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
-    try:
-        data = json.loads(exc.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -131,8 +131,8 @@ def usage(
 ) -> None:
     """Per-app usage from ClickHouse (asks the running service when the database is embedded)."""
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_api import UsageParameterError
     from consumers.usage_command import StoreBusyError, usage_text
+    from consumers.usage_report import UsageParameterError
 
     settings = load_settings()
     try:
@@ -190,8 +190,8 @@ def reconcile(
 def plans(account: str | None, month: str | None, tz_name: str | None, fmt: Format) -> None:
     """Every app's plan, status, balance and this month's usage and cost, from ClickHouse."""
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_api import UsageParameterError
     from consumers.usage_command import StoreBusyError, plans_text
+    from consumers.usage_report import UsageParameterError
 
     settings = load_settings()
     try:
@@ -294,3 +294,20 @@ def notify(metrics_port: int | None) -> None:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         code = EXIT_BAD_SETTINGS
     sys.exit(code)
+
+
+@main.command()
+@click.option("--account", required=True, help="The account_id claim: whose billing the token opens.")
+@click.option("--user", default="local-admin", show_default=True, help="The sub claim (user id).")
+@click.option("--role", type=click.Choice(["admin", "member"]), default="admin", show_default=True)
+@click.option("--shared", is_flag=True, help="A shared-account user (from another workspace): no Billing.")
+@click.option("--ttl", default="8h", show_default=True, help="Lifetime: a number and s, m, h or d (e.g. 30m, 8h, 7d).")
+def token(account: str, user: str, role: str, shared: bool, ttl: str) -> None:
+    """Print a console token (HS256, this deployment's secret) for local use, demos and tests."""
+    from console.token_command import TokenCommandError, token_text
+
+    try:
+        sys.stdout.write(token_text(load_settings(), account=account, user=user, role=role, shared=shared, ttl=ttl))
+    except TokenCommandError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(EXIT_UNREADABLE)

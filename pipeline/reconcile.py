@@ -67,8 +67,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -98,8 +96,8 @@ from consumers.clickhouse.reconcile import (
     bucket_of,
     snapshot,
 )
-from consumers.service import LOCAL_OPENER, read_token, token_file
-from consumers.usage_command import StoreBusyError, open_client, running_store
+from consumers.store_client import StoreClient, StoreHttpError, StoreUnreachableError
+from consumers.usage_command import StoreBusyError, open_client, running_store, store_client
 from pipeline.compute import Days, compute
 from pipeline.decode import decode_event
 from pipeline.events import MAX_FUTURE_MS, PlanChanged, Rejection, format_ms
@@ -774,12 +772,12 @@ class DirectStore:
 
 
 class ApiStore:
-    """The running service that holds the embedded database, through its reconcile endpoints."""
+    """The running service that holds the embedded database, through its operators' reconcile routes."""
 
-    def __init__(self, api: str, token: str) -> None:
-        self.api = api
-        self.where = f"the running metering service at {api}"
-        self._token = token
+    def __init__(self, client: StoreClient) -> None:
+        self.api = client.api
+        self.where = f"the running metering service at {client.api}"
+        self._client = client
 
     def snapshot(self, period: Period) -> Snapshot:
         request = PeriodRequest(start=period.first, end=period.last, timezone=period.tz)
@@ -792,39 +790,29 @@ class ApiStore:
         return None
 
     def _post(self, path: str, body: bytes) -> bytes:
-        request = urllib.request.Request(
-            f"{self.api}{path}",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
-        )
         try:
-            with LOCAL_OPENER.open(request, timeout=_API_TIMEOUT_SECONDS) as response:
-                return bytes(response.read())
-        except urllib.error.HTTPError as exc:
+            return self._client.post_json(path, body)
+        except StoreHttpError as exc:
             raise _api_error(self.api, path, exc) from exc
-        except (urllib.error.URLError, OSError) as exc:
+        except StoreUnreachableError as exc:
             raise StoreBusyError(
                 f"the running metering service at {self.api} did not answer {path} ({exc}); if it has just "
                 "stopped, run this again"
             ) from exc
 
 
-def _api_error(api: str, path: str, exc: urllib.error.HTTPError) -> Exception:
-    try:
-        message = str(json.loads(exc.read().decode("utf-8")).get("error", exc.reason))
-    except (OSError, ValueError, AttributeError):
-        message = str(exc.reason)
-    if exc.code == 404:
+def _api_error(api: str, path: str, exc: StoreHttpError) -> Exception:
+    message = exc.message
+    if exc.status == 404:
         return ReconcileError(
             f"the running metering service at {api} has no {path}: it runs an older version. Restart it "
             "(metering run / metering sink) with this one, then run reconcile again"
         )
-    if exc.code in (401, 403):
+    if exc.status in (401, 403):
         return ReconcileError(f"the running metering service at {api} refused {path}: {message}")
-    if exc.code == 503:
+    if exc.status == 503:
         return ClickHouseUnavailableError(f"the running metering service at {api}: {message}")
-    return ReconcileError(f"the running metering service at {api} answered {exc.code} to {path}: {message}")
+    return ReconcileError(f"the running metering service at {api} answered {exc.status} to {path}: {message}")
 
 
 def open_store(settings: Settings) -> ReconcileStore:
@@ -833,14 +821,10 @@ def open_store(settings: Settings) -> ReconcileStore:
     if settings.embedded_clickhouse:
         api = running_store(settings)
         if api is not None:
-            token = read_token(settings)
-            if token is None:
-                raise ReconcileError(
-                    f"the running metering service at {api} holds the embedded database, but its reconcile token "
-                    f"{token_file(settings)} cannot be read: run reconcile as the OS user that runs the service "
-                    "(or restart the service with this version, which writes the token)"
-                )
-            return ApiStore(api, token)
+            try:
+                return ApiStore(store_client(settings, api, timeout=_API_TIMEOUT_SECONDS))
+            except StoreBusyError as exc:
+                raise ReconcileError(str(exc)) from exc
     where = redact(settings.clickhouse_url)
     return DirectStore(open_client(settings), settings.clickhouse_database, f"ClickHouse at {where}")
 

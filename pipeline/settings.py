@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import quote
 
+from console.settings import ConsoleSettings, read_console_settings
 from pipeline.rules.attribution import UnknownZoneError, zone
 from pipeline.rules.config import DAY, MINUTE, SECOND, RulesConfig, RulesConfigError, check_idle_timeout
 
@@ -98,6 +99,8 @@ class Settings:
     entitlement_port: int = 8471
     webhook_url: str = ""
     webhook_secret: str = ""
+    #: the Billing console (console/): token verification, "now", export limit
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -148,7 +151,7 @@ class Settings:
             env["KAFKA_CONFIG"] = ",".join(f"{k}={v}" for k, v in self.kafka_config.items())
         for name in Topics.__dataclass_fields__:
             env[f"TOPIC_{name.upper()}"] = getattr(self.topics, name)
-        return {PREFIX + k: v for k, v in env.items()}
+        return {**{PREFIX + k: v for k, v in env.items()}, **self.console.to_env()}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -207,10 +210,17 @@ class Settings:
             entitlement_port=reader.get("ENTITLEMENT_PORT", _port, base.entitlement_port),
             webhook_url=reader.get("WEBHOOK_URL", _http_url, base.webhook_url),
             webhook_secret=reader.get("WEBHOOK_SECRET", str, base.webhook_secret),
+            console=_console(env, reader),
         )
         if reader.errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(reader.errors))
         return settings.with_clickhouse_default()
+
+
+def _console(env: Mapping[str, str], reader: _Reader) -> ConsoleSettings:
+    console, errors = read_console_settings(env)
+    reader.errors.extend(errors)
+    return console
 
 
 class _Reader:

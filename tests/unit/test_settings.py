@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from console.settings import ConsoleSettings
 from consumers.clickhouse import parse_url
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseConfigError
@@ -165,6 +167,17 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("ENTITLEMENT_PORT", "18471", lambda s: s.entitlement_port, 18471),
     ("WEBHOOK_URL", "https://hooks.example.com/m", lambda s: s.webhook_url, "https://hooks.example.com/m"),
     ("WEBHOOK_SECRET", "s3cret", lambda s: s.webhook_secret, "s3cret"),
+    ("CONSOLE_SECRET", "k" * 32, lambda s: s.console.secret, "k" * 32),
+    ("CONSOLE_JWKS", "https://idp.example/jwks.json", lambda s: s.console.jwks, "https://idp.example/jwks.json"),
+    ("CONSOLE_ISSUER", "https://idp.example/", lambda s: s.console.issuer, "https://idp.example/"),
+    ("CONSOLE_AUDIENCE", "metering", lambda s: s.console.audience, "metering"),
+    (
+        "CONSOLE_NOW",
+        "2026-03-10T12:00:00Z",
+        lambda s: s.console.now,
+        datetime(2026, 3, 10, 12, tzinfo=UTC),
+    ),
+    ("CONSOLE_EXPORT_MAX_DAYS", "366", lambda s: s.console.export_max_days, 366),
     *(
         (f"TOPIC_{name.upper()}", f"eu.{name}-v2", lambda s, name=name: getattr(s.topics, name), f"eu.{name}-v2")
         for name in Topics.__dataclass_fields__
@@ -180,7 +193,12 @@ def test_each_variable_is_read(name: str, raw: str, get: Getter, value: Any) -> 
 
 
 def test_the_table_covers_every_variable_to_env_writes() -> None:
-    full = Settings(kafka_config={"a": "b"}, rules=RulesConfig(app_idle_timeout_ms={"bot": 5 * MINUTE}))
+    console = ConsoleSettings(
+        secret="k" * 32, jwks="https://idp/jwks", issuer="i", audience="a", now=datetime.now(UTC), export_max_days=9
+    )
+    full = Settings(
+        kafka_config={"a": "b"}, rules=RulesConfig(app_idle_timeout_ms={"bot": 5 * MINUTE}), console=console
+    )
     assert {PREFIX + name for name, *_ in VARIABLES} == full.to_env().keys()
 
 

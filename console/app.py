@@ -21,6 +21,7 @@ from console.context import ConsoleContext
 from console.deps import Audience, audience_of, reject_unknown_parameters
 from console.errors import install_handlers
 from console.limits import BodyLimit
+from console.pages import install_pages
 from console.routers import health, operators, session
 from consumers.clickhouse.client import connect
 from pipeline.settings import Settings
@@ -46,6 +47,7 @@ def create_app(context: ConsoleContext, routers: Sequence[APIRouter] | None = No
     app.state.console = context
     for router in ROUTERS if routers is None else routers:
         app.include_router(router)
+    install_pages(app)
     install_handlers(app)
     app.add_middleware(BodyLimit)
     check_audiences(app)
@@ -108,4 +110,5 @@ def store_context(settings: Settings, client: Client, database: str, operator_to
         authenticator=Authenticator(console, secret),
         operator_token=operator_token,
         open_handle=lambda: connect(url, database),
+        extras={"data_dir": settings.data_dir},  # the one-time login link (console.login_link)
     )

@@ -30,18 +30,24 @@ from fastapi.templating import Jinja2Templates
 from console.auth import AuthError, KeysUnavailableError, Principal
 from console.context import ConsoleContext
 from console.deps import SESSION_COOKIE, console_context, csrf_token, open_router
+from console.login_link import redeem
 from console.permissions import BILLING_VIEW, refusal
+from console.routers.session import _set_cookies as set_session_cookies  # one way to set the session cookies
 
 __all__ = ["STATIC_DIR", "install_pages", "router"]
 
 HERE: Final = Path(__file__).parent
 STATIC_DIR: Final = HERE / "static"
 templates: Final = Jinja2Templates(directory=HERE / "templates")
-router = open_router(tags=["pages"], include_in_schema=False)
+router = open_router(tags=["pages"])
 
 RANGES: Final = (("24h", "24 hours"), ("7d", "7 days"), ("30d", "30 days"), ("3m", "3 months"), ("custom", "Custom"))
 PAYMENT_METHODS: Final = ({"value": "manual", "label": "Manual (paid at once)"},)
 _NO_STORE: Final = {"Cache-Control": "no-store"}
+#: Set by every page rendered for a session, without an expiry: when the browser has dropped the
+#: expired session cookie, this one still says there was a session, so the login page can say it ended.
+SIGNED_IN_COOKIE: Final = "metering_signed_in"
+SESSION_ENDED: Final = "Your session has ended. Log in again to continue."
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def billing_viewer(request: Request, context: Annotated[ConsoleContext, Depends(
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
-        raise LoginRequired("", target)
+        raise LoginRequired(SESSION_ENDED if request.cookies.get(SIGNED_IN_COOKIE) else "", target)
     try:
         principal = context.authenticator.verify(token)
     except AuthError as exc:
@@ -122,12 +128,17 @@ def _page(request: Request, name: str, viewer: Viewer, active: str, **extra: Any
         "enterprise": viewer.enterprise,
         **extra,
     }
-    return templates.TemplateResponse(request, name, context, headers=_NO_STORE)
+    response = templates.TemplateResponse(request, name, context, headers=_NO_STORE)
+    secure = request.url.scheme == "https"
+    response.set_cookie(SIGNED_IN_COOKIE, "1", path="/", samesite="lax", httponly=True, secure=secure)
+    return response
 
 
 @cache
 def _zones() -> list[str]:
-    return ["UTC", *sorted(z for z in zoneinfo.available_timezones() if "/" in z and not z.startswith(("Etc/", "posix/", "right/")))]
+    """IANA zones for the Time zone control: UTC first, then Area/Place names (no aliases like EST5EDT)."""
+    places = (z for z in zoneinfo.available_timezones() if "/" in z and not z.startswith(("Etc/", "posix/", "right/")))
+    return ["UTC", *sorted(places)]
 
 
 @router.get("/", response_class=RedirectResponse)
@@ -169,35 +180,35 @@ def orders_page(request: Request, viewer: Annotated[Viewer, Depends(billing_view
 def login_page(
     request: Request,
     context: Annotated[ConsoleContext, Depends(console_context)],
+    *,
     error: str = "",
     expired: str = "",
-    next: str = "",  # noqa: A002 - the form field's name
+    next: str = "",
     once: str = "",
 ) -> Response:
-    from console.login_link import redeem  # noqa: PLC0415 - only this route needs it
-
     if once:
         result = redeem(context, once)
         if isinstance(result, str):
             error = result
         else:
             token, principal = result
-            response = RedirectResponse("/console/usage", status_code=303)
-            set_session = context.extras["set_session_cookies"]
-            set_session(response, request, token, principal)
-            return response
+            signed_in = RedirectResponse("/console/usage", status_code=303)
+            set_session_cookies(signed_in, request, token, principal)
+            return signed_in
     message, kind = "", "info"
     if error:
         message, kind = error, "error"
     elif expired:
-        message = "Your session has ended. Log in again to continue."
+        message = SESSION_ENDED
     landing = next if next.startswith("/") and not next.startswith("//") else ""
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request,
         "login.html",
         {"message": message, "message_kind": kind, "next": landing, "nav": [], "viewer": None, "csrf_token": ""},
         headers=_NO_STORE,
     )
+    response.delete_cookie(SIGNED_IN_COOKIE, path="/")
+    return response
 
 
 def install_pages(app: FastAPI) -> None:
@@ -215,7 +226,7 @@ def install_pages(app: FastAPI) -> None:
     async def forbidden(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PageForbidden)
         principal = exc.principal
-        context = {"reason": exc.reason, "viewer": principal, "nav": [], "active": "", "csrf_token": ""}
+        context: dict[str, Any] = {"reason": exc.reason, "viewer": principal, "nav": [], "active": "", "csrf_token": ""}
         if principal is not None:
             token = request.cookies.get(SESSION_COOKIE, "")
             context["csrf_token"] = csrf_token(token) if token else ""

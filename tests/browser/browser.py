@@ -50,6 +50,7 @@ def launch(playwright: Playwright) -> Browser:
 def artifacts_dir() -> Path:
     """Where screenshots go: ``METERING_TEST_ARTIFACTS`` or build/test-artifacts/browser in the checkout."""
     base = os.environ.get("METERING_TEST_ARTIFACTS")
-    path = Path(base) / "browser" if base else Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "browser"
+    root = Path(base) if base else Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+    path = root / "browser"
     path.mkdir(parents=True, exist_ok=True)
     return path

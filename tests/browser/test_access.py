@@ -89,7 +89,7 @@ def test_an_expired_session_returns_to_login_with_a_message(page: Page, context:
     ("who", "role", "shared"), [("member", "member", False), ("shared-admin", "admin", True)], ids=["member", "shared"]
 )
 def test_no_billing_data_for_members_and_shared_admins(
-    page: Page, context: BrowserContext, stack: Stack, shoot: Callable[..., Path], who: str, role: str, shared: bool
+    page: Page, context: BrowserContext, stack: Stack, shoot: Callable[..., Path], *, who: str, role: str, shared: bool
 ) -> None:
     token = stack.token(role=role, shared=shared, user=who)
     stack.sign_in(context, token)
@@ -98,13 +98,15 @@ def test_no_billing_data_for_members_and_shared_admins(
     secrets = [app for account, app in all_apps() if account == ADMIN_ACCOUNT]
     for path in PAGES:
         answer = page.goto(stack.url + path)
-        assert answer is not None and answer.status == 403, path
+        assert answer is not None
+        assert answer.status == 403, path
         expect(page.get_by_role("heading", name="You do not have access to Billing")).to_be_visible()
         expect(page.get_by_role("navigation", name="Billing")).to_have_count(0)
         text = page.locator("body").inner_text()
         for app in secrets:
             assert app not in text
-        assert "$" not in text and "Balance" not in text
+        assert "$" not in text
+        assert "Balance" not in text
     shoot(page, f"forbidden-{who}")
     assert api_calls == [], "a 403 page asks the API for nothing"
     for path in ("/api/v1/usage?range=7d", "/api/v1/apps", "/api/v1/orders", "/api/v1/usage.csv?range=7d"):
@@ -120,6 +122,7 @@ def test_enterprise_navigation_has_no_orders(page: Page, context: BrowserContext
     nav = page.get_by_role("navigation", name="Billing")
     expect(nav.get_by_role("link")).to_have_text(["Usage", "Plan & usage"])
     answer = page.goto(f"{stack.url}/console/orders")
-    assert answer is not None and answer.status == 403
+    assert answer is not None
+    assert answer.status == 403
     expect(page.get_by_role("alert")).to_contain_text("Enterprise")
     assert stack.api("/api/v1/orders", token).status_code == 403

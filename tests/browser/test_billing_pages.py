@@ -91,7 +91,8 @@ def test_add_funds_creates_an_order_with_an_invoice_and_raises_the_balance(
 
     # The balance on this page rises by the amount once the balance processor applied the funds.
     expected = before + Decimal("1234.50")
-    expect(row.locator('[data-field="balance"]')).to_have_attribute("data-value", re.compile(rf"^{expected}0*$"), timeout=90_000)
+    balance = row.locator('[data-field="balance"]')
+    expect(balance).to_have_attribute("data-value", re.compile(rf"^{expected}0*$"), timeout=90_000)
     expect(row.locator('[data-field="balance"]')).to_contain_text(f"${expected:,.2f}")
     page.keyboard.press("Escape")
     shoot(page, "plans")
@@ -104,7 +105,8 @@ def test_add_funds_creates_an_order_with_an_invoice_and_raises_the_balance(
     expect(first).to_contain_text("$1,234.50")
     expect(first).to_contain_text("paid", timeout=60_000)
     orders = stack.api("/api/v1/orders").json()["orders"]
-    assert orders[0]["order_id"] == order_id and orders[0]["payment_status"] == "paid"
+    assert orders[0]["order_id"] == order_id
+    assert orders[0]["payment_status"] == "paid"
     shoot(page, "orders")
 
     link = first.get_by_role("link", name=re.compile("Download invoice"))

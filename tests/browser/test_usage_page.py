@@ -182,7 +182,8 @@ def test_24_hours_by_hour_in_a_half_hour_zone(admin_page: Page, stack: Stack) ->
     answer = stack.api("/api/v1/usage?range=24h&by=hour&timezone=Asia/Kolkata").json()
     rows = table_rows(page)
     assert rows == as_rows(answer["series"])
-    assert len(rows) == 24 and all(r[0].endswith("+05:30") for r in rows)
+    assert len(rows) == 24
+    assert all(r[0].endswith("+05:30") for r in rows)
     expect(page.locator("#usage-table tbody tr").first.locator("th")).to_contain_text("(UTC+05:30)")
 
 

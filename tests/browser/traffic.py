@@ -76,6 +76,7 @@ def plan_events(at_ms: int) -> list[dict[str, Any]]:
                 "low_balance_threshold": "50.00",
             }
         )
-        out.append({"type": "funds_added", "event_id": f"bt-funds-{app}", **base, "amount": "2500.00", "currency": "USD"})
+        funds = {"amount": "2500.00", "currency": "USD"}
+        out.append({"type": "funds_added", "event_id": f"bt-funds-{app}", **base, **funds})
         out.append({"type": "agents_subscribed", "event_id": f"bt-seats-{app}", **base, "agents": 3 + i % 4})
     return out

@@ -11,12 +11,14 @@ import click
 from rich.console import Console
 
 from pipeline import logs
+from pipeline.compute import Days, Periods, kept_sessions
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
 from pipeline.progress import FileProgress
 from pipeline.report import FORMATS, Format, render
-from pipeline.rules.attribution import UnknownZoneError, zone
+from pipeline.rules.attribution import PERIODS, Period, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
+from pipeline.sessions_export import SESSION_COLUMNS, session_rows
 from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
@@ -68,14 +70,45 @@ def main() -> None:
     help="Minutes of silence that end a conversation session.",
 )
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
-def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> None:
-    """Apply the billing rules to a file of events and print per-app per-day usage (offline)."""
+@click.option(
+    "--by",
+    type=click.Choice(PERIODS),
+    default="day",
+    show_default=True,
+    help="Period of a row: local hour, day, ISO week (from Monday) or calendar month.",
+)
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None, help="First local day counted.")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last local day counted.")
+@click.option("--zero-fill", is_flag=True, help="Every period from --from to --to, for every app, zeros included.")
+@click.option("--sessions", is_flag=True, help="One row per billing session (the console's sessions export).")
+def compute(
+    events_path: Path,
+    tz_name: str,
+    idle_timeout: int,
+    fmt: Format,
+    by: Period,
+    start: datetime | None,
+    end: datetime | None,
+    zero_fill: bool,
+    sessions: bool,
+) -> None:
+    """Apply the billing rules to a file of events and print per-app usage per day (or --by period), offline.
+
+    With --sessions, one row per billing session instead, in the columns of the console's
+    sessions export, sorted by start then billing_session_id.
+    """
     err = Console(stderr=True)
     try:
         tz = zone(tz_name)
     except UnknownZoneError as exc:
         raise click.BadParameter(str(exc), param_hint="--timezone") from exc
+    if start and end and start > end:
+        raise click.BadParameter(f"{start:%Y-%m-%d} is after --to {end:%Y-%m-%d}", param_hint="--from")
+    if zero_fill and not (start and end):
+        raise click.BadParameter("give --from and --to: the periods to fill", param_hint="--zero-fill")
     config = RulesConfig(idle_timeout_ms=idle_timeout * MINUTE)
+    days = Days.between(start.date() if start else None, end.date() if end else None)
+    within = days if start or end else None
 
     def on_invalid(lineno: int, reason: str) -> None:
         sys.stderr.write(f"{events_path}:{lineno}: skipped: {reason[:300]}\n")
@@ -86,13 +119,24 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
             raise IsADirectoryError(f"{events_path} is a directory")
         with FileProgress(err, size, "metering") as on_progress:
             result = compute_usage(
-                events_path, tz, config, now_ms=int(time.time() * 1000), on_invalid=on_invalid, on_progress=on_progress
+                events_path,
+                tz,
+                config,
+                now_ms=int(time.time() * 1000),
+                on_invalid=on_invalid,
+                on_progress=on_progress,
+                keep=days if sessions else None,
+                periods=Periods(by, within),
             )
     except OSError as exc:
         err.print(f"[red]error:[/] cannot read {events_path}: {exc.strerror or exc}")
         sys.exit(EXIT_UNREADABLE)
-    columns, rows = result.report()
-    sys.stdout.write(render(columns, rows, fmt, title=f"Usage by day ({tz_name})"))
+    if sessions:
+        rows = session_rows(kept_sessions(result, tz, days))
+        sys.stdout.write(render(SESSION_COLUMNS, rows, fmt, title=f"Billing sessions ({tz_name})"))
+    else:
+        columns, table = result.report(zero_fill=zero_fill)
+        sys.stdout.write(render(columns, table, fmt, title=f"Usage by {by} ({tz_name})"))
     s = result.stats
     note = " (file not in time order: metered again in time order)" if result.resorted else ""
     sys.stderr.write(

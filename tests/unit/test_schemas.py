@@ -629,3 +629,15 @@ def test_event_schema_is_the_union_of_the_input_schemas() -> None:
     schema = schemas.load("event")
     assert sorted(branch["$ref"] for branch in schema["oneOf"]) == sorted(f"{k}.json" for k in INPUTS)
     assert sorted(schema["properties"]["type"]["enum"]) == INPUTS
+
+
+def test_a_billing_session_record_without_the_conversation_span_or_alert_id_still_decodes() -> None:
+    """The three fields the sessions export needs are optional on read: a record written before them decodes."""
+    old = (
+        b'{"billing_session_id":"bs-1","kind":"usage","account_id":"acme","app_id":"support-bot",'
+        b'"conversation_session_id":"cs-1","conversation_id":"c-1","user_id":"u-1","channel":"web",'
+        b'"session_index":0,"started_at":"2026-11-01T10:00:00Z","ended_at":"2026-11-01T10:15:00Z",'
+        b'"bot_ms":900000,"agent_ms":0,"schema_version":"v1"}'
+    )
+    record = msgspec.json.decode(old, type=BillingSessionRecord)
+    assert (record.conversation_started_at, record.conversation_ended_at, record.alert_id) == (None, None, None)

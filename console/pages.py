@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -148,8 +148,23 @@ def home() -> RedirectResponse:
     return RedirectResponse("/console/usage", status_code=303)
 
 
+#: The usage page's filters travel in its query string (its script reads them, so a view can be
+#: bookmarked); declared here so the app's check of unknown parameters knows them.
+_Filter = Annotated[str | None, Query(include_in_schema=True)]
+
+
 @router.get("/console/usage", response_class=HTMLResponse)
-def usage_page(request: Request, viewer: Annotated[Viewer, Depends(billing_viewer)]) -> HTMLResponse:
+def usage_page(  # noqa: PLR0917 - the filters
+    request: Request,
+    viewer: Annotated[Viewer, Depends(billing_viewer)],
+    app: _Filter = None,
+    range: _Filter = None,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: _Filter = None,
+    by: _Filter = None,
+    timezone: _Filter = None,
+    view: _Filter = None,
+) -> HTMLResponse:
     return _page(request, "usage.html", viewer, "usage", ranges=RANGES, zones=_zones())
 
 

@@ -7,7 +7,7 @@
   const { api, el, formatInteger, showMessage } = Console;
   const METRICS = ["billing_sessions", "usage_sessions", "voice_sessions", "alert_sessions", "agents", "active_agents"];
   const DEFAULT_BY = { "24h": "hour", "7d": "day", "30d": "day", "3m": "week", custom: "day" };
-  const ALLOWED_BY = { "24h": ["hour", "day"], "7d": ["day", "week"], "30d": ["day", "week", "month"], "3m": ["day", "week", "month"], custom: ["day", "week", "month"] };
+  const ALLOWED_BY = { "24h": ["hour"], "7d": ["day", "week", "month"], "30d": ["day", "week", "month"], "3m": ["day", "week", "month"], custom: ["day", "week", "month"] };
   const css = getComputedStyle(document.documentElement);
   const color = (name) => css.getPropertyValue(name).trim();
 
@@ -175,10 +175,11 @@
   // -- graph -------------------------------------------------------------------------------
   function renderChart() {
     const labels = series.map((p) => periodLabel(p.period, false));
+    // Sessions (R8: usage + alert) stacked; voice sessions are reported beside them, not inside.
     const datasets = [
-      { type: "bar", label: "Usage sessions", data: series.map((p) => p.usage_sessions), backgroundColor: color("--usage"), stack: "s", yAxisID: "y", order: 2 },
-      { type: "bar", label: "Voice sessions", data: series.map((p) => p.voice_sessions), backgroundColor: color("--voice"), stack: "s", yAxisID: "y", order: 2 },
-      { type: "bar", label: "Alert sessions", data: series.map((p) => p.alert_sessions), backgroundColor: color("--alert"), stack: "s", yAxisID: "y", order: 2 },
+      { type: "bar", label: "Usage sessions", data: series.map((p) => p.usage_sessions), backgroundColor: color("--usage"), stack: "sessions", yAxisID: "y", order: 2 },
+      { type: "bar", label: "Alert sessions", data: series.map((p) => p.alert_sessions), backgroundColor: color("--alert"), stack: "sessions", yAxisID: "y", order: 2 },
+      { type: "bar", label: "Voice sessions", data: series.map((p) => p.voice_sessions), backgroundColor: color("--voice"), stack: "voice", yAxisID: "y", order: 2 },
       { type: "line", label: "Agents", data: series.map((p) => p.agents), borderColor: color("--agents"), backgroundColor: color("--agents"), yAxisID: "agents", pointRadius: series.length > 40 ? 0 : 3, pointHoverRadius: 5, tension: 0.2, order: 1 },
     ];
     if (chart) {
@@ -198,10 +199,10 @@
         scales: {
           x: { stacked: true, grid: { display: false }, ticks: { autoSkip: true, maxRotation: 0 } },
           y: { stacked: true, beginAtZero: true, title: { display: true, text: "Sessions" }, ticks: { precision: 0, callback: (v) => formatInteger(v) } },
-          agents: { position: "right", beginAtZero: true, grid: { display: false }, title: { display: true, text: "Agents" }, ticks: { precision: 0, callback: (v) => formatInteger(v) } },
+          agents: { position: "right", beginAtZero: true, grace: "25%", grid: { display: false }, title: { display: true, text: "Agents" }, ticks: { precision: 0, callback: (v) => formatInteger(v) } },
         },
         plugins: {
-          legend: { position: "bottom", labels: { boxWidth: 12 } },
+          legend: { position: "bottom", labels: { boxWidth: 12, boxHeight: 12 } },
           tooltip: { enabled: false, external: drawTooltip },
         },
       },

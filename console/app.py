@@ -22,7 +22,7 @@ from console.deps import Audience, audience_of, reject_unknown_parameters
 from console.errors import install_handlers
 from console.limits import BodyLimit
 from console.pages import install_pages
-from console.routers import health, operators, session, usage
+from console.routers import exports, health, operators, session, usage
 from consumers.clickhouse.client import connect
 from pipeline.settings import Settings
 
@@ -31,7 +31,7 @@ __all__ = ["OPENAPI_URL", "ROUTERS", "RouteInfo", "api_routes", "create_app", "s
 OPENAPI_URL: Final = "/api/v1/openapi.json"
 
 #: Every section's router, in the order their routes are matched. Add a section here.
-ROUTERS: Final[list[APIRouter]] = [health.router, session.router, operators.router, usage.router]
+ROUTERS: Final[list[APIRouter]] = [health.router, session.router, operators.router, usage.router, exports.router]
 
 
 def create_app(context: ConsoleContext, routers: Sequence[APIRouter] | None = None) -> FastAPI:

@@ -59,7 +59,12 @@ class BodyLimit:
             if not refused:
                 await send(message)
 
-        await self.app(scope, counted_receive, guarded_send)
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+            # the route saw the body end early (ClientDisconnect); the 413 is already sent
 
 
 def _content_length(scope: Scope) -> int | None:

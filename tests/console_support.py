@@ -114,10 +114,18 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-def fill(client: Client, database: str, events: Sequence[dict[str, Any]], token_name: str = "test:0") -> None:
-    """Meter ``events`` and store their sessions, seats and transfers as the sinks do."""
+def fill(
+    client: Client, database: str, events: Sequence[dict[str, Any]], token_name: str = "test:0", *, replay: bool = False
+) -> None:
+    """Meter ``events`` and store their sessions, seats and transfers as the sinks do.
+
+    ``replay``: the first half of the sessions is stored twice, under two tokens, as a reset
+    consumer group would (nothing may count twice).
+    """
     metered = [e for e in events if e["type"] in ("conversation_turn", "agent_transfer", "alert_delivered")]
     records = [billing_session_record(s) for s in meter_run(metered)]
+    if replay and records:
+        SessionStore(client, database).insert(records[: len(records) // 2], f"{token_name}:replayed")
     if records:
         SessionStore(client, database).insert(records, f"{token_name}:sessions")
     plan_records = [decoded[1] for decoded in _decoded(events) if _stored_by_plan_sinks(decoded[1])]

@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.dependencies.models import Dependant
 
 from console.auth import Authenticator, deployment_secret
+from console.billing import billing_extras
 from console.context import ConsoleContext
 from console.deps import Audience, audience_of, reject_unknown_parameters
 from console.errors import install_handlers
 from console.limits import BodyLimit
 from console.pages import install_pages
-from console.routers import exports, health, operators, session, usage
+from console.routers import exports, health, operators, orders, plan_operators, plans, session, usage
 from consumers.clickhouse.client import connect
 from pipeline.settings import Settings
 
@@ -31,7 +32,16 @@ __all__ = ["OPENAPI_URL", "ROUTERS", "RouteInfo", "api_routes", "create_app", "s
 OPENAPI_URL: Final = "/api/v1/openapi.json"
 
 #: Every section's router, in the order their routes are matched. Add a section here.
-ROUTERS: Final[list[APIRouter]] = [health.router, session.router, operators.router, usage.router, exports.router]
+ROUTERS: Final[list[APIRouter]] = [
+    health.router,
+    session.router,
+    operators.router,
+    plan_operators.router,
+    usage.router,
+    exports.router,
+    plans.router,
+    orders.router,
+]
 
 
 def create_app(context: ConsoleContext, routers: Sequence[APIRouter] | None = None) -> FastAPI:
@@ -110,5 +120,5 @@ def store_context(settings: Settings, client: Client, database: str, operator_to
         authenticator=Authenticator(console, secret),
         operator_token=operator_token,
         open_handle=lambda: connect(url, database),
-        extras={"data_dir": settings.data_dir},  # the one-time login link (console.login_link)
+        extras={**billing_extras(settings, client, database), "data_dir": settings.data_dir},  # data_dir: console.login_link
     )

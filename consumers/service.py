@@ -35,6 +35,7 @@ from pipeline import metrics
 from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
+from pipeline.stream.orders import ensure_account_topics
 
 if TYPE_CHECKING:
     from console.server import ConsoleServer
@@ -153,6 +154,7 @@ def _run_sinks(settings: Settings, client: Client, database: str, stop: threadin
     """
     ensure_topics(settings, [settings.topics.plans, settings.topics.transfers])
     ensure_topics(settings, [settings.topics.balance_state], config={"cleanup.policy": "compact"})
+    ensure_account_topics(settings)
     sinks = [ClickHouseSink(settings, SessionStore(client, database))]
     sinks += plan_sinks(settings, PlanStore(client, database))
     done = threading.Event()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from rich.console import Console
@@ -226,13 +228,19 @@ def reconcile(
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--account", default=None, help="Only this account.")
 @click.option("--month", default=None, help="Month as YYYY-MM [default: the current one in the zone].")
 @click.option("--timezone", "tz_name", default=None, help="IANA zone of the month [default: METERING_TIMEZONE or UTC].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def plans(account: str | None, month: str | None, tz_name: str | None, fmt: Format) -> None:
-    """Every app's plan, status, balance and this month's usage and cost, from ClickHouse."""
+@click.pass_context
+def plans(ctx: click.Context, account: str | None, month: str | None, tz_name: str | None, fmt: Format) -> None:
+    """Every app's plan, status, balance and this month's usage and cost, from ClickHouse.
+
+    Subcommands handle extension requests: `requests` lists them, `extend` grants one, `decline` refuses it.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from consumers.clickhouse import ClickHouseError
     from consumers.usage_command import StoreBusyError, plans_text
     from consumers.usage_report import UsageParameterError
@@ -246,6 +254,129 @@ def plans(account: str | None, month: str | None, tz_name: str | None, fmt: Form
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
     sys.stdout.write(text)
+
+
+@plans.command("requests")
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--all", "show_all", is_flag=True, help="Decided requests too, not only pending ones.")
+def plans_requests(account: str | None, show_all: bool) -> None:
+    """Extension requests waiting for an operator (with --all, decided ones too)."""
+    from consumers.plan_actions import extension_requests
+
+    found = [
+        r for r in _run_action(lambda s: extension_requests(s, account=account)) if show_all or r.status == "pending"
+    ]
+    columns = ("request_id", "account_id", "app_id", "days", "requested_at", "status", "reason")
+    rows = [(r.request_id, r.account_id, r.app_id, r.days, r.requested_at, r.status, r.reason) for r in found]
+    sys.stdout.write(render(columns, rows, "table", title="Extension requests"))
+
+
+@plans.command("extend")
+@click.argument("request_id")
+@click.option("--days", type=click.IntRange(1, 366), default=None, help="Days to grant [default: as requested].")
+def plans_extend(request_id: str, days: int | None) -> None:
+    """Grant an extension request: the plan's term ends that many days later."""
+    from consumers.plan_actions import decide_extension
+    from pipeline.publish import KafkaPublisher
+
+    def act(settings: Settings) -> str:
+        publisher = KafkaPublisher(settings)
+        try:
+            found = decide_extension(settings, publisher, request_id, grant=True, days=days)
+        finally:
+            publisher.close()
+        return f"granted {days or found.days} days to {found.app_id} ({found.account_id}), request {request_id}\n"
+
+    sys.stdout.write(_run_action(act))
+
+
+@plans.command("decline")
+@click.argument("request_id")
+@click.option("--reason", default=None, help="Why, for the account's admins.")
+def plans_decline(request_id: str, reason: str | None) -> None:
+    """Decline an extension request: the term stays as it is."""
+    from consumers.plan_actions import decide_extension
+    from pipeline.publish import KafkaPublisher
+
+    def act(settings: Settings) -> str:
+        publisher = KafkaPublisher(settings)
+        try:
+            found = decide_extension(settings, publisher, request_id, grant=False, reason=reason)
+        finally:
+            publisher.close()
+        return f"declined request {request_id} of {found.app_id} ({found.account_id})\n"
+
+    sys.stdout.write(_run_action(act))
+
+
+T = TypeVar("T")
+
+
+def _run_action(act: Callable[[Settings], T]) -> T:
+    """An operator's action with its errors as one line and exit status 1."""
+    from consumers.clickhouse import ClickHouseError
+    from consumers.plan_actions import ActionError
+    from consumers.usage_command import StoreBusyError
+    from pipeline.publish import PublishError
+
+    try:
+        return act(load_settings())
+    except (ActionError, StoreBusyError, ClickHouseError, PublishError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+@main.group()
+def orders() -> None:
+    """The order processor, and operators' word on payments (bank transfers, refunds)."""
+
+
+@orders.command("process")
+@click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
+@click.option("--instance", type=click.IntRange(min=0), default=0, show_default=True, help="This processor's number.")
+def orders_process(metrics_port: int | None, instance: int) -> None:
+    """Run the order processor: orders, payments, invoice numbers and funds (Kafka transactions)."""
+    from pipeline.stream.orders import run_orders
+
+    sys.exit(run_orders(load_settings(), metrics_port, instance))
+
+
+def _payment_command(status: str, summary: str) -> Callable[..., None]:
+    @click.argument("order_id")
+    @click.option("--account", required=True, help="The account the order belongs to.")
+    @click.option("--reference", default=None, help="The payment's reference (bank transfer id, ...).")
+    @click.option("--reason", default=None, help="Why (shown on a failed order).")
+    def command(order_id: str, account: str, reference: str | None, reason: str | None) -> None:
+        from consumers.plan_actions import record_payment
+        from pipeline.publish import KafkaPublisher
+
+        def act(settings: Settings) -> str:
+            publisher = KafkaPublisher(settings)
+            try:
+                record_payment(
+                    settings,
+                    publisher,
+                    account_id=account,
+                    order_id=order_id,
+                    status=status,  # type: ignore[arg-type]
+                    reference=reference,
+                    reason=reason,
+                )
+            finally:
+                publisher.close()
+            return f"order {order_id} of {account}: {status} recorded; the order processor applies it\n"
+
+        sys.stdout.write(_run_action(act))
+
+    command.__doc__ = summary
+    return command
+
+
+orders.command("paid")(_payment_command("paid", "Record that an order's money arrived: it is invoiced and funded."))
+orders.command("failed")(_payment_command("failed", "Record that an order will not be paid: nothing is added."))
+orders.command("refund")(
+    _payment_command("refunded", "Record a refund of a paid order: a credit note, funds taken back.")
+)
 
 
 @main.command()

@@ -28,14 +28,13 @@ from typing import IO, Final
 from zoneinfo import ZoneInfo
 
 from pipeline.agent_book import AGENT_COLUMNS, AgentBook
-from pipeline.decode import decode_event
+from pipeline.decode import decode_input, to_ms
 from pipeline.events import (
     AgentsSubscribed,
     AgentTransfer,
     AlertDelivered,
     ConversationTurn,
-    Event,
-    FundsAdded,
+    InputEvent,
     PlanChanged,
     Rejection,
 )
@@ -240,7 +239,7 @@ def _compute_in_one_pass(  # noqa: PLR0917 - compute's arguments, passed on
             for lines in _line_batches(f, on_progress):
                 for line in lines:
                     lineno += 1
-                    decoded = decode_event(line, now_ms)
+                    decoded = decode_input(line, now_ms)
                     if type(decoded) is _REJECTION:
                         _invalid(result, on_invalid, lineno, line, decoded)
                         continue
@@ -298,21 +297,23 @@ def _compute_sorted(
     return result
 
 
-def _apply(meter: Meter, t: int, event: Event, result: ComputeResult) -> Outcome:
+def _apply(meter: Meter, t: int, event: InputEvent, result: ComputeResult) -> Outcome:
     kind = type(event)
-    if kind is PlanChanged:
-        result.plan_events += 1
-        timeout = event.idle_timeout_minutes  # type: ignore[union-attr]
-        meter.plan_changed(event.app_id, t, None if timeout is None else timeout * MINUTE, event.event_id)
-        return Outcome.APPLIED
-    if kind is AgentsSubscribed and result.agents is not None:
-        result.agents.subscribed(t, event)  # type: ignore[arg-type]
-    if kind is FundsAdded or kind is AgentsSubscribed:
-        result.plan_events += 1
-        return Outcome.APPLIED
-    if kind is AgentTransfer and result.agents is not None:
-        result.agents.transfer(event)  # type: ignore[arg-type]
-    return meter.apply(t, event)  # type: ignore[arg-type]
+    if kind is _TURN or kind is _ALERT:
+        return meter.apply(t, event)  # type: ignore[arg-type]
+    if kind is _TRANSFER:
+        if result.agents is not None:
+            result.agents.transfer(event)  # type: ignore[arg-type]
+        return meter.apply(t, event)  # type: ignore[arg-type]
+    # billing-plans and billing-accounts events: only plans (idle timeouts) and seats matter here
+    result.plan_events += 1
+    if isinstance(event, PlanChanged):
+        timeout = event.idle_timeout_minutes
+        effective = t if event.effective_at is None else to_ms(event.effective_at)
+        meter.plan_changed(event.app_id, effective, None if timeout is None else timeout * MINUTE, event.event_id)
+    elif isinstance(event, AgentsSubscribed) and result.agents is not None:
+        result.agents.subscribed(t, event)
+    return Outcome.APPLIED
 
 
 def _invalid(result: ComputeResult, on_invalid: OnInvalid, lineno: int, line: bytes, rejection: Rejection) -> None:
@@ -327,7 +328,7 @@ def _valid_lines(
 ) -> Iterator[tuple[int, int, bytes]]:
     lineno = 0
     for lineno, line in enumerate((line for lines in _line_batches(f, None) for line in lines), 1):
-        decoded = decode_event(line, now_ms)
+        decoded = decode_input(line, now_ms)
         if type(decoded) is Rejection:
             _invalid(result, on_invalid, lineno, line, decoded)
             continue
@@ -357,7 +358,7 @@ def _line_batches(f: IO[bytes], on_progress: OnProgress | None, chunk_bytes: int
         yield [carry]
 
 
-def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int) -> Iterator[tuple[int, Event]]:
+def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: int) -> Iterator[tuple[int, InputEvent]]:
     """Events in (time, line) order; runs beyond ``RUN_SIZE`` are spilled to ``tmp`` and merged."""
     runs: list[Path] = []
     run: list[tuple[int, int, bytes]] = []
@@ -369,7 +370,7 @@ def _sorted_events(lines: Iterable[tuple[int, int, bytes]], tmp: Path, now_ms: i
     run.sort()
     merged: Iterable[tuple[int, int, bytes]] = heapq.merge(*(_read_run(p) for p in runs), run) if runs else run
     for _, _, line in merged:
-        decoded = decode_event(line, now_ms)
+        decoded = decode_input(line, now_ms)
         assert type(decoded) is not Rejection, "a line valid before sorting is valid after"
         yield decoded  # type: ignore[misc]
 

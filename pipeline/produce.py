@@ -24,8 +24,8 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.console import Console
 
-from pipeline.decode import decode_event
-from pipeline.events import EVENT_TYPES, AgentTransfer, ConversationTurn, Event, Rejection
+from pipeline.decode import decode_input
+from pipeline.events import INPUT_TYPES, AccountChanged, AgentTransfer, ConversationTurn, InputEvent, Rejection
 from pipeline.kafka import KafkaSetupError, missing_topics, producer_config, wait_for_broker
 from pipeline.logs import fields
 from pipeline.progress import FileProgress, OnProgress
@@ -93,14 +93,15 @@ def produce(
 ) -> ProduceResult:
     """Send the lines of ``path`` to their input topics and wait for the broker's acknowledgements.
 
-    With ``validate`` (the default), a line is sent only if ``decode_event`` accepts it, to the
+    With ``validate`` (the default), a line is sent only if ``decode_input`` accepts it, to the
     topic of its ``type`` (``settings.topics``) with the key events.md names:
     ``conversation_id`` for conversation turns and agent transfers, ``app_id`` for alerts and
-    billing-plans events; invalid lines are counted, passed to ``on_invalid(lineno, reason)``
-    and not sent. Without it, every non-blank line is sent as it is, without a key, to the topic
-    of its ``type`` field if it has a known one, else to the turns topic; the workers then
-    dead-letter what is invalid, and also any valid event that the missing key put on
-    another partition than its key's (reason ``misrouted``).
+    billing-plans events, ``account_id`` for ``account_changed`` (billing-accounts); invalid lines
+    are counted, passed to ``on_invalid(lineno, reason)`` and not sent. Without it, every
+    non-blank line is sent as it is, without a key, to the topic of its ``type`` field if it has
+    a known one, else to the turns topic; the workers then dead-letter what is invalid, and also
+    any valid event that the missing key put on another partition than its key's (reason
+    ``misrouted``).
 
     Raises ``OSError`` when the file cannot be opened (before anything is sent) or read, and
     ``KafkaSetupError`` when the broker does not answer or an input topic is missing.
@@ -139,7 +140,7 @@ def _check_topics(settings: Settings, timeout: float) -> None:
     deadline = time.monotonic() + TOPIC_VISIBLE_SECONDS
     while True:
         try:
-            missing = missing_topics(settings, settings.topics.inputs)
+            missing = missing_topics(settings, (*settings.topics.inputs, settings.topics.accounts))
         except KafkaException as exc:
             raise KafkaSetupError(f"cannot list the topics of Kafka at {settings.kafka_bootstrap}: {exc}") from exc
         if not missing or time.monotonic() > deadline:
@@ -180,12 +181,12 @@ def _send_lines(  # noqa: PLR0917
                 if result.fatal:
                     break
             if validate:
-                decoded = decode_event(line, now_ms)
+                decoded = decode_input(line, now_ms)
                 if type(decoded) is Rejection:
                     if line.strip():
                         _skip(result, lineno, decoded.reason, on_invalid)
                     continue
-                event: Event = decoded[1]  # type: ignore[index]
+                event: InputEvent = decoded[1]  # type: ignore[index]
                 topic, key_field = route[type(event)]
                 key: str | None = getattr(event, key_field)
             elif line.strip():
@@ -210,12 +211,16 @@ def _send_lines(  # noqa: PLR0917
             on_progress(done)
 
 
-def _routes(topics: Topics) -> dict[type[Event], tuple[str, str]]:
+def _routes(topics: Topics) -> dict[type[InputEvent], tuple[str, str]]:
     """Event class -> (topic, key field), as events.md lays the input topics out."""
-    return {
-        cls: (topics.of_type(name), "conversation_id" if cls in (ConversationTurn, AgentTransfer) else "app_id")
-        for name, cls in EVENT_TYPES.items()
-    }
+    return {cls: (topics.of_type(name), _KEY_FIELD.get(cls, "app_id")) for name, cls in INPUT_TYPES.items()}
+
+
+_KEY_FIELD: Final[dict[type[InputEvent], str]] = {
+    ConversationTurn: "conversation_id",
+    AgentTransfer: "conversation_id",
+    AccountChanged: "account_id",
+}
 
 
 class _TypeOnly(msgspec.Struct):

@@ -193,14 +193,16 @@ def _start_worker(settings: Settings, worker: _Worker) -> None:
 
 
 def _balance_services(settings: Settings, first_port: int, log_dir: Path) -> list[_Worker]:
-    """The balance processor, the alert notifier and the entitlement endpoint, supervised like the workers."""
+    """The balance and order processors, the alert notifier and the entitlement endpoint, supervised as workers."""
     balance_port = _port_or_free(first_port)
     notify_port = _port_or_free(balance_port + 1)
+    orders_port = _port_or_free(notify_port + 1)
     entitlement_port = _port_or_free(settings.entitlement_port)
     index = settings.workers
     return [
         _Worker(index, balance_port, log_dir / "balance.log", command=("balance",), name="balance"),
         _Worker(index + 1, notify_port, log_dir / "notify.log", command=("notify",), name="notifier"),
+        _Worker(index + 3, orders_port, log_dir / "orders.log", command=("orders", "process"), name="orders"),
         _Worker(
             index + 2,
             entitlement_port,

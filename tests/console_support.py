@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from console.settings import ConsoleSettings
 from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.plans import PlanStore
 from pipeline.decode import decode_event
-from pipeline.events import Rejection
+from pipeline.events import BalanceSnapshot, Rejection
 from pipeline.records import billing_session_record
 from tests.support import FAR_FUTURE, meter_run
 
@@ -40,6 +41,21 @@ def console_settings(**changes: Any) -> ConsoleSettings:
     return replace(ConsoleSettings(secret=SECRET), **changes)
 
 
+class RecordingPublisher:
+    """Stands in for the Kafka publisher in unit tests (no broker there): keeps what the routes publish."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, key: str, value: bytes) -> None:
+        with self._lock:
+            self.sent.append((topic, key, value))
+
+    def events(self, topic: str | None = None) -> list[dict[str, Any]]:
+        return [json.loads(value) for t, _, value in self.sent if topic is None or t == topic]
+
+
 def make_app(
     client: Client,
     database: str,
@@ -47,6 +63,7 @@ def make_app(
     *,
     open_handle: bool = True,
     operator_token: str | None = OPERATOR_TOKEN,
+    extras: dict[str, Any] | None = None,
 ) -> FastAPI:
     settings = settings or console_settings()
     context = ConsoleContext(
@@ -56,6 +73,7 @@ def make_app(
         authenticator=Authenticator(settings, None if settings.jwks else settings.secret),
         operator_token=operator_token,
         open_handle=(lambda: _same_engine(client)) if open_handle else None,
+        extras={"publisher": RecordingPublisher()} if extras is None else extras,
     )
     return create_app(context)
 
@@ -144,3 +162,66 @@ def _decoded(events: Iterable[dict[str, Any]]) -> list[tuple[int, Any]]:
 
 def _stored_by_plan_sinks(event: Any) -> bool:
     return type(event).__name__ in {"PlanChanged", "FundsAdded", "AgentsSubscribed", "AgentTransfer"}
+
+
+def plan_snapshot(
+    app: str,
+    account: str = ACCOUNT,
+    *,
+    plan: str | None = "business",
+    status: str = "active",
+    balance: str = "500.00",
+    expires_at: datetime | None = None,
+    version: int = 1,
+    **fields: Any,
+) -> BalanceSnapshot:
+    """The balance processor's view of an app (a ``balance-state`` record), on a plan with a term by default."""
+    now = datetime.now(UTC)
+    return BalanceSnapshot(
+        account_id=account,
+        app_id=app,
+        plan=plan,
+        currency="USD",
+        funds=balance,
+        usage_cost="0.00",
+        alert_cost="0.00",
+        voice_cost="0.00",
+        usage_sessions=0,
+        alert_sessions=0,
+        voice_sessions=0,
+        unpriced_sessions=0,
+        balance=balance,
+        threshold="100.00",
+        status=status,  # type: ignore[arg-type]
+        entitled=status != "depleted",
+        agents=0,
+        version=version,
+        updated_at=now,
+        expires_at=now + timedelta(days=200) if expires_at is None and plan is not None else expires_at,
+        **fields,
+    )
+
+
+def issued_invoice(
+    invoice_id: str, account: str = ACCOUNT, *, order_id: str = "ord-1", app: str = "acme-support"
+) -> Any:
+    """An ``invoice_issued`` record as the order processor writes it."""
+    from pipeline.orders.events import InvoiceIssued, InvoiceLine  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    return InvoiceIssued(
+        account_id=account,
+        invoice_id=invoice_id,
+        number=int(invoice_id.rsplit("-", 1)[-1]),
+        kind="invoice",
+        order_id=order_id,
+        app_id=app,
+        issued_at=now,
+        billing_date=now.date(),
+        seller="Metering",
+        currency="USD",
+        lines=[InvoiceLine(description=f"Funds for app {app}", quantity=1, unit_price="100.00", amount="100.00")],
+        total="100.00",
+        payment_method="manual",
+        payment_status="paid",
+    )

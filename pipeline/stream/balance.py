@@ -225,6 +225,8 @@ class BalanceProcessor:
                 continue  # not ours any more: the new owner reads it from the committed offset
             part.apply(Input(topic, partition, offset, m.value()), now_ms, out)
             offsets[(topic, partition)] = offset + 1
+        for part in self.parts.values():
+            part.due(now_ms, out)
         topics = self.topics
         changed: list[BalanceSnapshot] = []
         for alert in out.alerts:
@@ -234,7 +236,6 @@ class BalanceProcessor:
         for late in out.late:
             self._produce(topics.late, late.app_id.encode(), encode(late))
         for number, part in self.parts.items():
-            part.due(now_ms)
             snapshots, records = part.take_changes(now_ms, self.settings.unlimited_plans)
             for snap in snapshots:
                 self._produce(topics.balance_state, snap.app_id.encode(), encode(snap))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from pipeline.decode import decode_event
+from pipeline.decode import decode_event, to_ms
 from pipeline.events import PlanChanged, Rejection
 from pipeline.logs import fields
 from pipeline.rules.config import MINUTE
@@ -93,4 +93,7 @@ class PlanFeed:
         t, event = decoded
         if isinstance(event, PlanChanged):
             minutes = event.idle_timeout_minutes
-            self.add(TimeoutChange(event.app_id, t, None if minutes is None else minutes * MINUTE, event.event_id))
+            effective = t if event.effective_at is None else to_ms(event.effective_at)  # a scheduled plan: from then on
+            self.add(
+                TimeoutChange(event.app_id, effective, None if minutes is None else minutes * MINUTE, event.event_id)
+            )

@@ -270,7 +270,7 @@ def test_a_future_plan_without_prepaid_limit_entitles_the_app_when_it_comes_into
     assert not before.entitled, "never funded, on a prepaid plan until then"
     assert not part.has_due(starts - 1)
     assert part.has_due(starts)
-    part.due(starts)
+    part.due(starts, Outputs())
     [after], _ = part.take_changes(starts, frozenset({"enterprise"}))
     assert after.entitled
     assert after.version == before.version + 1

@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from console.app import RouteInfo, api_routes
 from console.deps import Audience
 from consumers.clickhouse import Client, migrate
+from consumers.clickhouse.plans import PlanStore
 from tests.console_support import (
     ACCOUNT,
     OPERATOR_TOKEN,
@@ -36,7 +37,9 @@ from tests.console_support import (
     bearer,
     fill,
     http,
+    issued_invoice,
     make_app,
+    plan_snapshot,
     token,
     unsigned_token,
 )
@@ -44,6 +47,9 @@ from tests.support import Conversation, alert
 
 APP = "acme-support"
 OTHER_APP = "globex-sales"
+INVOICE = "INV-000001"
+#: The value a path parameter gets (default: the account's app): a resource of the account.
+PATH_VALUES = {"invoice_id": INVOICE}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +59,8 @@ def matrix_db(chdb_client: Client) -> Iterator[str]:
     ours = Conversation("c-acme", app_id=APP, account_id=ACCOUNT).user(0).bot(1).user(3).events
     theirs = Conversation("c-globex", app_id=OTHER_APP, account_id=OTHER_ACCOUNT).user(0).bot(2).events
     fill(chdb_client, database, [*ours, *theirs, alert(5, app_id=APP, account_id=ACCOUNT)])
+    # an app on a plan with a term (extension requests) and an invoice of the account (its PDF)
+    PlanStore(chdb_client, database).insert([plan_snapshot(APP), issued_invoice(INVOICE)], "matrix:billing")
     yield database
     chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
 
@@ -76,6 +84,7 @@ class Call:
     json: Any
     success: int
     names_app: bool  # the request names an app (so another account's admin gets 404)
+    resource: str = APP  # what it names (an app, an invoice)
 
 
 def calls(app: FastAPI, route: RouteInfo) -> list[Call]:
@@ -84,11 +93,12 @@ def calls(app: FastAPI, route: RouteInfo) -> list[Call]:
     out: list[Call] = []
     for method in sorted(route.methods - {"HEAD"}):
         operation = document["paths"][route.path][method.lower()]
-        path, names_app = route.path, False
+        path, names_app, resource = route.path, False, APP
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "path":
-                path = path.replace("{" + parameter["name"] + "}", APP)
-                names_app = names_app or "app" in parameter["name"]
+                resource = PATH_VALUES.get(parameter["name"], APP)
+                path = path.replace("{" + parameter["name"] + "}", resource)
+                names_app = True  # any path parameter names a resource of the account
         body = None
         content = operation.get("requestBody", {}).get("content", {})
         if "application/json" in content and route.audience is Audience.BILLING:
@@ -96,7 +106,7 @@ def calls(app: FastAPI, route: RouteInfo) -> list[Call]:
             body = schema.get("example") or _resolve_example(document, schema)
             assert body is not None, f"{method} {route.path}: give its JSON body schema an example for this matrix"
         success = route.status_code or 200
-        out.append(Call(method, path, {}, body, success, names_app))
+        out.append(Call(method, path, {}, body, success, names_app, resource))
         query_names = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
         if "app" in query_names:
             out.append(Call(method, path, {"app": APP}, body, success, True))
@@ -160,12 +170,19 @@ def test_billing_routes_answer_each_kind_of_caller_as_the_spec_says(app: FastAPI
             stranger = _send(client, call, bearer(token(OTHER_ACCOUNT)))
             if call.names_app:
                 assert stranger.status_code == 404, f"{what} as another account's admin: {stranger.text[:200]}"
-                missing = Call(call.method, call.path.replace(APP, "no-such-app"), _no_app(call.params), call.json,
-                               call.success, True)
+                missing = Call(
+                    call.method,
+                    call.path.replace(call.resource, "no-such-app"),
+                    _no_app(call.params),
+                    call.json,
+                    call.success,
+                    True,
+                    call.resource,
+                )
                 if missing != call:
                     nobody = _send(client, missing, bearer(token()))
                     assert nobody.status_code == 404
-                    assert nobody.json()["error"].replace("no-such-app", APP) == stranger.json()["error"], (
+                    assert nobody.json()["error"].replace("no-such-app", call.resource) == stranger.json()["error"], (
                         "another account's app answers exactly like a missing one"
                     )
             else:

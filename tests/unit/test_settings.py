@@ -21,6 +21,7 @@ from console.settings import ConsoleSettings
 from consumers.clickhouse import parse_url
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseConfigError
+from pipeline.balance.catalog import DEFAULT_CATALOG
 from pipeline.rules.config import DAY, HOUR, MINUTE, SECOND, RulesConfig
 from pipeline.settings import PREFIX, ROOT, Settings, SettingsError, Topics
 
@@ -167,6 +168,8 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("ENTITLEMENT_PORT", "18471", lambda s: s.entitlement_port, 18471),
     ("WEBHOOK_URL", "https://hooks.example.com/m", lambda s: s.webhook_url, "https://hooks.example.com/m"),
     ("WEBHOOK_SECRET", "s3cret", lambda s: s.webhook_secret, "s3cret"),
+    ("PLAN_CATALOG", str(DEFAULT_CATALOG), lambda s: s.plan_catalog, DEFAULT_CATALOG),
+    ("INVOICE_SELLER", "Acme Metering GmbH", lambda s: s.invoice_seller, "Acme Metering GmbH"),
     ("CONSOLE_SECRET", "k" * 32, lambda s: s.console.secret, "k" * 32),
     ("CONSOLE_JWKS", "https://idp.example/jwks.json", lambda s: s.console.jwks, "https://idp.example/jwks.json"),
     ("CONSOLE_ISSUER", "https://idp.example/", lambda s: s.console.issuer, "https://idp.example/"),
@@ -231,6 +234,7 @@ ALL_WRONG: dict[str, tuple[str, str]] = {
     "CLICKHOUSE_URL": ("chdb://var/clickhouse", "write three slashes"),
     "CLICKHOUSE_DATABASE": ("bill ing", "letters, digits and underscores"),
     "TIMEZONE": ("Mars/Olympus_Mons", "use an IANA name"),
+    "PLAN_CATALOG": ("/nonexistent/plans.toml", "cannot be read"),
     "IDLE_TIMEOUT_MINUTES": ("4", "outside 5 min .. 14 days (20160 min)"),
     "APP_IDLE_TIMEOUTS": ("support-bot=10,sales=20161", "outside 5 min .. 14 days (20160 min)"),
     "KAFKA_BOOTSTRAP": ("localhost", "expected host:port[,host:port...]"),

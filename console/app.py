@@ -120,5 +120,6 @@ def store_context(settings: Settings, client: Client, database: str, operator_to
         authenticator=Authenticator(console, secret),
         operator_token=operator_token,
         open_handle=lambda: connect(url, database),
-        extras={**billing_extras(settings, client, database), "data_dir": settings.data_dir},  # data_dir: console.login_link
+        # data_dir: where the one-time login link waits (console.login_link)
+        extras={**billing_extras(settings, client, database), "data_dir": settings.data_dir},
     )

@@ -28,11 +28,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from console.auth import AuthError, KeysUnavailableError, Principal
+from console.billing import PROVIDERS, billing_type, plan_catalog
 from console.context import ConsoleContext
 from console.deps import SESSION_COOKIE, console_context, csrf_token, open_router
 from console.login_link import redeem
 from console.permissions import BILLING_VIEW, refusal
 from console.routers.session import _set_cookies as set_session_cookies  # one way to set the session cookies
+from console.tenancy import AccountScope
+from pipeline.balance.catalog import CatalogPlan
 
 __all__ = ["STATIC_DIR", "install_pages", "router"]
 
@@ -42,7 +45,7 @@ templates: Final = Jinja2Templates(directory=HERE / "templates")
 router = open_router(tags=["pages"])
 
 RANGES: Final = (("24h", "24 hours"), ("7d", "7 days"), ("30d", "30 days"), ("3m", "3 months"), ("custom", "Custom"))
-PAYMENT_METHODS: Final = ({"value": "manual", "label": "Manual (paid at once)"},)
+PAYMENT_METHOD_LABELS: Final = {"manual": "Manual (paid at once)", "transfer": "Bank transfer"}
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 #: Set by every page rendered for a session, without an expiry: when the browser has dropped the
 #: expired session cookie, this one still says there was a session, so the login page can say it ended.
@@ -110,9 +113,8 @@ def billing_viewer(request: Request, context: Annotated[ConsoleContext, Depends(
 
 
 def is_enterprise(context: ConsoleContext, account_id: str) -> bool:
-    """Whether the account is billed as Enterprise (its plans and funds are arranged with support)."""
-    billing_type = context.extras.get("billing_type")
-    return bool(billing_type is not None and billing_type(account_id) == "enterprise")
+    """Whether the account is billed as Enterprise (by contract: no plan changes, funds or orders here)."""
+    return billing_type(AccountScope(context.client, context.database, account_id)) == "enterprise"
 
 
 def _nav(viewer: Viewer) -> list[NavItem]:
@@ -174,10 +176,21 @@ def plans_page(
     viewer: Annotated[Viewer, Depends(billing_viewer)],
     context: Annotated[ConsoleContext, Depends(console_context)],
 ) -> HTMLResponse:
-    catalog = context.extras.get("plan_catalog")
-    plans = [] if catalog is None else [{"name": p.name, "rank": p.rank} for p in catalog.plans()]
-    page_data = {"plans": plans, "enterprise": viewer.enterprise}
-    return _page(request, "plans.html", viewer, "plans", page_data=page_data, payment_methods=PAYMENT_METHODS)
+    plans = sorted(plan_catalog(context).plans.values(), key=lambda p: p.rank)
+    offered = [{"name": p.name, "rank": p.rank, "description": _plan_summary(p)} for p in plans]
+    methods = context.extras.get(PROVIDERS) or ["manual"]
+    payment_methods = [{"value": m, "label": PAYMENT_METHOD_LABELS.get(m, m)} for m in methods]
+    page_data = {"plans": offered, "enterprise": viewer.enterprise}
+    return _page(request, "plans.html", viewer, "plans", page_data=page_data, payment_methods=payment_methods)
+
+
+def _plan_summary(plan: CatalogPlan) -> str:
+    """What a plan costs, in a few words for the plan picker."""
+    term = f", {plan.term_months}-month term" if plan.term_months else ""
+    return (
+        f"{plan.price_per_usage_session} {plan.currency}/usage session, "
+        f"{plan.price_per_voice_session}/voice, {plan.price_per_alert_session}/alert{term}"
+    )
 
 
 @router.get("/console/orders", response_class=HTMLResponse)

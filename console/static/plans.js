@@ -14,33 +14,30 @@
   let opener = null; // the control that opened a dialog, focused again when it closes
 
   // -- notices -----------------------------------------------------------------------------
-  const NOTICE_TEXT = {
-    scheduled_downgrade: (n) => `Downgrade to ${n.plan ?? "a lower plan"} scheduled for ${formatDate(n.effective_at ?? n.date)}`,
-    expiring: (n) => `Plan expires on ${formatDate(n.expires_at ?? n.date)}`,
-    expiring_plan: (n) => `Plan expires on ${formatDate(n.expires_at ?? n.date)}`,
-    low_balance: () => "Balance is low: add funds to keep the app running",
-    depleted_balance: () => "Balance is used up: the app is not entitled until funds are added",
-    depleted: () => "Balance is used up: the app is not entitled until funds are added",
-    low: () => "Balance is low: add funds to keep the app running",
-    extension_pending: (n) => `Extension of ${n.days ?? "some"} days requested, waiting for an operator`,
-    extension_requested: (n) => `Extension of ${n.days ?? "some"} days requested, waiting for an operator`,
+  // The API words each notice (``message``); the page adds a title per type and reads dates for people.
+  const NOTICE_TITLES = {
+    plan_expired: "Plan expired",
+    plan_expiring: "Plan expiring",
+    balance_depleted: "Balance used up",
+    balance_low: "Low balance",
+    scheduled_downgrade: "Scheduled downgrade",
+    scheduled_change: "Scheduled plan change",
+    extension_pending: "Extension requested",
   };
-  function noticeText(notice) {
-    if (typeof notice === "string") return notice;
-    if (notice.message) return notice.message;
-    const kind = notice.type ?? notice.kind;
-    return (NOTICE_TEXT[kind] ?? (() => kind))(notice);
+  const BAD = new Set(["plan_expired", "balance_depleted"]);
+  function noticeItem(notice) {
+    const message = notice.date ? notice.message.replace(notice.date, formatDate(notice.date)) : notice.message;
+    return el("li", { "data-notice": notice.type }, el("strong", {}, NOTICE_TITLES[notice.type] ?? notice.type), " — ", message);
   }
   function noticeTone(notices) {
-    const kinds = notices.map((n) => (typeof n === "string" ? n : n.type ?? n.kind ?? ""));
-    if (kinds.some((k) => k.includes("depleted"))) return "bad";
-    return kinds.length ? "warn" : "";
+    if (notices.some((n) => BAD.has(n.type))) return "bad";
+    return notices.length ? "warn" : "";
   }
 
   function infoIcon(app) {
     const id = `notices-${app.app_id}`;
     const popover = el("div", { class: "popover", id, role: "tooltip", hidden: true },
-      app.notices.length ? el("ul", {}, app.notices.map((n) => el("li", {}, noticeText(n)))) : "No notices.");
+      app.notices.length ? el("ul", {}, app.notices.map(noticeItem)) : "No notices.");
     const button = el("button", {
       type: "button", class: `info-button ${noticeTone(app.notices)}`, "aria-describedby": id,
       "aria-label": `Notices for ${app.app_id} (${app.notices.length})`, "aria-expanded": "false",
@@ -91,9 +88,9 @@
       el("td", { class: "hide-narrow" }, app.expires_at ? formatDate(app.expires_at) : "—"),
       el("td", {}, el("div", { class: "row-actions" }, infoIcon(app), manageButton, moreMenu(app))));
   }
-  // This month's figures, whichever shape the API gives them (flat or grouped under "month").
-  const sessionsOf = (app) => app.month?.billing_sessions ?? app.month_sessions ?? app.billing_sessions ?? 0;
-  const costOf = (app) => app.month?.cost ?? app.month_cost ?? app.cost ?? null;
+  // This billing period's (UTC month's) figures.
+  const sessionsOf = (app) => app.billing_sessions ?? 0;
+  const costOf = (app) => app.cost ?? null;
 
   async function refresh() {
     const data = await api("/api/v1/apps");

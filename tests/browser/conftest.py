@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from pipeline.kafka import producer_config
 from pipeline.records import billing_session_record, encode
 from pipeline.settings import Settings, Topics
 from tests.browser.browser import LAPTOP, artifacts_dir, launch
-from tests.browser.traffic import Traffic, make_traffic, plan_events
+from tests.browser.traffic import Traffic, make_traffic, plan_events, seats
 from tests.processes import ChildProcesses
 from tests.support import wait_until
 
@@ -60,13 +59,6 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
         yield chromium
     finally:
         chromium.close()
-
-
-class Processors(ChildProcesses):
-    """``python -m pipeline <command>`` children of a stack (the balance processor and the like)."""
-
-    def __init__(self, settings: Settings, log_dir: Path, command: str, announcement: str) -> None:
-        super().__init__(settings, log_dir, command, announcement)
 
 
 @dataclass
@@ -148,10 +140,12 @@ def stack(kafka_bootstrap: str, chdb_path: Path, tmp_path_factory: pytest.TempPa
     wait_until(lambda: bool(ready) or not thread.is_alive(), 90, "the store to serve", every=0.1)
     assert ready, "the store did not start"
     stack = Stack(settings, ready[0], traffic, now)
-    balance = Processors(settings, data_dir, "balance", "balance metrics")
-    stack.children.append(balance)
+    balance = ChildProcesses(settings, data_dir, "balance", "balance metrics")
+    orders = ChildProcesses(settings, data_dir, "orders", "order metrics")
+    stack.children += [balance, orders]
     try:
         balance.spawn("--metrics-port", "0")
+        orders.spawn("process", "--metrics-port", "0")
         publish(stack, plan_at=now - timedelta(days=DAYS + 1))
         wait_for_ingest(stack)
         yield stack
@@ -167,6 +161,14 @@ def publish(stack: Stack, plan_at: datetime) -> None:
     topics = stack.settings.topics
     plans = plan_events(to_ms(plan_at))
     stack.produce(topics.plans, [(e["app_id"], json.dumps(e).encode()) for e in plans])
+    enterprise = {
+        "type": "account_changed",
+        "event_id": "bt-enterprise",
+        "occurred_at": plan_at.isoformat().replace("+00:00", "Z"),
+        "account_id": ENTERPRISE_ACCOUNT,
+        "billing_type": "enterprise",
+    }
+    stack.produce(topics.accounts, [(ENTERPRISE_ACCOUNT, json.dumps(enterprise).encode())])
     stack.produce(topics.transfers, [(e["conversation_id"], json.dumps(e).encode()) for e in stack.traffic.transfers()])
     stack.produce(
         topics.billing_sessions,
@@ -179,18 +181,19 @@ def expected_sessions(stack: Stack, account: str) -> int:
     return sum(1 for s in stack.traffic.sessions if s.account_id == account and s.kind != "voice")
 
 
+def _started_by(transfer: dict[str, Any], account: str) -> bool:
+    return transfer["account_id"] == account and transfer["action"] == "started" and "agent_id" in transfer
+
+
 def wait_for_ingest(stack: Stack) -> None:
     """Until the API's totals over the whole traffic hold every session, transfer and seat of the admin's
     account (each reaches ClickHouse through its own sink), and its apps have balances."""
     first = (stack.now - timedelta(days=DAYS - 1)).date().isoformat()
     last = stack.now.date().isoformat()
-    plans = plan_events(0)
     wanted = {
         "billing_sessions": expected_sessions(stack, ADMIN_ACCOUNT),
-        "active_agents": len(
-            {t["agent_id"] for t in stack.traffic.transfers() if t["account_id"] == ADMIN_ACCOUNT and t["action"] == "started"}
-        ),
-        "agents": sum(e["agents"] for e in plans if e["type"] == "agents_subscribed" and e["account_id"] == ADMIN_ACCOUNT),
+        "active_agents": len({t["agent_id"] for t in stack.traffic.transfers() if _started_by(t, ADMIN_ACCOUNT)}),
+        "agents": seats(ADMIN_ACCOUNT),
     }
     seen: list[Any] = []
 
@@ -209,7 +212,11 @@ def wait_for_ingest(stack: Stack) -> None:
         apps = answer.json()["apps"] if answer.status_code == 200 else []
         return bool(apps) and all(a.get("balance") not in (None, "") for a in apps)
 
-    # wait_until(balances, 120, "every app of the account to have a balance")
+    wait_until(balances, 120, "every app of the account to have a balance")
+    enterprise = stack.token(ENTERPRISE_ACCOUNT)
+    wait_until(
+        lambda: stack.api("/api/v1/orders", enterprise).status_code == 403, 60, f"{ENTERPRISE_ACCOUNT} to be enterprise"
+    )
 
 
 @pytest.fixture
@@ -247,9 +254,3 @@ def shoot() -> Callable[[Page, str], Path]:
     return take
 
 
-def stable(seconds: float = 0.0) -> None:
-    """A pause for what cannot be waited on (never used to wait for data)."""
-    time.sleep(seconds)
-
-
-__all__ = ["ADMIN_ACCOUNT", "ENTERPRISE_ACCOUNT", "Stack", "replace"]

@@ -79,8 +79,8 @@ def test_add_funds_creates_an_order_with_an_invoice_and_raises_the_balance(
     row.hover()
     row.get_by_role("button", name="Manage").click()
     dialog = page.get_by_role("dialog", name=f"Manage {app}")
-    dialog.get_by_label("Amount").fill("1234.50")
-    dialog.get_by_label("Payment method").select_option("manual")
+    dialog.get_by_label("Amount", exact=True).fill("1234.50")
+    dialog.get_by_label("Payment method", exact=True).select_option("manual")
     shoot(page, "plans-manage", full_page=False)
     dialog.get_by_role("button", name="Add funds").click()
     result = dialog.locator("#funds-result")
@@ -134,12 +134,12 @@ def test_a_lower_plan_is_scheduled_and_shown_as_a_notice(
     row.hover()
     row.get_by_role("button", name="Manage").click()
     dialog = page.get_by_role("dialog", name=f"Manage {app}")
-    options = dialog.get_by_label("Plan").locator("option").evaluate_all("os => os.map(o => o.value)")
+    options = dialog.get_by_label("Plan", exact=True).locator("option").evaluate_all("os => os.map(o => o.value)")
     plans = page.evaluate("window.CONSOLE_PAGE.plans")
     rank = {p["name"]: p["rank"] for p in plans}
     lower = [name for name in options if rank[name] < rank.get(current["plan"], 10**6)]
     assert lower, f"the catalogue has a plan below {current['plan']}: {plans}"
-    dialog.get_by_label("Plan").select_option(lower[0])
+    dialog.get_by_label("Plan", exact=True).select_option(lower[0])
     dialog.get_by_role("button", name="Change plan").click()
     expect(dialog.locator("#plan-result")).to_contain_text(f"Plan {lower[0]} requested")
     page.keyboard.press("Escape")
@@ -148,7 +148,9 @@ def test_a_lower_plan_is_scheduled_and_shown_as_a_notice(
     info.hover()
     tooltip = row.get_by_role("tooltip")
     expect(tooltip).to_be_visible()
-    expect(tooltip).to_contain_text(re.compile(f"[Dd]owngrade.*{lower[0]}"))
+    notice = tooltip.locator('[data-notice="scheduled_downgrade"]')
+    expect(notice).to_contain_text("Scheduled downgrade")
+    expect(notice).to_contain_text(f"Moves to the {lower[0]} plan on")
     expect(row.locator('[data-field="plan"]')).to_have_text(current["plan"])  # not yet: at the period's end
     shoot(page, "plans-notice", full_page=False)
 

@@ -12,13 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pipeline.events import format_ms
+import msgspec
+
+from pipeline.balance.catalog import load_catalog
+from pipeline.events import format_ms, ms_to_datetime
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.model import BillingSession
 from pipeline.traffic import TrafficShape, apps, live
 from tests.support import in_time_order, meter_run
 
 DAY: Final = 24 * 60 * MINUTE
+#: After the plans (a day before the traffic), some apps subscribe more seats: 85 days later.
+SEATS_GROW_AFTER: Final = 85 * DAY
 #: Three accounts of three apps each: acct-00 prepaid (the admin's), acct-01 enterprise, acct-02 prepaid.
 SHAPE: Final = TrafficShape(accounts=3, apps_per_account=3, duplicate_share=0.0)
 #: Conversations per day on a weekday, Monday first; weekends are quiet.
@@ -58,25 +63,31 @@ def make_traffic(end_ms: int, days: int, seed: int = 11) -> Traffic:
 
 
 def plan_events(at_ms: int) -> list[dict[str, Any]]:
-    """A plan, funds and seats for every app (billing-plans), as the platform's admin tools send them."""
+    """A catalogue plan, funds and seats for every app (billing-plans), as the platform's admin tools send them."""
+    catalog = load_catalog()
+    names = [p.name for p in sorted(catalog.plans.values(), key=lambda p: p.rank)]
+    occurred_at = ms_to_datetime(at_ms)
     out: list[dict[str, Any]] = []
-    occurred_at = format_ms(at_ms)
     for i, (account, app) in enumerate(all_apps()):
-        base = {"occurred_at": occurred_at, "account_id": account, "app_id": app}
-        out.append(
-            {
-                "type": "plan_changed",
-                "event_id": f"bt-plan-{app}",
-                **base,
-                "plan": ("starter", "growth", "scale")[i % 3],
-                "price_per_usage_session": ("0.10", "0.08", "0.05")[i % 3],
-                "price_per_alert_session": "0.01",
-                "price_per_voice_session": ("0.30", "0.25", "0.20")[i % 3],
-                "currency": "USD",
-                "low_balance_threshold": "50.00",
-            }
+        chosen = catalog.plans[names[i % len(names)]]
+        plan = chosen.event(
+            event_id=f"bt-plan-{app}", occurred_at=occurred_at, account_id=account, app_id=app, effective_at=occurred_at
         )
-        funds = {"amount": "2500.00", "currency": "USD"}
+        out.append({k: v for k, v in msgspec.to_builtins(plan).items() if v is not None})
+        base = {"occurred_at": format_ms(at_ms), "account_id": account, "app_id": app}
+        funds = {"amount": "2500.00", "currency": chosen.currency}
         out.append({"type": "funds_added", "event_id": f"bt-funds-{app}", **base, **funds})
         out.append({"type": "agents_subscribed", "event_id": f"bt-seats-{app}", **base, "agents": 3 + i % 4})
+        if i % 3 == 0:  # a team that grew during the traffic's days: the Agents line has a step
+            later = {**base, "occurred_at": format_ms(at_ms + SEATS_GROW_AFTER)}
+            out.append({"type": "agents_subscribed", "event_id": f"bt-seats-{app}-2", **later, "agents": 5 + i % 4})
     return out
+
+
+def seats(account: str) -> int:
+    """The account's seats at the end of the traffic (the highest, as they only grow)."""
+    latest: dict[str, int] = {}
+    for e in plan_events(0):
+        if e["type"] == "agents_subscribed" and e["account_id"] == account:
+            latest[e["app_id"]] = e["agents"]
+    return sum(latest.values())

@@ -8,16 +8,16 @@
   function row(order) {
     const invoice = order.payment_status === "paid" && order.invoice_id
       ? el("a", { href: `/api/v1/invoices/${encodeURIComponent(order.invoice_id)}.pdf`, download: `invoice-${order.invoice_id}.pdf`,
-        "aria-label": `Download invoice ${order.invoice_id} (PDF)` }, `${order.invoice_id} (PDF)`)
+        "aria-label": `Download invoice ${order.invoice_id} (PDF)` }, `${order.invoice_id} PDF`)
       : el("span", { class: "hint" }, "—");
     return el("tr", { "data-order-id": order.order_id },
-      el("td", {}, order.billing_date ? formatDate(order.billing_date) : el("span", { class: "hint" }, "not paid yet")),
-      el("td", {}, el("code", {}, order.order_id)),
+      el("td", { class: "nowrap" }, order.billing_date ? formatDate(order.billing_date) : el("span", { class: "hint" }, "not paid yet")),
+      el("td", { class: "span", "data-label": "Order" }, el("code", {}, order.order_id)),
       el("td", { class: "hide-narrow" }, order.description),
       el("td", { class: "num", "data-value": order.cost }, formatMoney(order.cost, order.currency)),
       el("td", { class: "hide-narrow" }, order.payment_method),
       el("td", {}, el("span", { class: `badge ${order.payment_status}` }, order.payment_status)),
-      el("td", {}, invoice));
+      el("td", { class: "nowrap" }, invoice));
   }
 
   api("/api/v1/orders").then((data) => {

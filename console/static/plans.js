@@ -34,6 +34,19 @@
     return notices.length ? "warn" : "";
   }
 
+  // Popovers and menus are fixed to the viewport under their button, so a scrolling table never clips them.
+  function place(floating, anchor) {
+    const rect = anchor.getBoundingClientRect();
+    const width = floating.offsetWidth;
+    const left = Math.max(8, Math.min(rect.right - width, window.innerWidth - width - 8));
+    const below = rect.bottom + 6 + floating.offsetHeight <= window.innerHeight;
+    floating.style.left = `${left}px`;
+    floating.style.top = `${below ? rect.bottom + 6 : Math.max(8, rect.top - 6 - floating.offsetHeight)}px`;
+  }
+  window.addEventListener("scroll", () => {
+    for (const open of document.querySelectorAll(".popover:not([hidden]), [role=menu]:not([hidden])")) open.hidden = true;
+  }, { passive: true });
+
   function infoIcon(app) {
     const id = `notices-${app.app_id}`;
     const popover = el("div", { class: "popover", id, role: "tooltip", hidden: true },
@@ -43,7 +56,11 @@
       "aria-label": `Notices for ${app.app_id} (${app.notices.length})`, "aria-expanded": "false",
     }, "i");
     const wrap = el("span", { class: "info" }, button, popover);
-    const show = (open) => { popover.hidden = !open; button.setAttribute("aria-expanded", String(open)); };
+    const show = (open) => {
+      popover.hidden = !open;
+      button.setAttribute("aria-expanded", String(open));
+      if (open) place(popover, button);
+    };
     button.addEventListener("click", () => show(popover.hidden));
     button.addEventListener("focus", () => show(true));
     button.addEventListener("blur", () => show(false));
@@ -66,7 +83,7 @@
       const open = menu.hidden;
       menu.hidden = !open;
       button.setAttribute("aria-expanded", String(open));
-      if (open) item.focus();
+      if (open) { place(menu, button); item.focus(); }
     });
     item.addEventListener("click", () => { close(); openOwner(app, button); });
     menu.addEventListener("keydown", (e) => { if (e.key === "Escape") { close(); button.focus(); } });
@@ -80,13 +97,13 @@
     return el("tr", { "data-app-id": app.app_id },
       el("th", { scope: "row", id: `app-${app.app_id}` }, app.app_id),
       el("td", { class: "hide-narrow owner-cell", "data-field": "owner" }, app.owner || "—"),
-      el("td", { "data-field": "plan" }, app.plan || "—"),
+      el("td", { "data-field": "plan", "data-label": "Plan" }, app.plan || "—"),
       el("td", { "data-field": "status" }, el("span", { class: `badge ${app.status}` }, app.status)),
-      el("td", { class: "num", "data-field": "balance", "data-value": app.balance ?? "" }, formatMoney(app.balance, app.currency)),
+      el("td", { class: "num", "data-field": "balance", "data-value": app.balance ?? "", "data-label": "Balance" }, formatMoney(app.balance, app.currency)),
       el("td", { class: "num hide-narrow", "data-value": sessionsOf(app) }, formatInteger(sessionsOf(app))),
       el("td", { class: "num hide-narrow", "data-value": costOf(app) ?? "" }, formatMoney(costOf(app), app.currency)),
-      el("td", { class: "hide-narrow" }, app.expires_at ? formatDate(app.expires_at) : "—"),
-      el("td", {}, el("div", { class: "row-actions" }, infoIcon(app), manageButton, moreMenu(app))));
+      el("td", { class: "hide-narrow nowrap" }, app.expires_at ? formatDate(app.expires_at) : "—"),
+      el("td", { class: "span" }, el("div", { class: "row-actions" }, infoIcon(app), manageButton, moreMenu(app))));
   }
   // This billing period's (UTC month's) figures.
   const sessionsOf = (app) => app.billing_sessions ?? 0;

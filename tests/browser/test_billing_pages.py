@@ -95,6 +95,7 @@ def test_add_funds_creates_an_order_with_an_invoice_and_raises_the_balance(
     expect(balance).to_have_attribute("data-value", re.compile(rf"^{expected}0*$"), timeout=90_000)
     expect(row.locator('[data-field="balance"]')).to_contain_text(f"${expected:,.2f}")
     page.keyboard.press("Escape")
+    row.hover()
     shoot(page, "plans")
 
     # The order is on Orders & invoices, newest first, paid, with its invoice.

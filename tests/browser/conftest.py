@@ -32,11 +32,11 @@ from consumers.service import StoreEndpoints, serve_store
 from pipeline.decode import to_ms
 from pipeline.kafka import producer_config
 from pipeline.records import billing_session_record, encode
-from pipeline.settings import Settings, Topics
+from pipeline.settings import Settings
 from tests.browser.browser import LAPTOP, artifacts_dir, launch
 from tests.browser.traffic import Traffic, make_traffic, plan_events, seats
 from tests.processes import ChildProcesses
-from tests.support import wait_until
+from tests.support import pipeline_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,31 +102,13 @@ class Stack:
         assert answer.status == 303, answer.text()
 
 
-def _settings(kafka_bootstrap: str, chdb_path: Path, data_dir: Path, now: datetime) -> Settings:
-    suffix = uuid.uuid4().hex[:10]
-    topics = Topics(**{name: f"{value}-{suffix}" for name, value in vars(Topics()).items()})
-    return Settings(
-        data_dir=data_dir,
-        kafka_bootstrap=kafka_bootstrap,
-        clickhouse_url=f"chdb://{chdb_path}",
-        clickhouse_database=f"bt_{suffix}",
-        topics=topics,
-        partitions=3,
-        app_id=f"metering-{suffix}",
-        api_port=0,
-        metrics_port=0,
-        idle_partition_seconds=2.0,
-        batch_seconds=0.2,
-        sink_batch_seconds=0.2,
-        console=ConsoleSettings(secret=SECRET, now=now),
-    )
-
-
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     data_dir = tmp_path_factory.mktemp("console")
-    settings = _settings(kafka_bootstrap, chdb_path, data_dir, now)
+    settings = pipeline_settings(
+        kafka_bootstrap, chdb_path, data_dir, "bt", partitions=3, console=ConsoleSettings(secret=SECRET, now=now)
+    )
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     futures = admin.create_topics([NewTopic(t, settings.partitions, 1) for t in settings.topics.all])
     for future in futures.values():

@@ -9,7 +9,7 @@ app of another account exactly as for one that does not exist.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +48,12 @@ class AccountScope:
         bound = {"database": self.database, **parameters, "account": self.account_id}
         with client.query_rows_stream(sql.query(name), parameters=bound) as rows:
             yield from rows
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` of this account (the first column must be ``account_id`` and hold it)."""
+        if columns[0] != "account_id" or any(row[0] != self.account_id for row in rows):
+            raise UnscopedQueryError(f"rows for {table} must be this account's ({self.account_id})")
+        self.client.insert(table, rows, column_names=list(columns), database=self.database)
 
     def app_exists(self, app_id: str) -> bool:
         """True if ``app_id`` belongs to this account (usage, plans, funds, seats or a balance)."""

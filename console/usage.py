@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from console.tenancy import AccountScope
 from console.usage_range import UsageRange, local_midnight
+from console.usage_rollup import hourly_rows, whole_hour_zone
 from pipeline.balance.agents import SeatTimeline
 from pipeline.decode import to_ms
 from pipeline.rules.attribution import zone
@@ -84,7 +85,10 @@ def usage_series(scope: AccountScope, rng: UsageRange, app: str | None) -> Usage
         "tz": rng.timezone,
         "period": rng.by,
     }
-    sessions = scope.query("console_usage", **bounds)
+    if whole_hour_zone(rng, zone(rng.timezone)):
+        sessions = hourly_rows(scope, rng, apps)  # cached counts of UTC hours (migration 006)
+    else:
+        sessions = scope.query("console_usage", **bounds)  # 15-minute sets: half-hour zones
     active = scope.query("console_active_agents", **bounds)
     # seats of the range's last local day count whole (an hour takes its day's seats)
     seats_end = local_midnight(rng.last_day + timedelta(days=1), zone(rng.timezone))

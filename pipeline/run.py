@@ -311,16 +311,15 @@ def _console_login(settings: Settings, store: StoreEndpoints) -> str:
     code = login_link.create(settings.console, settings.data_dir, account_id=account, user="demo-admin")
     if code is None:
         return f"{store.api}/login   (sign in with a token from your identity provider)"
-    later = f"metering token --account {account}"
-    return f"{store.api}/login?once={code}   (one-time login as {account}'s admin; later: {later})"
+    return f"{store.api}/login?once={code}   (one-time login link: {account}'s admin)"
 
 
 def _announce(
     console: Console, settings: Settings, store: StoreEndpoints, workers: list[_Worker], *, demo: bool
 ) -> None:
     console.print("[bold]metering is running[/]" + (" with demo traffic" if demo else ""))
-    console.print(f"  Billing console {_console_login(settings, store)}")
-    console.print(f"  usage API      {store.api}/usage?by=day&format=csv   (also: metering usage)")
+    console.print(f"  console        {_console_login(settings, store)}")
+    console.print(f"  console API    {store.api}/api/v1/usage   (a token: metering token --account ACCOUNT)")
     console.print(f"  metrics        {store.metrics}  (sink, API)")
     for w in workers:
         if w.name == "entitlement":

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.service import LOCAL_OPENER, StoreEndpoints, pid_alive, read_discovery
+from consumers.service import LOCAL_OPENER, StoreEndpoints, pid_alive, read_discovery, read_token
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
@@ -423,8 +424,10 @@ def api_usage(settings: Settings, tz: str = "UTC") -> str | None:
     if found is None or not pid_alive(found.pid):
         return None
     query = urlencode({"by": "day", "timezone": tz, "format": "csv"})
+    token = read_token(settings)  # the operators' routes take the store's operator token
+    request = urllib.request.Request(f"{found.api}/usage?{query}", headers={"Authorization": f"Bearer {token}"})
     try:
-        with LOCAL_OPENER.open(f"{found.api}/usage?{query}", timeout=30) as response:
+        with LOCAL_OPENER.open(request, timeout=30) as response:
             return str(response.read().decode("utf-8"))
     except (urllib.error.URLError, OSError):
         return None

@@ -186,11 +186,13 @@ def claims(**changes: Any) -> dict[str, Any]:
         (claims(shared="false"), 401),
         (claims(account_id=""), 401),
         (claims(role="owner"), 403),
-        (claims(exp=int(datetime.now(UTC).timestamp()) - 20), 200),  # within the 30 s leeway
-        (claims(exp=int(datetime.now(UTC).timestamp()) - 60), 401),
+        (claims(exp=-20), 200),  # expired 20 s ago: within the 30 s leeway
+        (claims(exp=-60), 401),
     ],
 )
 def test_claims_are_required_and_typed(app: FastAPI, payload: dict[str, Any], status: int) -> None:
+    if isinstance(payload.get("exp"), int) and payload["exp"] < 0:  # seconds from now, when the test runs
+        payload = {**payload, "exp": int(datetime.now(UTC).timestamp()) + payload["exp"]}
     with http(app) as c:
         assert c.get("/api/v1/usage", headers=bearer(claims_token(payload))).status_code == status
 

@@ -40,6 +40,7 @@ __all__ = [
     "apps_of",
     "billing_extras",
     "billing_type",
+    "close_billing_extras",
     "require_prepaid",
     "views_of",
 ]
@@ -61,6 +62,14 @@ def billing_extras(settings: Settings, client: Any, database: str) -> dict[str, 
         PROVIDERS: sorted(BUILT_IN),
         "topics": settings.topics,
     }
+
+
+def close_billing_extras(context: ConsoleContext) -> None:
+    """Flush and close the publisher (at the store's stop: nothing it took is left unsent)."""
+    found = context.extras.get(PUBLISHER)
+    close = getattr(found, "close", None)
+    if callable(close):
+        close()
 
 
 def _extra(context: ConsoleContext, name: str) -> Any:

@@ -6,13 +6,14 @@ small threaded HTTP/1.1 server with keep-alive: a request is a dictionary lookup
 write, well under the 5 ms p99 the platform needs (``bench/entitlement_bench.py``).
 
 ``GET /v1/entitlement/{app_id}`` answers ``{"app_id", "entitled", "status", "balance",
-"currency", "as_of"}``. An app the read model does not know (never funded, no plan, no
-session) is answered ``404`` with ``entitled: false`` and status ``unknown``: R12 makes an app
-without a plan prepaid, and an app that never paid is not entitled (docs/balances.md), so a
-client that only reads ``entitled`` does the right thing and one that checks the status code
-can tell a new app from a depleted one. Until the first full read of the topic the answer is
-``503`` (with ``Retry-After``): the model does not yet know who is entitled, and the caller
-decides whether to fail open or closed.
+"currency", "as_of"}``; ``status`` is the balance's (``active``, ``low``, ``depleted``), or
+``expired`` once the plan's term is over (not entitled until renewed or extended). An app the
+read model does not know (never funded, no plan, no session) is answered ``404`` with
+``entitled: false`` and status ``unknown``: R12 makes an app without a plan prepaid, and an app
+that never paid is not entitled (docs/balances.md), so a client that only reads ``entitled``
+does the right thing and one that checks the status code can tell a new app from a depleted
+one. Until the first full read of the topic the answer is ``503`` (with ``Retry-After``): the
+model does not yet know who is entitled, and the caller decides whether to fail open or closed.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def answer_of(snapshot: BalanceSnapshot) -> bytes:
         Answer(
             app_id=snapshot.app_id,
             entitled=snapshot.entitled,
-            status=snapshot.status,
+            status="expired" if snapshot.expired else snapshot.status,
             balance=snapshot.balance,
             currency=snapshot.currency,
             as_of=format_ms(to_ms(snapshot.updated_at)),

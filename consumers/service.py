@@ -113,6 +113,7 @@ def serve_store(
         )
         # the console (console/): billing routes for account admins, operators' routes for the CLI
         from console.app import create_app, store_context  # noqa: PLC0415 - FastAPI loads only where it serves
+        from console.billing import close_billing_extras  # noqa: PLC0415
         from console.server import ConsoleServer  # noqa: PLC0415
 
         app = create_app(store_context(settings, client, database, token))
@@ -143,6 +144,7 @@ def serve_store(
     finally:
         if api is not None:
             api.stop()
+            close_billing_extras(api.app.state.console)
         client.close()
 
 

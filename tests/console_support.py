@@ -172,6 +172,7 @@ def plan_snapshot(
     status: str = "active",
     balance: str = "500.00",
     expires_at: datetime | None = None,
+    term: bool = True,
     version: int = 1,
     **fields: Any,
 ) -> BalanceSnapshot:
@@ -197,7 +198,7 @@ def plan_snapshot(
         agents=0,
         version=version,
         updated_at=now,
-        expires_at=now + timedelta(days=200) if expires_at is None and plan is not None else expires_at,
+        expires_at=now + timedelta(days=200) if expires_at is None and term and plan is not None else expires_at,
         **fields,
     )
 

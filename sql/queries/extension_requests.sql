@@ -10,7 +10,7 @@ SELECT
     r.reason AS reason,
     r.user_id AS requested_by,
     r.occurred_at AS requested_at,
-    if(d.type = '', 'pending', if(d.type = 'extension_granted', 'granted', 'declined')) AS status
+    if(d.decision = '', 'pending', if(d.decision = 'extension_granted', 'granted', 'declined')) AS status
 FROM
 (
     SELECT *
@@ -22,7 +22,7 @@ FROM
 ) AS r
 LEFT JOIN
 (
-    SELECT app_id, request_id, argMin(type, (occurred_at, event_id)) AS type
+    SELECT app_id, request_id, argMin(type, (occurred_at, event_id)) AS decision
     FROM {database:Identifier}.extension_events FINAL
     WHERE type != 'extension_requested'
     GROUP BY app_id, request_id

@@ -121,6 +121,14 @@ def test_enterprise_navigation_has_no_orders(page: Page, context: BrowserContext
     page.goto(f"{stack.url}/console/usage")
     nav = page.get_by_role("navigation", name="Billing")
     expect(nav.get_by_role("link")).to_have_text(["Usage", "Plan & usage"])
+    page.goto(f"{stack.url}/console/plans")
+    row = page.locator('#apps-table tbody tr[data-app-id="app-01-0"]')
+    row.hover()
+    row.get_by_role("button", name="Manage").click()
+    dialog = page.get_by_role("dialog", name="Manage app-01-0")
+    expect(dialog.get_by_role("button", name="Request extension")).to_be_visible()
+    expect(dialog.get_by_role("button", name="Add funds")).to_have_count(0)
+    expect(dialog.get_by_role("button", name="Change plan")).to_have_count(0)
     answer = page.goto(f"{stack.url}/console/orders")
     assert answer is not None
     assert answer.status == 403

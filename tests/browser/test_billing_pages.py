@@ -5,6 +5,7 @@
   invoices (newest first, paid, its invoice a PDF whose text holds the order id and the total),
   and the app's balance on Plan & usage rises by the amount once the balance processor applied it;
 - a lower plan chosen in Manage is scheduled: the row's information icon shows the downgrade notice;
+- an extension request made in Manage shows as a pending notice;
 - the row's … menu changes the owner, and the row shows the new owner;
 - screenshots of both pages (laptop and phone width) and of the Manage view.
 """
@@ -154,6 +155,25 @@ def test_a_lower_plan_is_scheduled_and_shown_as_a_notice(
     expect(notice).to_contain_text(f"Moves to the {lower[0]} plan on")
     expect(row.locator('[data-field="plan"]')).to_have_text(current["plan"])  # not yet: at the period's end
     shoot(page, "plans-notice", full_page=False)
+
+
+def test_an_extension_request_is_shown_as_a_notice(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    app = "app-00-2"  # on a plan with a term
+    open_plans(page, stack)
+    row = app_row(page, app)
+    row.hover()
+    row.get_by_role("button", name="Manage").click()
+    dialog = page.get_by_role("dialog", name=f"Manage {app}")
+    dialog.get_by_label("Days", exact=True).fill("21")
+    dialog.get_by_label("Reason", exact=True).fill("Waiting for the annual contract")
+    dialog.get_by_role("button", name="Request extension").click()
+    expect(dialog.locator("#extension-result")).to_contain_text("Extension of 21 days requested")
+    page.keyboard.press("Escape")
+    notice = row.locator('[data-notice="extension_pending"]')  # in the DOM once the processor applied it
+    expect(notice).to_contain_text("An extension of 21 days is waiting for approval", timeout=60_000)
+    row.get_by_role("button", name=re.compile("^Notices for")).focus()
+    expect(row.get_by_role("tooltip")).to_contain_text("Extension requested")
 
 
 def test_the_row_menu_changes_the_owner(admin_page: Page, stack: Stack) -> None:

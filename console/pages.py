@@ -11,6 +11,10 @@ the session first, so nobody but the account's own admins even gets the shell:
 
 ``/login`` is the sign-in form (it posts the platform token to ``POST /login``), and
 ``/login?once=CODE`` the one-time link ``metering run`` prints (:mod:`console.login_link`).
+
+The pages are on the open audience (``open_router``) because their refusals are pages, not the
+API's JSON: :func:`billing_viewer` applies the same permission check (``console.permissions``)
+and turns a refusal into the 403 page or the login redirect.
 """
 
 from __future__ import annotations

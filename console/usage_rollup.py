@@ -1,11 +1,11 @@
 """Usage per kind and period from the hourly rollup (migration 006): cached counts, exact by version.
 
 For a zone whose offset is a whole number of hours over the range, every period is a union of
-UTC hours. ``console_usage_hourly.sql`` sums, per kind and period, the cached count of every
-hour whose cache version still equals the rows inserted into it (nothing arrived since), and
-lists the other hours; those are computed here from their sets (``console_usage_hours.sql``) and
-their counts cached for the next request, unless the hour is recent (still filling: caching it
-would only add a row per request).
+UTC hours. ``console_usage_hourly.sql`` sums, per kind and period, the cached hourly counts of
+every app and UTC day whose cache version still equals the rows inserted into that day (nothing
+arrived since), and lists the other days; those are computed here from their sets
+(``console_usage_hours.sql``) and cached for the next request, unless the day is recent (still
+filling: caching it would only add a row per request).
 
 The answer is the same as from ``usage_15m`` (``console_usage.sql``) at every instant, which
 ``tests/unit/test_console_usage_rollup.py`` checks under replays, voids and late sessions.
@@ -13,19 +13,20 @@ The answer is the same as from ``usage_15m`` (``console_usage.sql``) at every in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from console.tenancy import AccountScope
-from console.usage_range import UsageRange
+from console.usage_range import UsageRange, first_of_period
 
 __all__ = ["SETTLED_AFTER", "hourly_rows", "whole_hour_zone"]
 
-#: Hours younger than this are computed from their sets every time, never cached.
+#: Days that ended less than this ago are computed from their sets every time, never cached.
 SETTLED_AFTER: Final = timedelta(hours=2)
 _STEP: Final = timedelta(hours=6)
+#: Beyond this many apps, the stale hours are read for all apps of the account (one filter less).
+_MAX_LISTED_APPS: Final = 1000
 
 
 def whole_hour_zone(rng: UsageRange, tz: ZoneInfo) -> bool:
@@ -54,36 +55,79 @@ def hourly_rows(scope: AccountScope, rng: UsageRange, apps: list[str]) -> list[t
         "period": rng.by,
     }
     out: list[tuple[Any, ...]] = []
-    stale: dict[tuple[str, datetime, str], str] = {}
-    for kind, key, sessions, stale_hours in scope.query("console_usage_hourly", **bounds):
-        if sessions:
+    stale: set[tuple[str, date]] = set()
+    for kind, key, sessions, stale_days in scope.query("console_usage_hourly", **bounds):
+        if kind == "":
+            stale = {(str(app_id), day) for app_id, day in stale_days}
+        elif sessions:
             out.append(("", str(kind), str(key), int(sessions)))
-        for app_id, hour in stale_hours:
-            stale[(str(app_id), _utc(hour), str(kind))] = str(key)
     if stale:
         out += _recompute(scope, rng, stale, datetime.now(UTC))
     return out
 
 
 def _recompute(
-    scope: AccountScope, rng: UsageRange, stale: dict[tuple[str, datetime, str], str], now: datetime
+    scope: AccountScope, rng: UsageRange, stale: set[tuple[str, date]], now: datetime
 ) -> list[tuple[Any, ...]]:
-    keys = sorted({(app, hour) for app, hour, _ in stale})
-    rows = scope.query("console_usage_hours", keys=keys, start=rng.start, end=rng.end)
+    """The stale days' counts from their sets, in one pass over their span; settled days cached."""
+    apps = sorted({app for app, _ in stale})
+    rows = scope.query(
+        "console_usage_hours",
+        apps=apps if len(apps) <= _MAX_LISTED_APPS else [],
+        first=min(day for _, day in stale),
+        last=max(day for _, day in stale),
+    )
+    tz = ZoneInfo(rng.timezone)
     out: list[tuple[Any, ...]] = []
-    settled: list[Sequence[Any]] = []
-    horizon = now - SETTLED_AFTER
-    for app_id, kind, hour_value, version, sessions in rows:
+    days: dict[tuple[str, date], _Day] = {}
+    for app_id, kind, hour_value, inserted, sessions in rows:
         hour = _utc(hour_value)
-        period = stale.get((str(app_id), hour, str(kind)))
-        if period is None:
-            continue  # a kind of this hour whose cache was current: already counted
-        out.append((str(app_id), str(kind), period, int(sessions)))
-        if hour + timedelta(hours=1) <= horizon:
-            settled.append([scope.account_id, str(app_id), hour, str(kind), int(version), int(sessions)])
+        key = (str(app_id), hour.date())
+        if key not in stale:
+            continue  # a day whose cache was current: already counted
+        day = days.get(key)
+        if day is None:
+            day = days[key] = _Day()
+        day.add(hour, str(kind), int(inserted), int(sessions))
+        if rng.start <= hour < rng.end and sessions:
+            out.append((key[0], str(kind), _period_key(rng, hour, tz), int(sessions)))
+    horizon = now - SETTLED_AFTER
+    settled = [
+        [scope.account_id, app_id, day_date, day.version, day.hours, day.kinds, day.sessions]
+        for (app_id, day_date), day in days.items()
+        if datetime.combine(day_date + timedelta(days=1), datetime.min.time(), UTC) <= horizon
+    ]
     if settled:
-        scope.insert("usage_1h_counts", ["account_id", "app_id", "hour", "kind", "version", "sessions"], settled)
+        scope.insert("usage_day_counts", _CACHE_COLUMNS, settled)
     return out
+
+
+_CACHE_COLUMNS: Final = ("account_id", "app_id", "day", "version", "hours", "kinds", "sessions")
+
+
+class _Day:
+    """One app's UTC day recomputed: its version and per hour and kind its count."""
+
+    __slots__ = ("hours", "kinds", "sessions", "version")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.hours: list[datetime] = []
+        self.kinds: list[str] = []
+        self.sessions: list[int] = []
+
+    def add(self, hour: datetime, kind: str, inserted: int, sessions: int) -> None:
+        self.version += inserted
+        self.hours.append(hour)
+        self.kinds.append(kind)
+        self.sessions.append(sessions)
+
+
+def _period_key(rng: UsageRange, hour: datetime, tz: ZoneInfo) -> str:
+    """The SQL's period key of an hour (console_usage.sql): its index for hours, else its period's first day."""
+    if rng.by == "hour":
+        return str(int((hour - rng.start).total_seconds()) // 3600)
+    return first_of_period(hour.astimezone(tz).date(), rng.by).isoformat()
 
 
 def _utc(value: datetime) -> datetime:

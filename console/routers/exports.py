@@ -12,11 +12,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
+import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Annotated, Final
 
+import anyio.to_thread
 from clickhouse_connect.driver.exceptions import Error as DriverError
 from fastapi import Depends, Query
 from fastapi.responses import StreamingResponse
@@ -28,6 +33,7 @@ from console.errors import ApiError, bad_parameter
 from console.tenancy import AccountScope, check_scoped
 from console.usage_range import check_zone, local_midnight, parse_day
 from consumers.clickhouse.errors import ClickHouseError
+from pipeline.logs import fields
 from pipeline.sessions_export import SESSION_COLUMNS
 
 router = billing_router(prefix="/api/v1", tags=["exports"])
@@ -36,7 +42,14 @@ CHUNK_BYTES: Final = 64 * 1024
 #: Exports running at once in this process; more get 429 (each holds a handle and a core).
 MAX_CONCURRENT_EXPORTS: Final = 2
 _running = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
+#: Long-lived reading threads, one per export that may run: a thread's allocator arena is reused
+#: by the next export instead of a new thread growing a new one.
+_PUMPS = ThreadPoolExecutor(MAX_CONCURRENT_EXPORTS, thread_name_prefix="sessions-export")
 _QUERY: Final = "console_sessions_export"
+_QUEUED: Final = 4
+_STALLED_SECONDS: Final = 300.0
+
+log = logging.getLogger(__name__)
 
 
 def _header() -> bytes:
@@ -91,7 +104,9 @@ def sessions_csv(
     )
 
 
-def _open(scope: AccountScope, context: ConsoleContext, app: str | None, start: object, end: object) -> Iterator[bytes]:
+def _open(
+    scope: AccountScope, context: ConsoleContext, app: str | None, start: object, end: object
+) -> AsyncIterator[bytes]:
     """Start the query on a handle of the export's own; the iterator streams it and closes both."""
     check_scoped(_QUERY)
     handles = contextlib.ExitStack()
@@ -116,14 +131,55 @@ def _open(scope: AccountScope, context: ConsoleContext, app: str | None, start: 
     return _chunks(raw, handles)
 
 
-def _chunks(raw: io.IOBase, handles: contextlib.ExitStack) -> Iterator[bytes]:
-    try:
-        yield _header()
-        while True:
-            chunk = raw.read(CHUNK_BYTES)
-            if not chunk:
+def _chunks(raw: io.IOBase, handles: contextlib.ExitStack) -> AsyncIterator[bytes]:
+    """The export's bytes, read from ClickHouse by one thread of its own (a pump) through a small queue.
+
+    Reading in the server's thread pool would touch the stream from a different thread at every
+    chunk, and every thread's allocator arena keeps what it once held: measured, 20-40 MiB more
+    per export than one reading thread. The pumps are long-lived threads (``_PUMPS``). The queue holds at most
+    ``_QUEUED`` chunks, so a slow client slows the query down instead of filling memory.
+    """
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUED)
+    stop = threading.Event()
+
+    def put(item: bytes | BaseException | None) -> bool:
+        """False when the client is gone (or has taken nothing for ``_STALLED_SECONDS``): stop."""
+        deadline = time.monotonic() + _STALLED_SECONDS
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                chunks.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            if not put(_header()):
                 return
-            yield chunk
-    finally:
-        handles.close()
-        _running.release()
+            while chunk := raw.read(CHUNK_BYTES):
+                if not put(chunk):
+                    return
+            put(None)
+        except BaseException as exc:  # the stream failed mid-way: the client sees a cut download
+            put(exc)
+        finally:
+            handles.close()
+            _running.release()
+
+    _PUMPS.submit(pump)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                item = await anyio.to_thread.run_sync(chunks.get)
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    log.warning("sessions export failed mid-way", extra=fields(error=str(item)))
+                    raise item
+                yield item
+        finally:
+            stop.set()  # the client went away or the export ended: the pump stops and closes the handle
+
+    return stream()

@@ -12,10 +12,11 @@
 --     in), so |sessions| - |voided| is exact whatever the order or repetition of inserts.
 --   * inserted (rows written, copies included) only ever grows with an insert that reaches the
 --     hour and never changes on a merge: it tells whether an hour changed, not how much.
---   * usage_1h_counts caches |sessions| - |voided| of an hour under version = inserted of both
---     tables when it was computed; a cached count is used only while the version still equals
---     them, so any later insert (a replay, a late session, a repair, a void) makes the hour be
---     computed from its sets again (console/usage_rollup.py).
+--   * usage_day_counts caches, per app and UTC day, |sessions| - |voided| of each hour and kind
+--     (as arrays: one row per app and day, so a month is read without grouping hours) under
+--     version = the day's inserted in both tables when it was computed; a cached day is used only
+--     while its version still equals them, so any later insert into it (a replay, a late session,
+--     a repair, a void) makes the day be computed from its sets again (console/usage_rollup.py).
 -- Every offset since 2000 is a multiple of 15 minutes; in the zones whose offset is a whole
 -- number of hours every local period is a sum of UTC hours. Other zones read usage_15m.
 
@@ -71,19 +72,20 @@ AS SELECT
 FROM {database:Identifier}.session_voids
 GROUP BY account_id, app_id, hour, kind;
 
-CREATE TABLE IF NOT EXISTS {database:Identifier}.usage_1h_counts
+CREATE TABLE IF NOT EXISTS {database:Identifier}.usage_day_counts
 (
     account_id String,
     app_id String,
-    hour DateTime('UTC'),
-    kind LowCardinality(String),
+    day Date,
     version UInt64,
-    sessions Int64,
+    hours Array(DateTime('UTC')),
+    kinds Array(LowCardinality(String)),
+    sessions Array(Int64),
     computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(hour)
-ORDER BY (account_id, app_id, hour, kind);
+PARTITION BY toYYYYMM(day)
+ORDER BY (account_id, app_id, day);
 
 -- What was stored before the views existed (sets: what both wrote counts once).
 INSERT INTO {database:Identifier}.usage_1h

@@ -7,8 +7,8 @@
 --
 -- Streamed: FINAL keeps one row per session (a replayed copy merges away) and reads in the
 -- sorting key's order, so ORDER BY app_id, billing_session_id needs no sort of its own, only a
--- merge of the sorted parts; one thread and small blocks keep memory flat and leave the other
--- core to the sink. A void takes a session out of the 15-minute bucket it names.
+-- merge of the sorted parts; one thread, small blocks and no parallel formatting (its buffers
+-- cost about 12 MiB) keep memory flat and leave the other core to the sink. A void takes a session out of the 15-minute bucket it names.
 SELECT
     app_id,
     channel,
@@ -42,4 +42,5 @@ WHERE account_id = {account:String}
             AND started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}
     )
 ORDER BY app_id, billing_session_id
-SETTINGS max_threads = 1, max_block_size = 8192, format_csv_null_representation = '', output_format_csv_crlf_end_of_line = 0
+SETTINGS max_threads = 1, max_block_size = 8192, output_format_parallel_formatting = 0,
+    format_csv_null_representation = '', output_format_csv_crlf_end_of_line = 0

@@ -1,11 +1,46 @@
 -- The console's usage series from the hourly rollup (migration 006), for zones whose offsets are
--- whole hours over the range: per kind and period, the sum of the cached exact counts of the
--- hours whose cache is current, and the hours (app, hour) whose cache is missing or stale, which
--- console/usage_rollup.py then computes from their sets.
+-- whole hours over the range. Per kind and period: the sum of the cached counts of the hours in
+-- [start, end) of every app and UTC day whose cache version still equals the rows inserted into
+-- that day (nothing arrived since). One more row (kind '') lists the (app, day) pairs whose cache
+-- is missing or stale, which console/usage_rollup.py computes from their sets.
 --
 -- Parameters: database Identifier; account String; apps Array(String) (empty: all of the
 -- account's); start, end DateTime (UTC hours, [start, end)); tz String; period String
 -- (hour | day | week | month): period keys as in console_usage.sql.
+WITH
+    toDate({start:DateTime('UTC')}, 'UTC') AS first_day,
+    toDate({end:DateTime('UTC')} - 1, 'UTC') AS last_day,
+    versions AS
+    (
+        SELECT app_id, toDate(hour, 'UTC') AS day, toUInt64(sum(inserted)) AS version
+        FROM
+        (
+            SELECT app_id, hour, inserted FROM {database:Identifier}.usage_1h
+            WHERE account_id = {account:String}
+                AND hour >= toDateTime(first_day, 'UTC') AND hour < toDateTime(last_day + 1, 'UTC')
+                AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
+            UNION ALL
+            SELECT app_id, hour, inserted FROM {database:Identifier}.voids_1h
+            WHERE account_id = {account:String}
+                AND hour >= toDateTime(first_day, 'UTC') AND hour < toDateTime(last_day + 1, 'UTC')
+                AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
+        )
+        GROUP BY app_id, day
+    ),
+    cached AS
+    (
+        SELECT app_id, day, max(version) AS cached_version, argMax((hours, kinds, sessions), version) AS payload
+        FROM {database:Identifier}.usage_day_counts
+        WHERE account_id = {account:String} AND day >= first_day AND day <= last_day
+            AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
+        GROUP BY app_id, day
+    ),
+    joined AS
+    (
+        SELECT v.app_id AS app_id, v.day AS day, c.cached_version = v.version AS fresh, c.payload AS payload
+        FROM versions AS v LEFT JOIN cached AS c ON v.app_id = c.app_id AND v.day = c.day
+        SETTINGS join_use_nulls = 0
+    )
 SELECT
     kind,
     multiIf(
@@ -14,37 +49,15 @@ SELECT
         {period:String} = 'month', toString(toStartOfMonth(toDate(hour, {tz:String}))),
         toString(toDate(hour, {tz:String}))
     ) AS period_key,
-    sumIf(cached, version = inserted) AS sessions,
-    groupArrayIf((app_id, hour), version != inserted) AS stale
+    sum(n) AS sessions,
+    [] AS stale
 FROM
 (
-    SELECT
-        app_id,
-        kind,
-        hour,
-        sumIf(n, part = 0) + sumIf(n, part = 1) AS inserted,
-        argMaxIf(cached, n, part = 2) AS cached,
-        maxIf(n, part = 2) AS version
-    FROM
-    (
-        SELECT app_id, kind, hour, 0 AS part, toUInt64(sum(inserted)) AS n, toInt64(0) AS cached
-        FROM {database:Identifier}.usage_1h
-        WHERE account_id = {account:String} AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
-            AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
-        GROUP BY app_id, kind, hour
-        UNION ALL
-        SELECT app_id, kind, hour, 1, toUInt64(sum(inserted)), toInt64(0)
-        FROM {database:Identifier}.voids_1h
-        WHERE account_id = {account:String} AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
-            AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
-        GROUP BY app_id, kind, hour
-        UNION ALL
-        SELECT app_id, kind, hour, 2, version, sessions
-        FROM {database:Identifier}.usage_1h_counts
-        WHERE account_id = {account:String} AND hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
-            AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
-    )
-    GROUP BY app_id, kind, hour
-    HAVING inserted > 0
+    SELECT tupleElement(payload, 1) AS hours, tupleElement(payload, 2) AS kinds, tupleElement(payload, 3) AS counts
+    FROM joined WHERE fresh
 )
+ARRAY JOIN hours AS hour, kinds AS kind, counts AS n
+WHERE hour >= {start:DateTime('UTC')} AND hour < {end:DateTime('UTC')}
 GROUP BY kind, period_key
+UNION ALL
+SELECT '', '', 0, groupArray((app_id, day)) FROM joined WHERE NOT fresh

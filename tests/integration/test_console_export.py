@@ -30,6 +30,7 @@ from pipeline.events import BillingSessionRecord
 from pipeline.kafka import producer_config
 from pipeline.settings import Settings, Topics
 from tests.faults.harness import StoreProcess
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -137,16 +138,16 @@ def test_a_million_session_export_keeps_memory_flat_while_the_sink_inserts(
         warm_rows = sum(chunk.count(b"\n") for chunk in warm.iter_bytes(65536))
     assert warm_rows - 1 == SESSIONS
     print(f"first export: store RSS {first_before / MIB:.0f} -> {rss_bytes(pid) / MIB:.0f} MiB")
-    time.sleep(1.0)
-    baseline = rss_bytes(pid)
 
     stop = threading.Event()
-    peak = [baseline]
+    measuring = threading.Event()
+    peak = [0]
     seen: list[tuple[float, int]] = []
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes(pid))
+            if measuring.is_set():
+                peak[0] = max(peak[0], rss_bytes(pid))
             time.sleep(0.05)
 
     def feed() -> None:
@@ -166,11 +167,20 @@ def test_a_million_session_export_keeps_memory_flat_while_the_sink_inserts(
                 answer = http.get("/api/v1/usage", params=usage, headers=_b(live))
                 if answer.status_code == 200:
                     seen.append((time.monotonic(), int(answer.json()["totals"]["billing_sessions"])))
-                time.sleep(0.5)
+                time.sleep(1.0)
 
     threads = [threading.Thread(target=f, daemon=True) for f in (sample, feed, watch)]
     for thread in threads:
         thread.start()
+    # the sink and the usage reads at work before the baseline: what grows then is the export's
+    wait_until(lambda: bool(seen) and seen[-1][1] > 0, 120, "the sink to insert the live sessions")
+    time.sleep(10)
+    control = rss_bytes(pid)
+    time.sleep(10)
+    baseline = rss_bytes(pid)
+    print(f"10 s of sink inserts and usage reads, no export: store RSS {(baseline - control) / MIB:+.1f} MiB")
+    peak[0] = baseline
+    measuring.set()
     rows = 0
     try:
         with (

@@ -75,7 +75,7 @@ def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Cl
         "usage_1h_mv": "MaterializedView",
         "voids_1h": "AggregatingMergeTree",
         "voids_1h_mv": "MaterializedView",
-        "usage_1h_counts": "ReplacingMergeTree",
+        "usage_day_counts": "ReplacingMergeTree",
         "schema_migrations": "MergeTree",
     }
     assert tracked(chdb_client, fresh_database) == [(m.version, m.name, m.checksum) for m in load_migrations()]

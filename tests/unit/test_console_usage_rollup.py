@@ -71,7 +71,7 @@ def check(scope: AccountScope, what: str) -> None:
 
 
 def cached_rows(client: Client, database: str) -> int:
-    return int(client.command("SELECT count() FROM {db:Identifier}.usage_1h_counts", parameters={"db": database}))
+    return int(client.command("SELECT count() FROM {db:Identifier}.usage_day_counts", parameters={"db": database}))
 
 
 def a_session(client: Client, database: str) -> tuple[Any, ...]:

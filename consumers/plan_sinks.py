@@ -29,41 +29,18 @@ from consumers.clickhouse.plans import PlanStore, record_key
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import Backoff, ClickHouseSink, ConsumerFactory
 from pipeline.decode import decode_input
-from pipeline.events import (
-    AccountChanged,
-    AgentsSubscribed,
-    AgentTransfer,
-    BalanceSnapshot,
-    ExtensionDeclined,
-    ExtensionGranted,
-    ExtensionRequested,
-    FundsAdded,
-    FundsRefunded,
-    OwnerChanged,
-    PlanChanged,
-    Rejection,
-)
+from pipeline.events import AccountChanged, AgentTransfer, BalanceSnapshot, PlanEvent, Rejection
 from pipeline.orders.events import InvoiceIssued, OrderState, decode_order_message
 from pipeline.settings import Settings
 
 __all__ = ["FEEDS", "Feed", "PlanSink", "plan_sinks"]
 
 _SNAPSHOT: Final = msgspec.json.Decoder(BalanceSnapshot)
-_PLAN_TYPES: Final = (
-    PlanChanged,
-    FundsAdded,
-    AgentsSubscribed,
-    FundsRefunded,
-    ExtensionRequested,
-    ExtensionGranted,
-    ExtensionDeclined,
-    OwnerChanged,
-)
 
 
 def _plan_event(value: bytes | None) -> Any:
     event = _event(value)
-    return event if isinstance(event, _PLAN_TYPES) else None
+    return event if isinstance(event, PlanEvent) else None
 
 
 def _started_transfer(value: bytes | None) -> Any:

@@ -28,7 +28,8 @@ from typing import IO, Final
 from zoneinfo import ZoneInfo
 
 from pipeline.agent_book import AGENT_COLUMNS, AgentBook
-from pipeline.decode import decode_input, to_ms
+from pipeline.balance.plans import TimeoutSchedule
+from pipeline.decode import decode_input
 from pipeline.events import (
     AgentsSubscribed,
     AgentTransfer,
@@ -50,7 +51,7 @@ from pipeline.rules.attribution import (
     period_order,
     zone,
 )
-from pipeline.rules.config import MINUTE, RulesConfig
+from pipeline.rules.config import RulesConfig
 from pipeline.rules.meter import LATE, Meter, MeterStats, Outcome
 from pipeline.rules.model import BillingSession
 
@@ -110,6 +111,8 @@ class ComputeResult:
     unfinished: list[BillingSession] = field(default_factory=list)
     #: With ``within``: every (account, app) that has a billing session in the file, on any day.
     apps: set[tuple[str, str]] = field(default_factory=set)
+    #: The plans' idle timeouts, as the stream's plan feed applies them (replaced plans included).
+    timeouts: TimeoutSchedule = field(default_factory=TimeoutSchedule)
 
     def report(self, *, zero_fill: bool = False) -> tuple[tuple[str, ...], Sequence[Sequence[Cell]]]:
         """The columns and rows `metering compute` prints: interfaces.md's eight, then R11's agents.
@@ -308,9 +311,8 @@ def _apply(meter: Meter, t: int, event: InputEvent, result: ComputeResult) -> Ou
     # billing-plans and billing-accounts events: only plans (idle timeouts) and seats matter here
     result.plan_events += 1
     if isinstance(event, PlanChanged):
-        timeout = event.idle_timeout_minutes
-        effective = t if event.effective_at is None else to_ms(event.effective_at)
-        meter.plan_changed(event.app_id, effective, None if timeout is None else timeout * MINUTE, event.event_id)
+        for app_id, at_ms, timeout_ms, event_id in result.timeouts.add(event):
+            meter.plan_changed(app_id, at_ms, timeout_ms, event_id)
     elif isinstance(event, AgentsSubscribed) and result.agents is not None:
         result.agents.subscribed(t, event)
     return Outcome.APPLIED

@@ -39,6 +39,7 @@ from pipeline.events import (
     FundsRefunded,
     OwnerChanged,
     PlanChanged,
+    PlanEvent,
 )
 from pipeline.orders.events import InvoiceIssued, OrderState
 from pipeline.rules.attribution import UsageRow
@@ -57,21 +58,7 @@ __all__ = [
 
 #: What the plan sinks store: billing-plans events, started transfers, balance snapshots, the
 #: accounts' billing types and the order processor's orders and invoices.
-PlanRecord = (
-    PlanChanged
-    | FundsAdded
-    | AgentsSubscribed
-    | FundsRefunded
-    | ExtensionRequested
-    | ExtensionGranted
-    | ExtensionDeclined
-    | OwnerChanged
-    | AgentTransfer
-    | BalanceSnapshot
-    | AccountChanged
-    | OrderState
-    | InvoiceIssued
-)
+PlanRecord = PlanEvent | AgentTransfer | BalanceSnapshot | AccountChanged | OrderState | InvoiceIssued
 
 _EVENT: Final = ("account_id", "app_id", "event_id", "occurred_at")
 _PRICES: Final = ("price_per_usage_session", "price_per_alert_session", "price_per_voice_session")

@@ -30,7 +30,7 @@ from msgspec import Struct, field
 from pipeline.balance.periods import add_months
 from pipeline.decode import to_ms
 from pipeline.events import PlanChanged, parse_decimal
-from pipeline.rules.config import DAY
+from pipeline.rules.config import DAY, MINUTE
 from pipeline.rules.model import Kind
 
 DEFAULT_LOW_BALANCE_THRESHOLD: Final = Decimal("50.00")
@@ -204,3 +204,49 @@ def _key(plan: Plan) -> tuple[int, str]:
 
 def _effective(plan: Plan) -> int:
     return plan.effective_ms
+
+
+#: (app_id, instant ms, idle timeout ms or None, event_id): one change of the rules engine's timeouts.
+TimeoutChange = tuple[str, int, int | None, str]
+#: Appended to a plan's ``event_id`` for the timeout in force at its instant: it sorts after the
+#: plan's own id, so it wins the rules engine's tie at that instant (``TimeoutTimeline``).
+_IN_FORCE: Final = "\x7f"
+
+
+class TimeoutSchedule:
+    """The plans' idle timeouts (R2) as the rules engine needs them, replaced plans included.
+
+    The rules engine keeps a timeline of timeouts by instant. A plan scheduled for later and then
+    replaced must not set the timeout from its instant on; so for every plan instant of the app
+    this says which timeout is in force there (the plan the timeline puts in force), and only
+    when that changes. The stream's plan feed and `metering compute` both use it.
+    """
+
+    __slots__ = ("_emitted", "book")
+
+    def __init__(self) -> None:
+        self.book = PlanBook()
+        self._emitted: dict[tuple[str, int], int | None] = {}
+
+    def add(self, event: PlanChanged) -> list[TimeoutChange]:
+        """The changes the rules engine must apply after ``event`` (none for a copy)."""
+        if not self.book.apply(event):
+            return []
+        app = event.app_id
+        timeline = self.book.timelines[app]
+        out: list[TimeoutChange] = []
+        for plan in timeline.plans:
+            in_force = timeline.at(plan.effective_ms)
+            minutes = None if in_force is None else in_force.idle_timeout_minutes
+            key = (app, plan.effective_ms)
+            if key in self._emitted and self._emitted[key] == minutes:
+                continue
+            self._emitted[key] = minutes
+            timeout = None if minutes is None else minutes * MINUTE
+            out.append((app, plan.effective_ms, timeout, _instant_id(timeline, plan.effective_ms)))
+        return out
+
+
+def _instant_id(timeline: PlanTimeline, instant: int) -> str:
+    """The greatest ``event_id`` of the plans taking effect at ``instant``, marked as the one in force."""
+    return max(p.event_id for p in timeline.plans if p.effective_ms == instant) + _IN_FORCE

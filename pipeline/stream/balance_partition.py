@@ -110,6 +110,28 @@ class Outputs:
         table[key] = table.get(key, 0) + n
 
 
+def reject(
+    message: Input,
+    rejection: Rejection,
+    now_ms: int,
+    dead: list[DeadLetter],
+    invalid: dict[tuple[str, str], int],
+) -> None:
+    """A consumed message that is not valid: its dead letter, counted by topic and reason code."""
+    dead.append(
+        dead_letter(
+            message.value or b"",
+            rejection,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            received_at=ms_to_datetime(now_ms),
+        )
+    )
+    key = (message.topic, rejection.code)
+    invalid[key] = invalid.get(key, 0) + 1
+
+
 def head_key(app_id: str) -> bytes:
     return f"h{SEP}{app_id}".encode()
 
@@ -282,18 +304,7 @@ class BalancePartition:
         )
 
     def _dead(self, message: Input, rejection: Rejection, now_ms: int, out: Outputs) -> None:
-        out.dead.append(
-            dead_letter(
-                message.value or b"",
-                rejection,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                received_at=ms_to_datetime(now_ms),
-            )
-        )
-        key = (message.topic, rejection.code)
-        out.invalid[key] = out.invalid.get(key, 0) + 1
+        reject(message, rejection, now_ms, out.dead, out.invalid)
 
     def _apply_session(self, message: Input, now_ms: int, out: Outputs) -> None:
         decoded = decode_session(message.value)

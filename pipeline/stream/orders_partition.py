@@ -16,13 +16,12 @@ from typing import Final
 import msgspec
 
 from pipeline.decode import decode_input
-from pipeline.events import AccountChanged, DeadLetter, FundsAdded, FundsRefunded, Rejection, ms_to_datetime
+from pipeline.events import AccountChanged, DeadLetter, FundsAdded, FundsRefunded, Rejection
 from pipeline.kafka import partition_of
 from pipeline.orders.book import AccountOrders, Step, change_account, create_order, update_payment
 from pipeline.orders.events import InvoiceIssued, OrderCreated, OrderState, decode_order_message
 from pipeline.orders.providers import PaymentProvider
-from pipeline.records import dead_letter
-from pipeline.stream.balance_partition import Input
+from pipeline.stream.balance_partition import Input, reject
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(AccountOrders)
@@ -155,18 +154,7 @@ class OrderPartition:
         out.money += step.money
 
     def _dead(self, message: Input, rejection: Rejection, now_ms: int, out: OrderOutputs) -> None:
-        out.dead.append(
-            dead_letter(
-                message.value or b"",
-                rejection,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                received_at=ms_to_datetime(now_ms),
-            )
-        )
-        key = (message.topic, rejection.code)
-        out.invalid[key] = out.invalid.get(key, 0) + 1
+        reject(message, rejection, now_ms, out.dead, out.invalid)
 
 
 def _wrong_topic(kind: object, topic: str) -> Rejection:

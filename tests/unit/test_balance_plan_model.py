@@ -28,6 +28,7 @@ from pipeline.balance.ledger import (
 from pipeline.balance.money import decimals_of, minor_units
 from pipeline.balance.notices import AppView, app_status, notices
 from pipeline.balance.periods import add_months, next_period_start, period_start, plan_change
+from pipeline.balance.plans import TimeoutSchedule
 from pipeline.decode import decode_event, to_ms
 from pipeline.events import (
     ExtensionDeclined,
@@ -39,7 +40,7 @@ from pipeline.events import (
     Rejection,
     ms_to_datetime,
 )
-from pipeline.rules.config import DAY, HOUR
+from pipeline.rules.config import DAY, HOUR, MINUTE, IdleTimeouts, RulesConfig
 from tests.balance_support import ACCOUNT, APP, funds, plan, session
 
 
@@ -397,3 +398,39 @@ def test_currencies_have_their_own_decimals() -> None:
     assert decimals_of(Decimal("10.50")) == 1
     assert decimals_of(Decimal("10.125")) == 3
     assert decimals_of(Decimal("100")) == 0
+
+
+# -- idle timeouts of replaced plans (the rules engine's view) --------------------------------------------------
+
+
+def test_a_replaced_plan_never_sets_the_idle_timeout() -> None:
+    """The stream's plan feed and `metering compute` give the rules engine the timeout in force at each
+    plan's instant: a scheduled downgrade to a 5-minute plan, then replaced by keeping the 30-minute
+    plan, leaves 30 minutes in December."""
+    schedule = TimeoutSchedule()
+    timeouts = IdleTimeouts(RulesConfig())
+    events = [
+        plan(ms("2026-11-01T00:00:00"), event_id="business", name="business"),
+        scheduled(NOW, NEXT, event_id="starter", name="starter"),
+        plan(NOW + HOUR, event_id="business-again", name="business"),
+    ]
+    events = [
+        PlanChanged(**{**_fields(e), "idle_timeout_minutes": 30 if e.plan == "business" else 5}) for e in events
+    ]
+    for event in events:
+        for change in schedule.add(event):
+            timeouts.plan_changed(*change)
+    assert timeouts.at(APP, NOW) == 30 * MINUTE
+    assert timeouts.at(APP, NEXT + DAY) == 30 * MINUTE, "the replaced downgrade sets nothing"
+    assert schedule.add(events[1]) == [], "a copy changes nothing"
+    fresh, replayed = TimeoutSchedule(), IdleTimeouts(RulesConfig())
+    for event in reversed(events):
+        for change in fresh.add(event):
+            replayed.plan_changed(*change)
+    assert replayed.at(APP, NEXT + DAY) == 30 * MINUTE, "whatever the order"
+    only_downgrade, engine = TimeoutSchedule(), IdleTimeouts(RulesConfig())
+    for event in events[:2]:
+        for change in only_downgrade.add(event):
+            engine.plan_changed(*change)
+    assert engine.at(APP, NEXT + DAY) == 5 * MINUTE, "a downgrade that stands sets its timeout at its instant"
+    assert engine.at(APP, NEXT - 1) == 30 * MINUTE

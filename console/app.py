@@ -22,6 +22,7 @@ from console.context import ConsoleContext
 from console.deps import Audience, audience_of, reject_unknown_parameters
 from console.errors import install_handlers
 from console.limits import BodyLimit
+from console.pages import install_pages
 from console.routers import exports, health, operators, orders, plan_operators, plans, session, usage
 from consumers.clickhouse.client import connect
 from pipeline.settings import Settings
@@ -56,6 +57,7 @@ def create_app(context: ConsoleContext, routers: Sequence[APIRouter] | None = No
     app.state.console = context
     for router in ROUTERS if routers is None else routers:
         app.include_router(router)
+    install_pages(app)
     install_handlers(app)
     app.add_middleware(BodyLimit)
     check_audiences(app)
@@ -118,5 +120,6 @@ def store_context(settings: Settings, client: Client, database: str, operator_to
         authenticator=Authenticator(console, secret),
         operator_token=operator_token,
         open_handle=lambda: connect(url, database),
-        extras=billing_extras(settings, client, database),
+        # data_dir: where the one-time login link waits (console.login_link)
+        extras={**billing_extras(settings, client, database), "data_dir": settings.data_dir},
     )

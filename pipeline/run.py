@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_SECONDS: Final = 60.0
 WORKER_RESTART_DELAY: Final = 5.0
 LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+#: The account whose admin the one-time console link signs in (the demo traffic's first account).
+DEMO_ACCOUNT: Final = "acct-00"
 
 
 @dataclass
@@ -340,11 +342,23 @@ def _status_line(d: dict[str, float]) -> str:
     )
 
 
+def _console_login(settings: Settings, store: StoreEndpoints) -> str:
+    """The console's one-time login link for the admin of the demo's first account, or how to get a token."""
+    from console import login_link  # noqa: PLC0415 - the console loads only where it is used
+
+    account = DEMO_ACCOUNT
+    code = login_link.create(settings.console, settings.data_dir, account_id=account, user="demo-admin")
+    if code is None:
+        return f"{store.api}/login   (sign in with a token from your identity provider)"
+    return f"{store.api}/login?once={code}   (one-time login link: {account}'s admin)"
+
+
 def _announce(
     console: Console, settings: Settings, store: StoreEndpoints, workers: list[_Worker], *, demo: bool
 ) -> None:
     console.print("[bold]metering is running[/]" + (" with demo traffic" if demo else ""))
-    console.print(f"  console        {store.api}/api/v1/usage   (a token: metering token --account ACCOUNT)")
+    console.print(f"  console        {_console_login(settings, store)}")
+    console.print(f"  console API    {store.api}/api/v1/usage   (a token: metering token --account ACCOUNT)")
     console.print(f"  metrics        {store.metrics}  (sink, API)")
     for w in workers:
         if w.name == "entitlement":

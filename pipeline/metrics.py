@@ -147,6 +147,12 @@ ALERTS_NOTIFIED: Final = Counter(
     "metering_balance_alerts_notified_total", "Balance alerts logged (and delivered, when a webhook is set)."
 )
 ENTITLEMENT_APPS: Final = Gauge("metering_entitlement_apps", "Apps in the entitlement read model (from balance-state).")
+ENTITLEMENT_ANSWERS: Final = Counter(
+    "metering_entitlement_answers_total",
+    "Entitlement requests answered, by answer: entitled, not_entitled, unknown (app never seen: 404), "
+    "loading (503 until the read model is read).",
+    ["answer"],
+)
 
 # -- shared --------------------------------------------------------------------------------
 

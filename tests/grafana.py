@@ -148,8 +148,10 @@ class Grafana:
     def _format(values: Sequence[str], fmt: str | None, *, multi: bool) -> str:
         if fmt == "singlequote":
             return ",".join(_singlequote(v) for v in values)
-        if fmt is None or fmt == "raw":  # the plugin's `format`: arrays quoted and joined, a value as it is
-            return "'" + "','".join(values) + "'" if multi and fmt is None else ",".join(values)
+        if fmt is None:  # the plugin's `format`: an array quoted and joined (no escaping), a value as it is
+            return "'" + "','".join(values) + "'" if multi else values[0]
+        if fmt == "raw":
+            return ",".join(values)
         raise AssertionError(f"variable format {fmt!r} is not emulated: add it to tests/grafana.py first")
 
     def interpolate(self, text: str, scoped: Mapping[str, Option] | None = None) -> str:

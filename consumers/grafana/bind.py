@@ -125,7 +125,6 @@ def _indent(text: str) -> str:
     return "\n".join(("    " + line) if line else line for line in text.rstrip("\n").split("\n"))
 
 
-
 def app_filter(column: str = "app_id") -> str:
     """The app variable as a condition, for a panel's wrapper around a query without an apps parameter."""
     return f"(empty({ALL_APPS}) OR {column} IN {ALL_APPS})"

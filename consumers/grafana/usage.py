@@ -98,10 +98,12 @@ def _usage() -> list[Panel]:
         lambda q: f"SELECT *\nFROM\n{q}\nWHERE {app_filter()}\n    AND {account_filter()}\nLIMIT 10"
     )
     channels = bind("sessions_by_channel").text(
-        lambda q: "SELECT\n    channel,\n    sumIf(sessions, kind = 'usage') AS usage_sessions,\n"
-        "    sumIf(sessions, kind = 'voice') AS voice_sessions,\n"
-        "    sumIf(sessions, kind = 'alert') AS alert_sessions\n"
-        f"FROM\n{q}\nGROUP BY channel\nORDER BY usage_sessions + voice_sessions + alert_sessions DESC, channel"
+        lambda q: (
+            "SELECT\n    channel,\n    sumIf(sessions, kind = 'usage') AS usage_sessions,\n"
+            "    sumIf(sessions, kind = 'voice') AS voice_sessions,\n"
+            "    sumIf(sessions, kind = 'alert') AS alert_sessions\n"
+            f"FROM\n{q}\nGROUP BY channel\nORDER BY usage_sessions + voice_sessions + alert_sessions DESC, channel"
+        )
     )
     return [
         _usage_table("Usage per app",

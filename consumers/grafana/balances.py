@@ -46,7 +46,7 @@ def _clickhouse() -> list[Panel]:
               "`metering plans` shows it). `entitled` is what the entitlement endpoint answers for the app.",
               [clickhouse(latest, table=True)], w=18, h=10, overrides=[_status_colours("status")]),
         stat("Apps by status", "Apps of the selection per balance status (active, low, depleted).",
-             [clickhouse(by_status, table=True)], w=6, h=10),
+             [clickhouse(by_status, table=True)], w=6, h=10, rows=True),
         table("Cost per app",
               "R12 cost of the billing sessions that started on the local days (in ${tz}) the time range "
               "touches, each priced by the plan in force at its start; voided sessions are not billed, "

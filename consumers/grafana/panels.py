@@ -110,11 +110,14 @@ def table(
     return panel
 
 
-def stat(title: str, description: str, targets: Sequence[dict[str, Any]], *, w: int = 6, h: int = 8) -> Panel:
+def stat(
+    title: str, description: str, targets: Sequence[dict[str, Any]], *, w: int = 6, h: int = 8, rows: bool = False
+) -> Panel:
+    """The last value of each series; with ``rows``, one value per row of a table (named by its text)."""
     panel = _panel("stat", title, description, targets, w=w, h=h)
     panel["fieldConfig"] = {"defaults": {"unit": "short"}, "overrides": []}
     panel["options"] = {
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": rows},
         "colorMode": "value",
         "graphMode": "none",
         "textMode": "value_and_name",

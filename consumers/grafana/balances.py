@@ -120,14 +120,7 @@ def balances_dashboard() -> dict[str, Any]:
         "Metering balances",
         "Prepaid balances (R12): balance and status per app, cost, balance alerts, entitlement answers, "
         "webhook deliveries. Per-app tables from ClickHouse (as `metering plans`), the rest from Prometheus.",
-        [
-            variables.clickhouse_source(),
-            variables.prometheus_source(),
-            variables.database(),
-            variables.account(_ID_TABLES),
-            variables.app(_ID_TABLES),
-            variables.tz(),
-        ],
+        variables.common(_ID_TABLES),
         [
             row("Balances per app (ClickHouse)", _clickhouse()),
             row("Balance alerts and cost (Prometheus: metering balance)", _alerts()),
@@ -135,5 +128,4 @@ def balances_dashboard() -> dict[str, Any]:
             row("Webhook deliveries (Prometheus: metering notify)", _webhooks()),
         ],
         time_from="now-7d",
-        links=[{"type": "dashboards", "tags": ["metering"], "title": "Metering dashboards", "asDropdown": True}],
     )

@@ -184,8 +184,8 @@ def dashboard(
     rows: Sequence[Panel],
     *,
     time_from: str = "now-24h",
-    links: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
+    """A dashboard tagged ``metering``, linking to the others of the tag."""
     return {
         "uid": uid,
         "title": title,
@@ -201,6 +201,6 @@ def dashboard(
         "timepicker": {},
         "templating": {"list": list(variables)},
         "annotations": {"list": []},
-        "links": list(links),
+        "links": [{"type": "dashboards", "tags": ["metering"], "title": "Metering dashboards", "asDropdown": True}],
         "panels": _layout(rows),
     }

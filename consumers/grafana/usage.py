@@ -152,20 +152,11 @@ def usage_dashboard() -> dict[str, Any]:
         "Metering",
         "Events in, billing sessions out: the stream workers, the ClickHouse sink and per-app usage. "
         "The usage panels run the product's SQL (sql/queries), the figures of `metering usage`.",
-        [
-            variables.clickhouse_source(),
-            variables.prometheus_source(),
-            variables.database(),
-            variables.account(_ID_TABLES),
-            variables.app(_ID_TABLES),
-            variables.tz(),
-            variables.by(),
-        ],
+        [*variables.common(_ID_TABLES), variables.by()],
         [
             row("Stream workers", _stream()),
             row("ClickHouse sink", _sink()),
             row("Usage (ClickHouse: usage_15m minus voids_15m)", _usage()),
             row("App ${app:text}", _drill_down(), collapsed=True, repeat="app"),
         ],
-        links=[{"type": "dashboards", "tags": ["metering"], "title": "Metering dashboards", "asDropdown": True}],
     )

@@ -22,7 +22,18 @@ from typing import Any, Final
 from consumers.grafana.bind import ALL_VALUE, account_filter
 from consumers.grafana.panels import CLICKHOUSE
 
-__all__ = ["DATABASE", "ZONE_NAME", "account", "app", "by", "clickhouse_source", "database", "prometheus_source", "tz"]
+__all__ = [
+    "DATABASE",
+    "ZONE_NAME",
+    "account",
+    "app",
+    "by",
+    "clickhouse_source",
+    "common",
+    "database",
+    "prometheus_source",
+    "tz",
+]
 
 #: The database the dashboards read when nobody changes the hidden constant (the product's default).
 DATABASE: Final = "metering"
@@ -122,6 +133,11 @@ def tz() -> dict[str, Any]:
                       current={"selected": True, "text": "UTC", "value": "UTC"})  # fmt: skip
     variable["description"] = "The zone of the local days usage is reported in (`metering usage --timezone`)."
     return variable
+
+
+def common(id_tables: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The variables of every dashboard; ``id_tables`` list the accounts and apps to pick from."""
+    return [clickhouse_source(), prometheus_source(), database(), account(id_tables), app(id_tables), tz()]
 
 
 def by() -> dict[str, Any]:

@@ -95,7 +95,10 @@ def _usage() -> list[Panel]:
         lambda q: f"SELECT time, sum(conversations) AS conversations\nFROM\n{q}\nGROUP BY time\nORDER BY time"
     )
     top = bind("top_apps", limit="4294967295").text(
-        lambda q: f"SELECT *\nFROM\n{q}\nWHERE {app_filter()}\n    AND {account_filter()}\nLIMIT 10"
+        lambda q: (
+            f"SELECT *\nFROM\n{q}\nWHERE {app_filter()}\n    AND {account_filter()}\n"
+            "ORDER BY billing_sessions DESC, voice_sessions DESC, account_id, app_id\nLIMIT 10"
+        )
     )
     channels = bind("sessions_by_channel").text(
         lambda q: (

@@ -399,6 +399,25 @@ def _active_agents(env: dict[str, str], app: str) -> list[tuple[str, int]]:
     return sorted((r["day"], r["active_agents"]) for r in rows if r["app_id"] == app and r["active_agents"])
 
 
+def test_top_apps_and_channels_are_their_named_queries(
+    chdb_client: Client, repaired: tuple[str, dict[str, Any]]
+) -> None:
+    database, _ = repaired
+    tz = "Asia/Kolkata"
+    g = grafana(chdb_client, METERING, database, *local_days(FIRST, LAST, tz)).select("tz", tz)
+    days = {"tz": tz, "from": FIRST, "to": LAST}
+    top = named_query(chdb_client, database, "top_apps", limit=10, **days)
+    assert len(top) == 10
+    assert g.query(sql_of(g.dashboard, "Top apps by billing sessions")) == top
+    channels: dict[str, list[int]] = {}
+    for _, _, _, channel, kind, n in named_query(chdb_client, database, "sessions_by_channel", apps=[], account=None,
+                                                 **days):  # fmt: skip
+        channels.setdefault(channel, [0, 0, 0])[("usage", "voice", "alert").index(kind)] += n
+    shown = g.query(sql_of(g.dashboard, "Sessions by channel"))
+    assert {c: list(n) for c, *n in shown} == channels
+    assert "" in channels, "alerts have no channel"
+
+
 # -- every query runs --------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup native run test unit lint kafka-jars prometheus-tools browser-tools bench clean
+.PHONY: setup native run test unit lint kafka-jars prometheus-tools browser-tools bench clean dashboards
 
 setup: $(STAMP) native kafka-jars ## virtualenv with the `metering` CLI, compiled rules engine, Kafka jars
 
@@ -48,6 +48,10 @@ unit: $(STAMP) native prometheus-tools
 
 test: setup lint prometheus-tools browser-tools ## everything: lint, types, alert rules, unit, integration
 	$(BIN)/pytest -q
+
+# deploy/grafana/dashboards from sql/queries (consumers/grafana); a test fails while they differ.
+dashboards: $(STAMP) ## the Grafana dashboards, after a change to sql/queries or consumers/grafana
+	$(BIN)/python -m consumers.grafana deploy/grafana/dashboards
 
 bench: setup
 	$(BIN)/python bench/compute_bench.py

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from pipeline import metrics
 from pipeline.decode import to_ms
@@ -53,6 +53,11 @@ _LOADING: Final = _json.encode(
 
 
 _REASONS: Final = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+
+_ENTITLED: Final = metrics.ENTITLEMENT_ANSWERS.labels("entitled")
+_NOT_ENTITLED: Final = metrics.ENTITLEMENT_ANSWERS.labels("not_entitled")
+_UNKNOWN: Final = metrics.ENTITLEMENT_ANSWERS.labels("unknown")
+_ANSWERED_LOADING: Final = metrics.ENTITLEMENT_ANSWERS.labels("loading")
 
 
 class Answer(msgspec.Struct, frozen=True):
@@ -86,10 +91,14 @@ def unknown_answer(app_id: str) -> bytes:
 
 
 class EntitlementModel:
-    """app_id -> the encoded answer of its latest snapshot; readers never lock (one dict get)."""
+    """app_id -> the encoded answer of its latest snapshot; readers never lock (one dict get).
+
+    Each answer is counted in ``metering_entitlement_answers_total`` by what it says; the
+    counters are bound to their label once, so a request pays one increment.
+    """
 
     def __init__(self) -> None:
-        self.answers: dict[str, bytes] = {}
+        self.answers: dict[str, tuple[bytes, Counter]] = {}
         self.ready = threading.Event()
         self.invalid = 0
 
@@ -106,14 +115,18 @@ class EntitlementModel:
             self.invalid += 1
             log.warning("invalid balance-state message skipped", extra=fields(error=str(exc)[:300]))
             return
-        self.answers[snapshot.app_id] = answer_of(snapshot)
+        self.answers[snapshot.app_id] = (answer_of(snapshot), _ENTITLED if snapshot.entitled else _NOT_ENTITLED)
 
     def lookup(self, app_id: str) -> tuple[int, bytes]:
         if not self.ready.is_set():
+            _ANSWERED_LOADING.inc()
             return 503, _LOADING
-        body = self.answers.get(app_id)
-        if body is None:
+        found = self.answers.get(app_id)
+        if found is None:
+            _UNKNOWN.inc()
             return 404, unknown_answer(app_id)
+        body, count = found
+        count.inc()
         return 200, body
 
 

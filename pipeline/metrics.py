@@ -166,6 +166,12 @@ ORDER_ABORTS: Final = Counter(
     "Order transactions aborted and processed again from the last commit.",
 )
 ENTITLEMENT_APPS: Final = Gauge("metering_entitlement_apps", "Apps in the entitlement read model (from balance-state).")
+ENTITLEMENT_ANSWERS: Final = Counter(
+    "metering_entitlement_answers_total",
+    "Entitlement requests answered, by answer: entitled, not_entitled, unknown (app never seen: 404), "
+    "loading (503 until the read model is read).",
+    ["answer"],
+)
 
 # -- shared --------------------------------------------------------------------------------
 

@@ -25,13 +25,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 from click.testing import CliRunner
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, start_http_server
 
 import sql
 from consumers.clickhouse import Client, SessionStore, migrate
@@ -58,6 +59,7 @@ from tests.grafana import (
     promql_selects,
     repeated_row,
 )
+from tests.integration.prometheus_server import PrometheusServer
 from tests.late_traffic import late_scenarios, stream_run, write_stream
 from tests.metric_names import exported_series
 from tests.support import T0, Conversation, in_time_order
@@ -671,6 +673,51 @@ def test_the_per_app_prometheus_panels_select_exactly_the_chosen_apps(
             assert selected == expected, f"{p['title']}: {selector.text}"
             checked += 1
     assert checked >= 2
+
+
+@pytest.mark.integration
+def test_a_real_prometheus_returns_exactly_the_chosen_apps(chdb_client: Client, replayed: str, tmp_path: Path) -> None:
+    """The balance gauges of every look-alike app, scraped by Debian's prometheus; each panel asked as Grafana would."""
+    registry = CollectorRegistry()
+    balance = Gauge("metering_app_balance", "stand-in", ["account_id", "app_id", "currency"], registry=registry)
+    status = Gauge("metering_app_balance_status", "stand-in", ["account_id", "app_id", "status"], registry=registry)
+    pairs = _series_pairs(chdb_client, replayed)
+    for i, (account, app) in enumerate(pairs):
+        balance.labels(account, app, "USD").set(i - 100)
+        for j, name in enumerate(("active", "low", "depleted")):
+            status.labels(account, app, name).set(int(i % 3 == j))
+    http, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    server = PrometheusServer(tmp_path / "prometheus", {"metering-balance": [f"127.0.0.1:{http.server_port}"]})
+    try:
+        server.wait_ready()
+        deadline = monotonic() + 60
+        while not _scraped(server, len(pairs)):
+            assert monotonic() < deadline, f"not scraped: {server.target_health()}\n{server.logs()}"
+            sleep(0.5)
+        g = grafana(chdb_client, BALANCES, replayed, *local_days(FIRST, LAST, "UTC"))
+        per_app = per_app_series()
+        for selection in SELECTIONS:
+            choose(g, selection)
+            expected = chosen(pairs, selection)
+            for _, p, t in _promql_targets([BALANCES]):
+                expr = g.promql(t["expr"])
+                shown = server.query(expr)  # the panel's own expression runs
+                for selector in _per_app_selectors(expr, per_app):
+                    found = server.query(f"group by (account_id, app_id) ({selector.text})")
+                    got = {(r["metric"]["account_id"], r["metric"]["app_id"]) for r in found}
+                    assert got == expected, f"{p['title']}, {selection}: {selector.text}"
+                if expr.startswith("bottomk"):
+                    assert len(shown) == min(10, len(expected))
+    finally:
+        server.stop()
+        http.shutdown()
+        http.server_close()
+        thread.join(timeout=5)
+
+
+def _scraped(server: PrometheusServer, series: int) -> bool:
+    result = server.query("count(metering_app_balance)")
+    return bool(result) and int(float(result[0]["value"][1])) == series
 
 
 def test_every_promql_expression_parses(chdb_client: Client, replayed: str, tmp_path: Path) -> None:

@@ -11,8 +11,11 @@ ClickHouse panel and variable query of both dashboards is run, and
 - the time series and the per-app drill-down add up to the same figures;
 - no variable lets free text into SQL (the time zone is one of the server's zone names, ids are
   quoted whatever characters they hold);
-- every PromQL expression parses (``promtool check rules``) and names only metrics the
-  processes register.
+- every PromQL expression parses (``promtool check rules``) for several selections, odd ids
+  included, and names only metrics the processes register;
+- every Prometheus panel over a per-app series (a metric with ``account_id``/``app_id`` labels in
+  the registry) selects exactly the chosen apps, "All" included: its expanded matchers applied to
+  look-alike label values, and asked of a real Prometheus scraping those values.
 """
 
 from __future__ import annotations
@@ -555,6 +558,15 @@ def test_the_emulated_macros_expand_as_the_plugin_documents() -> None:
     # Grafana's template service: "All" with a custom value pastes it unformatted; singlequote escapes '
     g.selected.update(app=[ALL], account="it's")
     assert g.interpolate("[${app:singlequote}] ${account:singlequote} $__interval") == "[''] 'it\\'s' 20s"
+    # the Prometheus data source: a format in the expression wins over its own escaping; raw is the value as is
+    board = dashboard(BALANCES)
+    g = Grafana(board, lambda text: [], start, end)
+    g.selected.update(app_regex="a\\\\x2Eb|c", account_regex=MATCH_ALL)
+    assert g.promql('x{a=~"${account_regex:raw}", b=~"${app_regex:raw}"}[$__rate_interval]') == (
+        'x{a=~"(?s:.*)", b=~"a\\\\x2Eb|c"}[1m]'
+    )
+    with pytest.raises(AssertionError, match="raw format"):
+        g.promql('x{a=~"${app_regex}"}')
 
 
 # -- Prometheus ----------------------------------------------------------------------------------------------
@@ -653,6 +665,20 @@ def test_the_promql_variables_are_hidden_and_computed_from_the_selection(name: s
         assert (v["type"], v["hide"], v["multi"], v["includeAll"]) == ("query", 2, False, False), regex
         assert v["current"]["value"] == MATCH_ALL, "its value for the default selection, All"
         assert re.findall(r"\$\{(\w+):(\w+)\}", v["query"]) == [(regex.removesuffix("_regex"), "singlequote")]
+
+
+def test_the_promql_variables_follow_the_selection_as_grafana_refreshes(chdb_client: Client, replayed: str) -> None:
+    """A changed variable re-validates the query variables naming it (and theirs): MultiValueVariable's rules."""
+    g = grafana(chdb_client, BALANCES, replayed, *local_days(FIRST, LAST, "UTC"))
+    assert (g.selected["account_regex"], g.selected["app_regex"]) == (MATCH_ALL, MATCH_ALL)
+    choose(g, ("acct-02", ["app-02-1", "app-02-3"]))
+    assert (g.selected["account_regex"], g.selected["app_regex"]) == ("acct-02", "app-02-1|app-02-3")
+    # another account: the chosen apps are no options any more, so Grafana takes the first option
+    g.select("account", next(v for v, t in g.options("account") if t == "acct-03"))
+    assert g.selected["app"] == [g.options("app")[0][0]] == ["app-03-0"]
+    assert (g.selected["account_regex"], g.selected["app_regex"]) == ("acct-03", "app-03-0")
+    g.select("app", [ALL])
+    assert g.selected["app_regex"] == MATCH_ALL
 
 
 @pytest.mark.parametrize("selection", SELECTIONS, ids=range(len(SELECTIONS)))

@@ -14,8 +14,9 @@ refuse values outside their options (``allowCustomValue: false``). The options a
 "All" of account and app is the custom value ``''`` (pasted as it is): the queries read it as
 "no filter", as ``metering usage`` without ``--account``/``--app``, however many ids there are.
 
-PromQL cannot take that value (nor Grafana's ``regex`` format, whose ``\\.`` is no escape a PromQL
-string accepts, and which leaves ``"`` as it is), so each of the two has a hidden companion,
+PromQL cannot take that value (nor Grafana's ``regex`` format, ``escapeRegex`` of grafana
+``packages/grafana-data/src/text/string.ts``, whose ``\\.`` is no escape a PromQL string accepts
+and which leaves ``"`` as it is), so each of the two has a hidden companion,
 ``account_regex`` and ``app_regex``: ClickHouse turns the selection into the body of a PromQL regex
 matcher, ``(?s:.*)`` for "All", else the ids joined by ``|``, every byte outside ``[A-Za-z0-9_-]``
 and ASCII written ``\\\\xHH`` in the PromQL string (``\\xHH`` in the regex): one literal character

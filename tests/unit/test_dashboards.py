@@ -658,6 +658,8 @@ def test_every_prometheus_panel_over_a_per_app_series_takes_the_account_and_app_
 @pytest.mark.parametrize("name", list(DASHBOARDS))
 def test_the_promql_variables_are_hidden_and_computed_from_the_selection(name: str) -> None:
     variables = {v["name"]: v for v in dashboard(name)["templating"]["list"]}
+    if name == BALANCES:
+        assert {"account_regex", "app_regex"} <= variables.keys()
     for regex in ("account_regex", "app_regex"):
         if regex not in variables:
             continue

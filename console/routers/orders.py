@@ -13,6 +13,7 @@ import msgspec
 from fastapi import Query
 from fastapi.responses import JSONResponse, Response
 
+from console.attachments import attachment
 from console.billing import Scope, require_prepaid
 from console.deps import billing_router
 from console.errors import not_found
@@ -75,7 +76,7 @@ def invoice_pdf(invoice_id: str, scope: Scope) -> Response:
     return Response(
         document,
         media_type="application/pdf",
-        headers={"Content-Disposition": f'attachment; filename="{invoice_id}.pdf"', "Cache-Control": "no-store"},
+        headers={"Content-Disposition": attachment(f"{invoice_id}.pdf"), "Cache-Control": "no-store"},
     )
 
 

@@ -62,6 +62,7 @@ const Console = (() => {
       if (value === undefined || value === null || value === false) continue;
       if (key === "class") node.className = value;
       else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key === "style") Object.assign(node.style, value); // CSSOM: the CSP allows no style attribute
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else node.setAttribute(key, value === true ? "" : value);
     }

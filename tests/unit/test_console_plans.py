@@ -22,6 +22,7 @@ from pypdf import PdfReader
 
 from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
+from pipeline.balance.catalog import parse_catalog
 from pipeline.events import AccountChanged, format_ms
 from pipeline.orders.events import OrderState
 from tests.console_support import (
@@ -225,6 +226,113 @@ def test_add_funds_creates_an_order_and_credits_nothing_itself(
     )
     assert publisher.events("billing-plans") == [], "funds reach the balance only once the order is paid"
     assert publisher.sent[0][1] == ACCOUNT, "orders are keyed by account"
+
+
+# -- currencies: funds only in one the balance counts, a currency switch of a funded app only when confirmed ----------
+
+EURO_CATALOG = parse_catalog(
+    {
+        "plans": {
+            "starter": {"rank": 1, **{f"price_per_{k}_session": "0.05" for k in ("usage", "alert", "voice")}},
+            "growth": {"rank": 2, **{f"price_per_{k}_session": "0.03" for k in ("usage", "alert", "voice")}},
+            "basic-eur": {
+                "rank": 0,
+                "currency": "EUR",
+                **{f"price_per_{k}_session": "0.04" for k in ("usage", "alert", "voice")},
+            },
+            "pro-jpy": {
+                "rank": 9,
+                "currency": "JPY",
+                **{f"price_per_{k}_session": "5" for k in ("usage", "alert", "voice")},
+            },
+        }
+    },
+    "test",
+)
+
+
+@pytest.fixture
+def euro_client(chdb_client: Client, database: str, publisher: RecordingPublisher) -> Iterator[TestClient]:
+    """The console over a catalogue with a plan in EUR and one in JPY; acme-bot on growth (USD) with 30.00."""
+    store(chdb_client, database, [plan_snapshot("acme-bot", plan="growth", balance="30.00", term=False)])
+    extras = {"publisher": publisher, "catalog": EURO_CATALOG}
+    with http(make_app(chdb_client, database, console_settings(now=NOW), extras=extras)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("currency", ["EUR", "ZZZ", "XAU", "usd", "US"])
+def test_add_funds_only_in_the_currency_the_balance_counts(
+    euro_client: TestClient, publisher: RecordingPublisher, currency: str
+) -> None:
+    """The app is priced in USD: an order in EUR would be paid and invoiced, and the funds land in a tally the
+    balance, status and entitlement never look at (currencies are never converted); a made-up code (ZZZ), a
+    metal (XAU) or a malformed one is no currency at all."""
+    answer = euro_client.post(
+        "/api/v1/apps/acme-bot/funds",
+        json={"amount": "100.00", "currency": currency, "payment_method": "manual"},
+        headers=ADMIN,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["parameter"] == "currency"
+    assert publisher.sent == []
+
+
+def test_add_funds_defaults_to_the_plans_currency(euro_client: TestClient, publisher: RecordingPublisher) -> None:
+    answer = euro_client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100"}, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    assert (answer.json()["currency"], answer.json()["amount"]) == ("USD", "100.00")
+    assert "counts_from" not in answer.json()
+    [order] = publisher.events("billing-orders")
+    assert order["currency"] == "USD"
+
+
+def test_funds_in_a_scheduled_plans_currency_count_from_its_date(
+    chdb_client: Client, database: str, euro_client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """A downgrade to a EUR plan is scheduled for 1 December: funds in EUR are taken (they count from then, so
+    the app is not left depleted at the switch), and the answer says from when."""
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    store(
+        chdb_client,
+        database,
+        [plan_snapshot("acme-bot", plan="growth", balance="30.00", term=False, version=2,
+                       scheduled_plan="basic-eur", scheduled_at=december)],
+    )  # fmt: skip
+    answer = euro_client.post("/api/v1/apps/acme-bot/funds", json={"amount": "80", "currency": "EUR"}, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    assert (answer.json()["currency"], answer.json()["counts_from"]) == ("EUR", "2026-12-01T00:00:00.000Z")
+    still = euro_client.post("/api/v1/apps/acme-bot/funds", json={"amount": "5", "currency": "JPY"}, headers=ADMIN)
+    assert (still.status_code, still.json()["parameter"]) == (400, "currency")
+    assert [o["currency"] for o in publisher.events("billing-orders")] == ["EUR"]
+
+
+def test_moving_a_funded_app_to_another_currency_needs_a_confirmation(
+    chdb_client: Client, database: str, euro_client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """acme-bot holds 30.00 USD: a plan in JPY would leave them in a tally that no longer counts. A 400 naming plan
+    says so; confirm_currency_change: true does it anyway. An app without money moves freely."""
+    refused = euro_client.post("/api/v1/apps/acme-bot/plan", json={"plan": "pro-jpy"}, headers=ADMIN)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["parameter"] == "plan"
+    assert "30.00 USD" in refused.json()["error"]
+    assert "confirm_currency_change" in refused.json()["error"]
+    assert publisher.sent == []
+    same = euro_client.post("/api/v1/apps/acme-bot/plan", json={"plan": "starter"}, headers=ADMIN)
+    assert same.status_code == 202, "a plan in the same currency needs nothing"
+    confirmed = euro_client.post(
+        "/api/v1/apps/acme-bot/plan", json={"plan": "pro-jpy", "confirm_currency_change": True}, headers=ADMIN
+    )
+    assert confirmed.status_code == 202, confirmed.text
+    assert [e["currency"] for e in publisher.events("billing-plans")] == ["USD", "JPY"]
+    store(chdb_client, database, [plan_snapshot("acme-empty", plan="growth", balance="0.00", term=False)])
+    empty = euro_client.post("/api/v1/apps/acme-empty/plan", json={"plan": "basic-eur"}, headers=ADMIN)
+    assert empty.status_code == 202, empty.text
+
+
+def test_the_openapi_document_describes_the_confirmation_and_the_currency(euro_client: TestClient) -> None:
+    schemas = euro_client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    assert "confirm_currency_change" in schemas["PlanChangeIn"]["properties"]
+    assert "never count" in schemas["FundsIn"]["properties"]["currency"]["description"]
 
 
 @pytest.mark.usefixtures("account")

@@ -75,25 +75,6 @@ def usd_app(chdb_client: Client, database: str) -> str:
     return "acme-bot"
 
 
-# -- money: funds in a currency the app's balance does not count ----------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, reason="review: add funds accepts a currency other than the app's plan currency")
-def test_add_funds_in_another_currency_than_the_plan_is_refused(
-    client: TestClient, publisher: RecordingPublisher, usd_app: str
-) -> None:
-    """The app is priced in USD; an order in EUR (or a made-up code) would be paid and invoiced, and the
-    funds land in a tally the balance, status and entitlement never look at."""
-    for currency in ("EUR", "ZZZ"):
-        answer = client.post(
-            f"/api/v1/apps/{usd_app}/funds",
-            json={"amount": "100.00", "currency": currency, "payment_method": "manual"},
-            headers=ADMIN,
-        )
-        assert answer.status_code == 400, (currency, answer.status_code, answer.text, publisher.events())
-        assert answer.json()["parameter"] == "currency"
-
-
 # -- idempotency ------------------------------------------------------------------------------------------------------
 
 

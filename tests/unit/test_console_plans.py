@@ -573,3 +573,47 @@ def test_orders_newest_first_in_their_latest_state_and_the_invoice_as_pdf(
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+# -- Kafka unavailable ----------------------------------------------------------------------------------------------
+
+
+class _BrokersDown:
+    """A publisher whose brokers never acknowledge (what KafkaPublisher raises after its delivery timeout)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def publish(self, topic: str, key: str, value: bytes) -> None:
+        from pipeline.publish import PublishError  # noqa: PLC0415
+
+        self.tries += 1
+        raise PublishError(f"no acknowledgement for an event for {topic} in 30 s")
+
+
+@pytest.mark.usefixtures("account")
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("funds", {"amount": "100.00"}), ("plan", {"plan": "business"}), ("owner", {"user_id": "bob"})],
+)
+def test_a_kafka_outage_on_a_manage_action_is_a_json_503_that_says_a_keyed_retry_is_safe(
+    chdb_client: Client, database: str, publisher: RecordingPublisher, path: str, body: dict[str, Any]
+) -> None:
+    """The route cannot tell whether the event was written: 503 in the product's error shape, Retry-After, and the
+    advice to retry with the same Idempotency-Key; nothing is remembered, so that retry does the work (with the
+    same ids: the processors count it once even if the first attempt did get through)."""
+    down = _BrokersDown()
+    headers = {**ADMIN, "Idempotency-Key": f"k-{path}"}
+    with TestClient(make_app(chdb_client, database, console_settings(now=NOW), extras={"publisher": down})) as c:
+        answer = c.post(f"/api/v1/apps/acme-bot/{path}", json=body, headers=headers)
+    assert answer.status_code == 503, (answer.status_code, answer.headers.get("content-type"), answer.text)
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["retry-after"] == "5"
+    assert "same Idempotency-Key" in answer.json()["error"]
+    assert answer.json()["retry_safe_with"] == "Idempotency-Key"
+    assert down.tries == 1
+    with http(make_app(chdb_client, database, console_settings(now=NOW), extras={"publisher": publisher})) as c:
+        retried = c.post(f"/api/v1/apps/acme-bot/{path}", json=body, headers=headers)
+    assert retried.status_code == 202, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert len(publisher.sent) == 1

@@ -60,8 +60,8 @@ Key = Annotated[
     str | None,
     Header(
         alias=HEADER,
-        description="Makes a retry safe: the same key and body within 24 h returns the first answer and changes "
-        "nothing; the same key with another body is 409",
+        description="Makes a retry safe: the same key and body returns the first answer and changes nothing (keys "
+        "are kept); the same key with another body is 409",
     ),
 ]
 _ACCEPTED: dict[int | str, dict[str, Any]] = {

@@ -437,6 +437,56 @@ def test_a_replayed_key_returns_the_first_answer_and_changes_nothing(
 
 
 @pytest.mark.usefixtures("account")
+def test_a_key_is_remembered_for_good_so_a_late_reuse_never_names_an_old_order(
+    chdb_client: Client, database: str, client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """The order processor remembers order ids for good, and they are derived from the key: a key forgotten after
+    two days (as it used to be) and used again got 202 "pending" for a new request under the old order's id, which
+    the processor dropped as a copy. Keys are kept (migration 020): a month later the key still replays or 409s."""
+    headers = {**ADMIN, "Idempotency-Key": "monthly-top-up"}
+    first = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    assert first.status_code == 202, first.text
+    db = {"db": database}
+    table = chdb_client.query("SELECT * FROM {db:Identifier}.idempotency_keys", parameters=db)
+    [row] = [list(r) for r in table.result_rows]
+    row[table.column_names.index("created_at")] = NOW - timedelta(days=30)  # a month later
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters=db)
+    chdb_client.insert("idempotency_keys", [row], column_names=list(table.column_names), database=database)
+    chdb_client.command("OPTIMIZE TABLE {db:Identifier}.idempotency_keys FINAL", parameters=db)  # a TTL drops rows
+    ddl = chdb_client.command("SHOW CREATE TABLE {db:Identifier}.idempotency_keys", parameters=db)
+    assert "TTL" not in str(ddl)
+    assert chdb_client.command("SELECT count() FROM {db:Identifier}.idempotency_keys", parameters=db) == 1
+    other = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "500.00"}, headers=headers)
+    assert other.status_code == 409, other.text
+    same = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    assert same.headers["idempotent-replayed"] == "true"
+    assert same.json() == first.json()
+    assert len(publisher.events("billing-orders")) == 1
+
+
+@pytest.mark.usefixtures("account")
+def test_ids_derive_from_the_key_and_the_body_so_a_lost_answer_never_maps_a_new_request_to_an_old_id(
+    chdb_client: Client, database: str, client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """Should the answer not be remembered (ClickHouse failed after the event was published), the same key with
+    another body is a new order with an id of its own, and the same body derives the same id (a true retry,
+    which the processor applies once)."""
+    headers = {**ADMIN, "Idempotency-Key": "k-lost"}
+    first = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters={"db": database})
+    second = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "500.00"}, headers=headers)
+    assert second.status_code == 202, second.text
+    assert second.headers.get("Idempotent-Replayed") is None, "a new request, not a replay"
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters={"db": database})
+    retry = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    orders = publisher.events("billing-orders")
+    assert [o["amount"] for o in orders] == ["100.00", "500.00", "100.00"]
+    assert orders[0]["order_id"] != orders[1]["order_id"], "another body: another order"
+    assert orders[0]["order_id"] == orders[2]["order_id"] == first.json()["order_id"] == retry.json()["order_id"]
+    assert orders[0]["event_id"] == orders[2]["event_id"]
+
+
+@pytest.mark.usefixtures("account")
 def test_concurrent_retries_with_one_key_publish_once(client: TestClient, publisher: RecordingPublisher) -> None:
     key = {**ADMIN, "Idempotency-Key": "concurrent"}
     body = {"amount": "5.00", "currency": "USD", "payment_method": "manual"}

@@ -75,30 +75,6 @@ def usd_app(chdb_client: Client, database: str) -> str:
     return "acme-bot"
 
 
-# -- idempotency ------------------------------------------------------------------------------------------------------
-
-
-def test_a_reused_idempotency_key_after_it_expired_names_the_same_order(
-    client: TestClient, publisher: RecordingPublisher, usd_app: str, chdb_client: Client, database: str
-) -> None:
-    """The key is remembered 2 days, but the order id (and a plan change's event id) are derived from
-    it for ever: a key used again after it expired gets 202 "pending" for a *new* request whose order_id is
-    the old order's, which the order processor drops as a copy (create_order: "duplicate")."""
-    headers = {**ADMIN, "Idempotency-Key": "monthly-top-up"}
-    first = client.post(f"/api/v1/apps/{usd_app}/funds", json={"amount": "100.00"}, headers=headers)
-    assert first.status_code == 202, first.text
-    # two days later the remembered answer is gone (TTL 2 DAY drops the row, as this does)
-    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters={"db": database})
-    second = client.post(f"/api/v1/apps/{usd_app}/funds", json={"amount": "500.00"}, headers=headers)
-    assert second.status_code == 202, second.text
-    assert second.headers.get("Idempotent-Replayed") is None, "a new request, not a replay"
-    assert second.json()["amount"] == "500.00"
-    orders = [e for e in publisher.events() if e["type"] == "order_created"]
-    assert [o["amount"] for o in orders] == ["100.00", "500.00"]
-    # the finding: both orders carry one order_id; the processor applies the first and drops the second
-    assert orders[0]["order_id"] == orders[1]["order_id"]
-
-
 # -- login ---------------------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from console.auth import AuthError, KeysUnavailableError, Principal
 from console.context import ConsoleContext
-from console.deps import CSRF_COOKIE, SESSION_COOKIE, console_context, csrf_token, open_router
+from console.deps import CSRF_COOKIE, SESSION_COOKIE, console_context, csrf_token, open_router, verify_token
 from console.errors import ApiError, bad_parameter, error_response, unauthorized
 from console.permissions import BILLING_VIEW, permissions
 
@@ -57,13 +57,13 @@ async def login(request: Request, context: Annotated[ConsoleContext, Depends(con
     is_form = request.headers.get("content-type", "").startswith(_FORMS)
     token, landing = await _read_login(request, is_form)
     try:
-        principal = context.authenticator.verify(token)
+        principal = await verify_token(context, token)
     except AuthError as exc:
         if is_form:
             return RedirectResponse(f"/login?{urlencode({'error': str(exc)})}", status_code=303)
         return error_response(unauthorized(str(exc)))
     except KeysUnavailableError as exc:
-        return error_response(ApiError(503, str(exc)))
+        return error_response(ApiError(503, str(exc), headers={"Retry-After": "10"}))
     response: Response
     if is_form:
         response = RedirectResponse(landing, status_code=303)

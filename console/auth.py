@@ -57,7 +57,15 @@ log = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
-    """The token is missing, malformed, badly signed or expired: 401, with this message."""
+    """The token is missing, malformed, badly signed or expired: 401, with this message.
+
+    ``code`` names the kind for the login page, which shows only its own text for a code
+    (``token_expired``, ``signature``, ``invalid``), never text from a URL.
+    """
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class KeysUnavailableError(Exception):
@@ -146,7 +154,7 @@ class _JwksUrl:
                 self._fetch(now, keep_stale=True)
                 found = _find(self._keys, kid)
         if found is None:
-            raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys")
+            raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys", "signature")
         return found
 
     def _fetch(self, now: float, *, keep_stale: bool) -> None:
@@ -193,7 +201,7 @@ def _pick(keys: list[jwt.PyJWK], token: str) -> Any:
     kid = _kid(token)
     found = _find(keys, kid)
     if found is None:
-        raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys")
+        raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys", "signature")
     return found
 
 
@@ -234,11 +242,12 @@ class Authenticator:
                 options={"require": list(_REQUIRED), "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise AuthError("the token has expired: sign in again") from exc
+            raise AuthError("the token has expired: sign in again", "token_expired") from exc
         except jwt.InvalidAlgorithmError as exc:
-            raise AuthError(f"the token is not signed with {self.algorithm}, this deployment's algorithm") from exc
+            message = f"the token is not signed with {self.algorithm}, this deployment's algorithm"
+            raise AuthError(message, "signature") from exc
         except jwt.InvalidSignatureError as exc:
-            raise AuthError("the token's signature does not verify") from exc
+            raise AuthError("the token's signature does not verify", "signature") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the token is not valid: {exc}") from exc
         return _principal(claims)

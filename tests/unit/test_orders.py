@@ -95,8 +95,10 @@ def test_a_confirmation_is_idempotent_and_a_failed_payment_adds_nothing() -> Non
     assert (failed.documents, failed.money) == ([], [])
     assert failed.states[-1].payment_status == "failed"
     late = update_payment(book, payment("b", "paid", event_id="late-paid"), SELLER)
-    assert (late.outcome, late.money) == ("duplicate", []), "a failed order is not paid afterwards"
-    assert update_payment(book, payment("nope", "paid"), SELLER).outcome == "unmatched"
+    assert (late.outcome, late.money) == ("inapplicable", []), "a failed order is not paid afterwards"
+    assert late.reason == "order 'b' is failed: a payment 'paid' applies only to a pending order"
+    unknown = update_payment(book, payment("nope", "paid"), SELLER)
+    assert (unknown.outcome, unknown.reason) == ("unmatched", "no order 'nope' in account 'acme'")
 
 
 def test_invoice_numbers_increase_per_account_and_a_refund_is_a_credit_note_with_its_own() -> None:
@@ -213,6 +215,33 @@ def test_own_outputs_are_skipped_and_bad_messages_dead_lettered() -> None:
     assert out.states == []
     assert sorted(d.code for d in out.dead) == ["misrouted", "not_json", "schema"]
     assert "bitcoin" in next(d.reason for d in out.dead if d.code == "schema")
+
+
+def test_payments_the_processor_cannot_apply_are_dead_lettered_with_the_reason() -> None:
+    """Nothing disappears silently: a payment for an unknown order, or one the order's state does not allow (a
+    refund of an unpaid order, a failure after the payment), goes to the dead-letter topic saying why; a second
+    confirmation of what is so stays a quiet duplicate."""
+    feed = Feed()
+    part = partition()
+    out = run(
+        part,
+        [
+            feed.message(order("t1", method="transfer")),
+            feed.message(payment("t1", "refunded")),
+            feed.message(payment("nope", "paid")),
+            feed.message(payment("t1", "paid")),
+            feed.message(payment("t1", "paid", event_id="confirmed-again")),
+            feed.message(payment("t1", "failed", t=T0 + 120_000)),
+        ],
+    )
+    assert [(d.code, d.source_offset) for d in out.dead] == [("inapplicable", 2), ("unmatched", 3), ("inapplicable", 6)]
+    reasons = [d.reason for d in out.dead]
+    assert reasons[0] == "inapplicable: order 't1' is pending: a payment 'refunded' applies only to a paid order"
+    assert reasons[1] == "unmatched: no order 'nope' in account 'acme'"
+    assert reasons[2] == "inapplicable: order 't1' is paid: a payment 'failed' applies only to a pending order"
+    assert out.outcomes == {"applied": 2, "inapplicable": 2, "unmatched": 1, "duplicate": 1}
+    assert out.invalid == {(ORDERS, "inapplicable"): 2, (ORDERS, "unmatched"): 1}
+    assert [s.payment_status for s in out.states] == ["pending", "paid"]
 
 
 def test_an_account_turned_enterprise_gets_no_order_through() -> None:

@@ -7,6 +7,7 @@ contract, and both routes answer 403 for them.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
@@ -17,6 +18,7 @@ from console.attachments import attachment
 from console.billing import Scope, require_prepaid
 from console.deps import billing_router
 from console.errors import not_found
+from pipeline.balance.money import format_amount
 from pipeline.orders.documents import render_invoice
 from pipeline.orders.events import InvoiceIssued
 
@@ -35,7 +37,7 @@ def orders(scope: Scope, limit: _Limit = 100) -> JSONResponse:
             "order_id": order_id,
             "billing_date": None if billing_date is None else billing_date.isoformat(),
             "description": description,
-            "cost": _money(amount),
+            "cost": format_amount(Decimal(str(amount)), str(currency)),
             "currency": currency,
             "payment_method": payment_method,
             "payment_status": payment_status,
@@ -79,8 +81,3 @@ def invoice_pdf(invoice_id: str, scope: Scope) -> Response:
         headers={"Content-Disposition": attachment(f"{invoice_id}.pdf"), "Cache-Control": "no-store"},
     )
 
-
-def _money(value: Any) -> str:
-    from pipeline.balance.money import format_money  # noqa: PLC0415
-
-    return format_money(value)

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { api, el, formatInteger, formatMoney, formatDate, showMessage } = Console;
+  const { api, el, formatInteger, formatMoney, formatDate, minorUnits, showMessage } = Console;
   // the page's data is a JSON block, not a script: the CSP runs no inline script
   const page = JSON.parse(document.getElementById("page-data")?.textContent || '{"plans": [], "enterprise": false}');
   const body = document.querySelector("#apps-table tbody");
@@ -140,6 +140,12 @@
     if (select) {
       select.replaceChildren(...page.plans.map((p) => el("option", { value: p.name, selected: p.name === app.plan },
         `${p.name}${p.description ? ` — ${p.description}` : ""}`)));
+    }
+    const amount = document.getElementById("amount");
+    if (amount) { // as many decimals as the app's currency has (JPY none, KWD three)
+      const digits = minorUnits(app.currency || "USD");
+      amount.pattern = digits ? `[0-9]+([.][0-9]{1,${digits}})?` : "[0-9]+";
+      amount.placeholder = digits ? `100.${"0".repeat(digits)}` : "100";
     }
     for (const result of manage.querySelectorAll(".result")) result.replaceChildren();
     manage.showModal();

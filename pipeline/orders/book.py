@@ -28,7 +28,7 @@ from typing import Final, Literal
 from msgspec import Struct
 from msgspec import field as struct_field
 
-from pipeline.balance.money import ZERO, format_money, sub
+from pipeline.balance.money import ZERO, format_amount, format_money, sub
 from pipeline.decode import to_ms
 from pipeline.events import AccountChanged, BillingType, FundsAdded, FundsRefunded, ms_to_datetime, parse_decimal
 from pipeline.orders.events import (
@@ -219,7 +219,8 @@ def _document(
     book.next_number += 1
     created = order.created
     amount = parse_decimal(created.amount)
-    signed = format_money(amount if kind == "invoice" else sub(ZERO, amount))
+    # as the currency writes it (JPY 100, KWD 1.500); an issued document keeps the text it was issued with
+    signed = format_amount(amount if kind == "invoice" else sub(ZERO, amount), created.currency)
     description = (
         description_of(created) if kind == "invoice" else f"Refund of {order.invoice_id}: {description_of(created)}"
     )

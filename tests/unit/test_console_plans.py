@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -667,3 +668,31 @@ def test_a_kafka_outage_on_a_manage_action_is_a_json_503_that_says_a_keyed_retry
     assert retried.status_code == 202, retried.text
     assert "idempotent-replayed" not in retried.headers
     assert len(publisher.sent) == 1
+
+
+# -- money as each currency writes it ---------------------------------------------------------------------------------
+
+
+def test_amounts_follow_the_currencys_minor_units(chdb_client: Client, database: str, client: TestClient) -> None:
+    """JPY 0 decimals, USD 2, KWD 3, in every amount the console API formats (apps, orders, add funds); a fraction
+    of a minor unit the balance really has is kept (never rounded)."""
+    snapshots = [
+        msgspec.structs.replace(
+            plan_snapshot("yen-bot", plan="pro", balance="12000.000000", term=False), currency="JPY", threshold="5000"
+        ),
+        msgspec.structs.replace(plan_snapshot("dinar-bot", plan="pro", balance="1.5", term=False), currency="KWD"),
+        plan_snapshot("cent-bot", plan="growth", balance="49.995", term=False),
+    ]
+    store(chdb_client, database, snapshots)
+    yen = msgspec.structs.replace(order_state("o-yen", NOW, "paid", 2, "INV-000001"), amount="12000", currency="JPY")
+    store(chdb_client, database, [yen])
+    apps = apps_by_id(client)
+    assert (apps["yen-bot"]["balance"], apps["yen-bot"]["threshold"], apps["yen-bot"]["cost"]) == ("12000", "5000", "0")
+    assert apps["dinar-bot"]["balance"] == "1.500"
+    assert apps["cent-bot"]["balance"] == "49.995"
+    [order] = client.get("/api/v1/orders", headers=ADMIN).json()["orders"]
+    assert (order["cost"], order["currency"]) == ("12000", "JPY")
+    funds = client.post("/api/v1/apps/yen-bot/funds", json={"amount": "3000"}, headers=ADMIN)
+    assert (funds.status_code, funds.json()["amount"], funds.json()["currency"]) == (202, "3000", "JPY")
+    decimals = client.post("/api/v1/apps/dinar-bot/funds", json={"amount": "2.0001"}, headers=ADMIN)
+    assert (decimals.status_code, decimals.json()["parameter"]) == (400, "amount")

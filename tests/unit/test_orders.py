@@ -286,6 +286,39 @@ def test_the_invoice_pdf_holds_what_an_invoice_must_and_never_changes() -> None:
         assert expected in text, expected
 
 
+@pytest.mark.parametrize(
+    ("currency", "amount", "written", "refunded"),
+    [("JPY", "12000", "12000", "-12000"), ("USD", "250.5", "250.50", "-250.50"), ("KWD", "1.5", "1.500", "-1.500")],
+)
+def test_invoices_write_amounts_with_the_currencys_minor_units(
+    currency: str, amount: str, written: str, refunded: str
+) -> None:
+    """JPY has no minor unit, KWD three: an invoice says 12000 JPY and 1.500 KWD, not 12000.00 and 1.50."""
+    book = AccountOrders(account_id=ACCOUNT)
+    created = msgspec.structs.replace(order("o-1", method="transfer"), amount=amount, currency=currency)
+    create_order(book, created, None, SELLER)
+    [invoice] = update_payment(book, payment("o-1", "paid"), SELLER).documents
+    assert (invoice.total, invoice.lines[0].unit_price, invoice.lines[0].amount) == (written, written, written)
+    [note] = update_payment(book, payment("o-1", "refunded", t=T0 + 120_000), SELLER).documents
+    assert note.total == refunded
+    text = PdfReader(io.BytesIO(render_invoice(invoice))).pages[0].extract_text()
+    assert f"{written} {currency}" in text
+
+
+def test_an_invoice_issued_before_keeps_its_text_and_its_bytes() -> None:
+    """An invoice never changes once issued: one issued as 12000.00 JPY (before amounts followed the currency)
+    renders from its stored record, as it was, to the same bytes."""
+    book = AccountOrders(account_id=ACCOUNT)
+    created = msgspec.structs.replace(order("o-1"), amount="12000", currency="JPY")
+    [invoice] = create_order(book, created, BUILT_IN["manual"].start(created), SELLER).documents
+    lines = [msgspec.structs.replace(line, unit_price="12000.00", amount="12000.00") for line in invoice.lines]
+    issued_before = msgspec.structs.replace(invoice, total="12000.00", lines=lines)
+    stored = msgspec.json.decode(msgspec.json.encode(issued_before), type=InvoiceIssued)
+    pdf = render_invoice(stored)
+    assert pdf == render_invoice(issued_before)
+    assert "12000.00 JPY" in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+
+
 @pytest.mark.parametrize("app", ["bot-ü", "ボット"])
 def test_any_script_renders(app: str) -> None:
     book = AccountOrders(account_id=ACCOUNT)

@@ -24,6 +24,7 @@ from pypdf import PdfReader
 
 from tests.browser.browser import PHONE
 from tests.browser.conftest import Stack
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +201,24 @@ def test_plans_page_at_phone_width(admin_page: Page, stack: Stack, shoot: Callab
     shoot(page, "plans-phone")
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, "the page scrolls sideways at phone width"
+
+
+def test_the_orders_page_loads_more_orders_a_page_at_a_time(admin_page: Page, stack: Stack) -> None:
+    """The API answers a page of orders and a `next` link; the page shows the first and adds the next ones on
+    "Load more orders". (The page's first request is given limit=1 here, so two orders make two pages.)"""
+    for amount in ("11.00", "12.00"):
+        answer = stack.post("/api/v1/apps/app-00-1/funds", {"amount": amount, "payment_method": "transfer"})
+        assert answer.status_code == 202, answer.text
+    wait_until(lambda: len(stack.api("/api/v1/orders").json()["orders"]) >= 2, 60, "two orders")
+    everything = [o["order_id"] for o in stack.api("/api/v1/orders?limit=1000").json()["orders"]]
+    page = admin_page
+    page.route(re.compile(r".*/api/v1/orders$"), lambda route: route.continue_(url=route.request.url + "?limit=1"))
+    page.goto(f"{stack.url}/console/orders")
+    rows = page.locator("#orders-table tbody tr")
+    expect(rows).to_have_count(1)
+    more = page.get_by_role("button", name="Load more orders")
+    for shown in range(2, len(everything) + 1):
+        more.click()
+        expect(rows).to_have_count(shown)
+    expect(more).to_be_hidden()
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.orderId)") == everything

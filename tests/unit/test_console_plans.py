@@ -622,6 +622,34 @@ def test_orders_newest_first_in_their_latest_state_and_the_invoice_as_pdf(
     assert client.get("/api/v1/orders?limit=0", headers=ADMIN).status_code == 400
 
 
+def test_orders_come_a_page_at_a_time_past_a_thousand(chdb_client: Client, database: str, client: TestClient) -> None:
+    """`limit` is at most 1,000: the answer's `next` link (a cursor, before=<order_id>) reads the rest, newest
+    first, each order once, even where orders share a created_at."""
+    start = NOW - timedelta(days=30)
+    states = [order_state(f"o-{n:04d}", start + timedelta(minutes=n // 2), "pending", 1) for n in range(1203)]
+    store(chdb_client, database, states)
+    expected = [s.order_id for s in sorted(states, key=lambda s: (s.created_at, s.order_id), reverse=True)]
+    seen: list[str] = []
+    path: str | None = "/api/v1/orders?limit=1000"
+    pages = 0
+    while path is not None:
+        answer = client.get(path, headers=ADMIN)
+        assert answer.status_code == 200, answer.text
+        seen += [o["order_id"] for o in answer.json()["orders"]]
+        path = answer.json()["next"]
+        pages += 1
+    assert seen == expected
+    assert pages == 2
+    small = client.get("/api/v1/orders?limit=2", headers=ADMIN).json()
+    assert small["next"] == f"/api/v1/orders?limit=2&before={expected[1]}"
+    following = client.get(small["next"], headers=ADMIN).json()["orders"]
+    assert [o["order_id"] for o in following] == expected[2:4]
+    unknown = client.get("/api/v1/orders?before=o-nope", headers=ADMIN)
+    assert (unknown.status_code, unknown.json()["parameter"]) == (400, "before")
+    theirs = client.get(f"/api/v1/orders?before={expected[0]}", headers=bearer(token(OTHER_ACCOUNT)))
+    assert theirs.status_code == 400, "another account's order is no cursor"
+
+
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 

@@ -36,6 +36,7 @@ from tests.console_support import (
     http,
     issued_invoice,
     make_app,
+    order_record,
     plan_snapshot,
     token,
 )
@@ -555,26 +556,7 @@ def test_enterprise_accounts_cannot_change_plans_add_funds_or_see_orders(
 
 
 def order_state(order_id: str, created: datetime, status: str, version: int, invoice: str | None = None) -> OrderState:
-    return OrderState(
-        account_id=ACCOUNT,
-        order_id=order_id,
-        app_id="acme-bot",
-        description="Funds for app acme-bot",
-        amount="100.00",
-        currency="USD",
-        payment_method="manual",
-        payment_status=status,  # type: ignore[arg-type]
-        provider="manual",
-        provider_reference=None,
-        failure_reason=None,
-        billing_date=created.date() if status == "paid" else None,
-        invoice_id=invoice,
-        credit_note_id=None,
-        requested_by="u-admin",
-        created_at=created,
-        updated_at=created,
-        version=version,
-    )
+    return order_record(order_id, created, status, version, invoice, app="acme-bot")
 
 
 def test_orders_newest_first_in_their_latest_state_and_the_invoice_as_pdf(

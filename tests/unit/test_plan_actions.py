@@ -22,7 +22,7 @@ from consumers.plan_actions import (
 from pipeline.events import ExtensionDeclined, ExtensionGranted, ExtensionRequested
 from pipeline.orders.events import OrderState
 from pipeline.settings import Settings
-from tests.console_support import OPERATOR_TOKEN, RecordingPublisher, bearer, http, make_app, token
+from tests.console_support import OPERATOR_TOKEN, RecordingPublisher, bearer, http, make_app, order_record, token
 
 T = datetime(2026, 11, 17, 10, tzinfo=UTC)
 
@@ -102,26 +102,9 @@ def test_a_request_is_decided_once_and_payments_are_keyed_by_account(
 
 
 def order_state(order_id: str, status: str, account: str = "acme", version: int = 1) -> OrderState:
-    return OrderState(
-        account_id=account,
-        order_id=order_id,
-        app_id="bot",
-        description="Funds for app bot",
-        amount="100.00",
-        currency="USD",
-        payment_method="transfer",
-        payment_status=status,  # type: ignore[arg-type]
-        provider="transfer",
-        provider_reference=None,
-        failure_reason=None,
-        billing_date=T.date() if status in ("paid", "refunded") else None,
-        invoice_id="INV-000001" if status in ("paid", "refunded") else None,
-        credit_note_id=None,
-        requested_by="u-1",
-        created_at=T,
-        updated_at=T,
-        version=version,
-    )
+    invoice = "INV-000001" if status in ("paid", "refunded") else None
+    record: OrderState = order_record(order_id, T, status, version, invoice, account=account)
+    return record
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ recount is idempotent and can be repeated after any failure, and the one rule is
 
 1. write (``SessionStore.insert``: the sessions; reconcile: the voids);
 2. read the server's clock: the recount's version;
-3. recount the keys written in 1 from the sets (one ``INSERT ... SELECT``).
+3. recount the keys written in 1 from the sets (``INSERT ... SELECT``: one per UTC day they fall in,
+   over the accounts x apps x buckets of that day, a superset: recounting a key is always harmless).
 
 A recount's snapshot is taken after its version, and every write a recount is owed happened before
 that recount's version; so the row with the greatest version of a key saw every write made to the
@@ -18,7 +19,7 @@ does it; a repair run recounts its whole period when it ends (:func:`recount_per
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
@@ -34,8 +35,7 @@ __all__ = ["BUCKET_MS", "Key", "bucket_of", "key_of", "recount", "recount_period
 
 #: usage_15m's bucket, in milliseconds (``toStartOfFifteenMinutes``).
 BUCKET_MS: Final = 15 * 60 * 1000
-#: Keys per recount statement: bounds the bound parameter's size (a repair batch touches up to 20,000).
-_KEYS_PER_STATEMENT: Final = 2000
+_DAY_MS: Final = 86_400_000
 
 Key = tuple[str, str, int]
 """``(account_id, app_id, bucket start in epoch ms)``: one row of usage_counts."""
@@ -53,33 +53,60 @@ def key_of(account_id: str, app_id: str, started_ms: int) -> Key:
 
 def recount(client: Client, database: str, keys: Iterable[Key]) -> None:
     """Steps 2 and 3 for ``keys`` (their writes, step 1, are done); raises :class:`ClickHouseWriteError`."""
-    wanted = sorted(set(keys))
-    if not wanted:
+    days: dict[int, _Day] = {}
+    for account, app, bucket_ms in keys:
+        day = days.get(bucket_ms // _DAY_MS)
+        if day is None:
+            day = days[bucket_ms // _DAY_MS] = _Day(bucket_ms)
+        day.add(account, app, bucket_ms)
+    if not days:
         return
-    failpoints.hit("counts.recount")  # tests: a crash after the write, before its recount
+    # tests: a crash (kill) or an outage (fail) after the write, before its recount
+    failpoints.hit("counts.recount", lambda why: ClickHouseWriteError(why, code=None, transient=True))
     version = _clock(client, database)
-    for i in range(0, len(wanted), _KEYS_PER_STATEMENT):
-        chunk = wanted[i : i + _KEYS_PER_STATEMENT]
-        bound = [(account, app, _utc(ms)) for account, app, ms in chunk]
-        first = min(b[2] for b in bound)
-        end = max(b[2] for b in bound) + timedelta(milliseconds=BUCKET_MS)
-        _refresh(client, database, bound, first=first, end=end, version=version, what=f"{len(chunk)} usage counts")
+    for _, day in sorted(days.items()):
+        _refresh(
+            client,
+            database,
+            accounts=sorted(day.accounts),
+            apps=sorted(day.apps),
+            first=_utc(day.first_ms),
+            end=_utc(day.last_ms + BUCKET_MS),
+            version=version,
+            what=f"the usage counts of {len(day.apps)} apps",
+        )
 
 
 def recount_period(client: Client, database: str, first: date, last: date) -> None:
     """Recount every key of the UTC days ``first``..``last`` (a repair run's period, widened by the caller).
 
-    One statement per month (usage_counts' partition), each streaming in usage_15m's order.
+    One statement per day: each groups at most a day of every app's buckets.
     """
     version = _clock(client, database)
-    start = datetime.combine(first, datetime.min.time(), UTC)
-    stop = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
-    while start < stop:
-        month_end = (start.replace(day=1) + timedelta(days=32)).replace(day=1)
-        end = min(month_end, stop)
-        what = f"the usage counts of {start:%Y-%m-%d} to {end:%Y-%m-%d}"
-        _refresh(client, database, [], first=start, end=end, version=version, what=what)
-        start = end
+    day = first
+    while day <= last:
+        start = datetime.combine(day, datetime.min.time(), UTC)
+        end = start + timedelta(days=1)
+        what = f"the usage counts of {day.isoformat()}"
+        _refresh(client, database, accounts=[], apps=[], first=start, end=end, version=version, what=what)
+        day += timedelta(days=1)
+
+
+class _Day:
+    """The keys to recount within one UTC day: their accounts, apps and bucket span."""
+
+    __slots__ = ("accounts", "apps", "first_ms", "last_ms")
+
+    def __init__(self, bucket_ms: int) -> None:
+        self.accounts: set[str] = set()
+        self.apps: set[str] = set()
+        self.first_ms = self.last_ms = bucket_ms
+
+    def add(self, account: str, app: str, bucket_ms: int) -> None:
+        self.accounts.add(account)
+        self.apps.add(app)
+        self.first_ms = min(self.first_ms, bucket_ms)
+        self.last_ms = max(self.last_ms, bucket_ms)
 
 
 def _clock(client: Client, database: str) -> int:
@@ -93,14 +120,22 @@ def _clock(client: Client, database: str) -> int:
 def _refresh(
     client: Client,
     database: str,
-    keys: Sequence[tuple[str, str, datetime]],
     *,
+    accounts: list[str],
+    apps: list[str],
     first: datetime,
     end: datetime,
     version: int,
     what: str,
 ) -> None:
-    parameters = {"database": database, "keys": list(keys), "first": first, "end": end, "version": version}
+    parameters = {
+        "database": database,
+        "accounts": accounts,
+        "apps": apps,
+        "first": first,
+        "end": end,
+        "version": version,
+    }
     try:
         client.command(sql.query("usage_counts_refresh"), parameters=parameters)
     except (OperationalError, DatabaseError) as exc:

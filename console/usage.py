@@ -147,9 +147,22 @@ def _seats(rng: UsageRange, seat_changes: Iterable[Sequence[Any]]) -> list[int]:
     if not timelines:
         return [0] * len(rng.periods)
     tz = zone(rng.timezone)
-    out = []
-    for period in rng.periods:
-        start_ms = to_ms(local_midnight(period.first_day, tz))
-        end_ms = to_ms(local_midnight(period.last_day + timedelta(days=1), tz))
-        out.append(sum(t.highest_between(start_ms, end_ms) for t in timelines.values()))
+    bounds = [
+        (to_ms(local_midnight(p.first_day, tz)), to_ms(local_midnight(p.last_day + timedelta(days=1), tz)))
+        for p in rng.periods
+    ]
+    out = [0] * len(bounds)
+    first, end = bounds[0][0], bounds[-1][1]
+    for timeline in timelines.values():
+        if _changes_within(timeline, first, end):
+            for i, (start_ms, end_ms) in enumerate(bounds):
+                out[i] += timeline.highest_between(start_ms, end_ms)
+        else:  # the same seats all through the range (most apps): one lookup, not one per period
+            seats = timeline.in_force(first)
+            out = [n + seats for n in out]
     return out
+
+
+def _changes_within(timeline: SeatTimeline, start_ms: int, end_ms: int) -> bool:
+    """True if a seat change falls after ``start_ms`` and before ``end_ms``."""
+    return any(start_ms < t_ms < end_ms for t_ms, _, _ in timeline.changes)

@@ -80,12 +80,17 @@ def usage_series(scope: AccountScope, rng: UsageRange, app: str | None) -> Usage
     """Read and assemble; ``app`` must already be known to belong to the account (or None: all)."""
     apps = [app] if app is not None else []
     bounds = query_bounds(rng, apps)
-    sessions = scope.query("console_usage", **bounds)
+    sessions = session_counts(scope, bounds)
     active = scope.query("console_active_agents", **bounds)
     # seats of the range's last local day count whole (an hour takes its day's seats)
     seats_end = local_midnight(rng.last_day + timedelta(days=1), zone(rng.timezone))
     seats = scope.query("console_seat_changes", apps=apps, end=seats_end)
     return UsageSeries(scope.account_id, app, rng, *assemble(rng, sessions, active, seats))
+
+
+def session_counts(scope: AccountScope, bounds: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Sessions per period and kind: the account's own counts for all apps, the apps' counts for a list."""
+    return scope.query("console_usage" if bounds["apps"] else "console_usage_account", **bounds)
 
 
 def query_bounds(rng: UsageRange, apps: list[str]) -> dict[str, Any]:

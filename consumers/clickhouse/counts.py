@@ -7,12 +7,15 @@ recount is idempotent and can be repeated after any failure, and the one rule is
 1. write (``SessionStore.insert``: the sessions; reconcile: the voids);
 2. read the server's clock: the recount's version;
 3. recount the keys written in 1 from the sets (``INSERT ... SELECT``: one per UTC day they fall in,
-   over the accounts x apps x buckets of that day, a superset: recounting a key is always harmless).
+   over the accounts x apps x buckets of that day, a superset: recounting a key is always harmless);
+4. read the clock again, and sum the accounts' rows of 3 per bucket into ``usage_counts_account``
+   (migration 013: the console's all-apps series) under that second version.
 
 A recount's snapshot is taken after its version, and every write a recount is owed happened before
 that recount's version; so the row with the greatest version of a key saw every write made to the
 key, and ``ReplacingMergeTree(version)`` (or ``FINAL`` before merges) keeps it, whatever writers run
-at once (a sink per partition, a repair). A crash between 1 and 3 leaves the count behind the sets
+at once (a sink per partition, a repair). Step 4 likewise: the account sum with the greatest version
+started after every recount of 3 it is owed had landed. A crash between 1 and 4 leaves the count behind the sets
 until the same keys are recounted: the sink commits offsets only after 3, so its redelivered batch
 does it; a repair run recounts its whole period when it ends (:func:`recount_period`).
 """
@@ -63,18 +66,22 @@ def recount(client: Client, database: str, keys: Iterable[Key]) -> None:
         return
     # tests: a crash (kill) or an outage (fail) after the write, before its recount
     failpoints.hit("counts.recount", lambda why: ClickHouseWriteError(why, code=None, transient=True))
-    version = _clock(client, database)
-    for _, day in sorted(days.items()):
-        _refresh(
-            client,
-            database,
-            accounts=sorted(day.accounts),
-            apps=sorted(day.apps),
-            first=_utc(day.first_ms),
-            end=_utc(day.last_ms + BUCKET_MS),
-            version=version,
-            what=f"the usage counts of {len(day.apps)} apps",
-        )
+    for table in ("usage_counts", "usage_counts_account"):
+        if table == "usage_counts_account":  # tests: a crash or an outage between the two recounts
+            failpoints.hit("counts.account_sum", lambda why: ClickHouseWriteError(why, code=None, transient=True))
+        version = _clock(client, database)
+        for _, day in sorted(days.items()):
+            _refresh(
+                client,
+                database,
+                table,
+                accounts=sorted(day.accounts),
+                apps=sorted(day.apps),
+                first=_utc(day.first_ms),
+                end=_utc(day.last_ms + BUCKET_MS),
+                version=version,
+                what=f"the usage counts of {len(day.apps)} apps",
+            )
 
 
 def recount_period(client: Client, database: str, first: date, last: date) -> None:
@@ -82,14 +89,15 @@ def recount_period(client: Client, database: str, first: date, last: date) -> No
 
     One statement per day: each groups at most a day of every app's buckets.
     """
-    version = _clock(client, database)
-    day = first
-    while day <= last:
-        start = datetime.combine(day, datetime.min.time(), UTC)
-        end = start + timedelta(days=1)
-        what = f"the usage counts of {day.isoformat()}"
-        _refresh(client, database, accounts=[], apps=[], first=start, end=end, version=version, what=what)
-        day += timedelta(days=1)
+    for table in ("usage_counts", "usage_counts_account"):
+        version = _clock(client, database)
+        day = first
+        while day <= last:
+            start = datetime.combine(day, datetime.min.time(), UTC)
+            end = start + timedelta(days=1)
+            what = f"the usage counts of {day.isoformat()}"
+            _refresh(client, database, table, accounts=[], apps=[], first=start, end=end, version=version, what=what)
+            day += timedelta(days=1)
 
 
 class _Day:
@@ -114,12 +122,13 @@ def _clock(client: Client, database: str) -> int:
     try:
         return int(client.query(sql.query("server_clock_ns")).result_rows[0][0])
     except (OperationalError, DatabaseError) as exc:
-        raise _write_error("reading the server clock for a usage count", database, exc) from exc
+        raise _write_error("reading the server clock for a usage count", f"{database}.usage_counts", exc) from exc
 
 
 def _refresh(
     client: Client,
     database: str,
+    table: str,
     *,
     accounts: list[str],
     apps: list[str],
@@ -128,31 +137,27 @@ def _refresh(
     version: int,
     what: str,
 ) -> None:
-    parameters = {
-        "database": database,
-        "accounts": accounts,
-        "apps": apps,
-        "first": first,
-        "end": end,
-        "version": version,
-    }
+    """Recount ``table``: the apps' rows of usage_counts from the sets, or their sums per account."""
+    parameters = {"database": database, "accounts": accounts, "first": first, "end": end, "version": version}
+    if table == "usage_counts":
+        parameters["apps"] = apps
     try:
-        client.command(sql.query("usage_counts_refresh"), parameters=parameters)
+        client.command(sql.query(f"{table}_refresh"), parameters=parameters)
     except (OperationalError, DatabaseError) as exc:
-        raise _write_error(f"recounting {what}", database, exc) from exc
+        raise _write_error(f"recounting {what}", f"{database}.{table}", exc) from exc
 
 
-def _write_error(what: str, database: str, exc: OperationalError | DatabaseError) -> ClickHouseWriteError:
+def _write_error(what: str, table: str, exc: OperationalError | DatabaseError) -> ClickHouseWriteError:
     if isinstance(exc, OperationalError):
         return ClickHouseWriteError(
-            f"{what} in {database}.usage_counts did not complete: {exc}. The database is unreachable or timed "
+            f"{what} in {table} did not complete: {exc}. The database is unreachable or timed "
             "out; the write is retried (its sessions are kept, and recounting twice changes nothing).",
             code=exc.code,
             transient=True,
         )
     return ClickHouseWriteError(
-        f"{what} in {database}.usage_counts was refused (ClickHouse code {exc.code}): {exc}. "
-        "Check that migration 012 ran (metering run applies it).",
+        f"{what} in {table} was refused (ClickHouse code {exc.code}): {exc}. "
+        "Check that migrations 012 and 013 ran (metering run applies them).",
         code=exc.code,
         transient=False,
     )

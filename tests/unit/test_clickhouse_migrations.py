@@ -53,14 +53,15 @@ def test_shipped_migrations_are_numbered_and_parse() -> None:
         "010_console_plans.sql",
         "011_orders_invoices.sql",
         "012_usage_counts.sql",
+        "013_usage_counts_account.sql",
     ]
-    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3, 7]
+    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3, 7, 2]
     assert all(len(m.checksum) == 64 for m in migrations)
 
 
 def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Client, fresh_database: str) -> None:
     applied = migrate(chdb_client, fresh_database)
-    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11, 12]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11, 12, 13]
     assert engines(chdb_client, fresh_database) == {
         "billing_sessions": "ReplacingMergeTree",
         "usage_15m": "AggregatingMergeTree",
@@ -75,6 +76,7 @@ def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Cl
         "agent_transfers_started": "ReplacingMergeTree",
         "balance_snapshots": "ReplacingMergeTree",
         "usage_counts": "ReplacingMergeTree",
+        "usage_counts_account": "ReplacingMergeTree",
         "funds_refunded": "ReplacingMergeTree",
         "extension_events": "ReplacingMergeTree",
         "owner_changes": "ReplacingMergeTree",

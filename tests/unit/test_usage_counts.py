@@ -27,7 +27,7 @@ import pytest
 from msgspec.structs import replace
 
 from console.tenancy import AccountScope
-from console.usage import assemble, query_bounds
+from console.usage import assemble, query_bounds, session_counts
 from console.usage_range import UsageRange, resolve_range
 from consumers.clickhouse import Client, SessionStore, migrate
 from consumers.clickhouse.errors import ClickHouseWriteError
@@ -58,11 +58,11 @@ def counts_db(chdb_client: Client) -> Iterator[str]:
 
 
 @pytest.fixture
-def recounts_fail(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+def recounts_fail(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     """Arm ``counts.recount`` (``fail:S@N``), as a crash right after a write leaves things; disarmed after."""
 
-    def arm(action: str) -> None:
-        monkeypatch.setenv(failpoints.ENV, f"counts.recount={action}")
+    def arm(action: str, point: str = "counts.recount") -> None:
+        monkeypatch.setenv(failpoints.ENV, f"{point}={action}")
         monkeypatch.setattr(failpoints, "_points", None)  # read the variable again
 
     yield arm
@@ -118,9 +118,9 @@ def oracle_series(counted: set[tuple[Any, ...]], rng: UsageRange) -> list[tuple[
     return rows
 
 
-def console_series(client: Client, database: str, rng: UsageRange) -> list[tuple[Any, ...]]:
+def console_series(client: Client, database: str, rng: UsageRange, apps: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
     scope = AccountScope(client, database, ACCOUNT)
-    points, _ = assemble(rng, scope.query("console_usage", **query_bounds(rng, [])), [], [])
+    points, _ = assemble(rng, session_counts(scope, query_bounds(rng, list(apps))), [], [])
     return [p.row() for p in points]
 
 
@@ -140,9 +140,14 @@ def oracle_days(counted: set[tuple[Any, ...]], conversations: set[tuple[Any, ...
 def check(client: Client, database: str, what: str) -> None:
     counted, conversations = stored_sets(client, database)
     assert counted, "the account has usage"
+    apps = sorted({row[0] for row in counted})
+    assert len(apps) > 1, "the account has several apps"
     for tz in ZONES:
         for rng in ranges(tz):
             assert console_series(client, database, rng) == oracle_series(counted, rng), f"{what}: {tz} by {rng.by}"
+            for app in apps:  # the apps' own counts (usage_counts), one app listed
+                mine = {row for row in counted if row[0] == app}
+                assert console_series(client, database, rng, (app,)) == oracle_series(mine, rng), f"{what}: {app}"
         rows = usage(client, database, start=None, end=None, apps=[], account=None, period="day", tz=tz)
         assert rows == oracle_days(counted, conversations, tz), f"{what}: metering usage in {tz}"
 
@@ -207,7 +212,7 @@ def test_counts_stay_exact_through_late_sessions_replays_voids_and_moves(chdb_cl
 
 
 def test_an_insert_not_yet_counted_is_counted_by_its_retry(
-    chdb_client: Client, counts_db: str, recounts_fail: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+    chdb_client: Client, counts_db: str, recounts_fail: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sink's crash between insert and recount: its redelivered batch (same token) makes the counts exact."""
     store = SessionStore(chdb_client, counts_db)
@@ -230,8 +235,29 @@ def test_an_insert_not_yet_counted_is_counted_by_its_retry(
     check(chdb_client, counts_db, "after the redelivered batch")
 
 
+def test_a_write_whose_account_sums_did_not_happen_is_made_good_by_its_retry(
+    chdb_client: Client, counts_db: str, recounts_fail: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the apps' counts, before their sums per account: the app's series is exact, the account's
+    (usage_counts_account) behind, until the redelivered batch sums again."""
+    store = SessionStore(chdb_client, counts_db)
+    late = late_session()
+    recounts_fail("fail:3600", "counts.account_sum")
+    with pytest.raises(ClickHouseWriteError, match=r"counts\.account_sum"):
+        store.insert([late], "sink:0:42-42")
+    counted, _ = stored_sets(chdb_client, counts_db)
+    rng = ranges("UTC")[0]
+    mine = {row for row in counted if row[0] == late.app_id}
+    assert console_series(chdb_client, counts_db, rng, (late.app_id,)) == oracle_series(mine, rng), "app counted"
+    assert console_series(chdb_client, counts_db, rng) != oracle_series(counted, rng), "account not yet summed"
+
+    disarm(monkeypatch)
+    store.insert([late], "sink:0:42-42")  # redelivered: the block is dropped, both recounts run
+    check(chdb_client, counts_db, "after the redelivered batch")
+
+
 def test_a_repair_that_died_before_its_recount_is_made_good_by_the_next_run(
-    chdb_client: Client, counts_db: str, recounts_fail: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+    chdb_client: Client, counts_db: str, recounts_fail: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run dies after writing its voids, before recounting them; the next run over those days ends exact."""
     late, session = late_session(), a_session(chdb_client, counts_db)

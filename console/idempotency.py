@@ -1,7 +1,7 @@
 """``Idempotency-Key`` for the console's mutating routes (console.md, "Who may see what").
 
 A key is scoped to the account and the route, and remembered durably (ClickHouse table
-``idempotency_keys``, migration 011; kept for good since migration 020, across restarts: the
+``idempotency_keys``, migration 011; kept for good since migration 014, across restarts: the
 product promises at least 24 h). The first successful answer under a key is stored with the
 SHA-256 of the request's body; a retry with the same body gets that answer again (header
 ``Idempotent-Replayed: true``) and changes nothing, a retry with another body is 409, however

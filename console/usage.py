@@ -6,7 +6,9 @@ periods without usage; for all apps the sum of the apps' seats) and ``active_age
 agents of the transfers started in the period, across the apps asked for). Totals: sums, except
 ``agents`` (the highest of the range) and ``active_agents`` (distinct over the range).
 
-Reading is account-scoped SQL (``console.tenancy``); :func:`assemble` is the pure part.
+Reading is account-scoped SQL (``console.tenancy``): the sessions from the exact 15-minute counts of
+``usage_counts`` (migration 012, any zone), agents from the seat changes and started transfers;
+:func:`assemble` is the pure part.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from typing import Any, Final
 
 from console.tenancy import AccountScope
 from console.usage_range import UsageRange, local_midnight
-from console.usage_rollup import hourly_rows, query_bounds, whole_hour_zone
 from pipeline.balance.agents import SeatTimeline
 from pipeline.decode import to_ms
 from pipeline.rules.attribution import zone
 
-__all__ = ["METRICS", "UsagePoint", "UsageSeries", "assemble", "usage_series"]
+__all__ = ["METRICS", "UsagePoint", "UsageSeries", "assemble", "query_bounds", "usage_series"]
 
 METRICS: Final = (
     "billing_sessions",
@@ -79,15 +80,22 @@ def usage_series(scope: AccountScope, rng: UsageRange, app: str | None) -> Usage
     """Read and assemble; ``app`` must already be known to belong to the account (or None: all)."""
     apps = [app] if app is not None else []
     bounds = query_bounds(rng, apps)
-    if whole_hour_zone(rng, zone(rng.timezone)):
-        sessions = hourly_rows(scope, rng, apps)  # cached counts of UTC hours (migration 006)
-    else:
-        sessions = scope.query("console_usage", **bounds)  # 15-minute sets: half-hour zones
+    sessions = session_counts(scope, bounds)
     active = scope.query("console_active_agents", **bounds)
     # seats of the range's last local day count whole (an hour takes its day's seats)
     seats_end = local_midnight(rng.last_day + timedelta(days=1), zone(rng.timezone))
     seats = scope.query("console_seat_changes", apps=apps, end=seats_end)
     return UsageSeries(scope.account_id, app, rng, *assemble(rng, sessions, active, seats))
+
+
+def session_counts(scope: AccountScope, bounds: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Sessions per period and kind: the account's own counts for all apps, the apps' counts for a list."""
+    return scope.query("console_usage" if bounds["apps"] else "console_usage_account", **bounds)
+
+
+def query_bounds(rng: UsageRange, apps: list[str]) -> dict[str, Any]:
+    """The parameters the console's usage queries take (console_usage.sql, console_active_agents.sql)."""
+    return {"apps": apps, "start": rng.start, "end": rng.end, "tz": rng.timezone, "period": rng.by}
 
 
 def _key_of(rng: UsageRange) -> dict[str, int]:
@@ -103,17 +111,17 @@ def assemble(
     active: Iterable[Sequence[Any]],
     seat_changes: Iterable[Sequence[Any]],
 ) -> tuple[list[UsagePoint], UsagePoint]:
-    """The zero-filled series and its totals from the rows of the three queries."""
+    """The zero-filled series and its totals from the rows of the three queries.
+
+    ``sessions``: ``(period_key, usage, voice, alert)`` as console_usage.sql gives them.
+    """
     points = [UsagePoint(p.label) for p in rng.periods]
     index = _key_of(rng)
-    for _app, kind, key, n in sessions:
+    for key, usage_n, voice_n, alert_n in sessions:
         point = points[index[str(key)]]
-        if kind == "usage":
-            point.usage_sessions += int(n)
-        elif kind == "voice":
-            point.voice_sessions += int(n)
-        elif kind == "alert":
-            point.alert_sessions += int(n)
+        point.usage_sessions += int(usage_n)
+        point.voice_sessions += int(voice_n)
+        point.alert_sessions += int(alert_n)
     totals = UsagePoint("")
     for key, n in active:
         if key == "":
@@ -144,9 +152,22 @@ def _seats(rng: UsageRange, seat_changes: Iterable[Sequence[Any]]) -> list[int]:
     if not timelines:
         return [0] * len(rng.periods)
     tz = zone(rng.timezone)
-    out = []
-    for period in rng.periods:
-        start_ms = to_ms(local_midnight(period.first_day, tz))
-        end_ms = to_ms(local_midnight(period.last_day + timedelta(days=1), tz))
-        out.append(sum(t.highest_between(start_ms, end_ms) for t in timelines.values()))
+    bounds = [
+        (to_ms(local_midnight(p.first_day, tz)), to_ms(local_midnight(p.last_day + timedelta(days=1), tz)))
+        for p in rng.periods
+    ]
+    out = [0] * len(bounds)
+    first, end = bounds[0][0], bounds[-1][1]
+    for timeline in timelines.values():
+        if _changes_within(timeline, first, end):
+            for i, (start_ms, end_ms) in enumerate(bounds):
+                out[i] += timeline.highest_between(start_ms, end_ms)
+        else:  # the same seats all through the range (most apps): one lookup, not one per period
+            seats = timeline.in_force(first)
+            out = [n + seats for n in out]
     return out
+
+
+def _changes_within(timeline: SeatTimeline, start_ms: int, end_ms: int) -> bool:
+    """True if a seat change falls after ``start_ms`` and before ``end_ms``."""
+    return any(start_ms < t_ms < end_ms for t_ms, _, _ in timeline.changes)

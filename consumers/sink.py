@@ -15,8 +15,12 @@ Flush contract (:meth:`ClickHouseSink._flush`); each step's guarantee holds for 
 2. Insert one block per partition, ascending, each with the token
    ``"{topic}:{partition}:{first_offset}-{last_offset}"``. A block holds that offset
    range's valid records minus in-partition duplicates, so a token always stands for the
-   same rows and a retried block is dropped by ClickHouse as already seen. Blocks that
-   succeeded are marked and not sent again while the batch is retried.
+   same rows and a retried block is dropped by ClickHouse as already seen. Each insert
+   (``SessionStore.insert``) is (a) the block, then (b) the recount of the ``usage_counts``
+   keys it touched (``consumers/clickhouse/counts.py``), and returns only after both; a block
+   is marked only then and not sent again while the batch is retried. A failure or a crash
+   between (a) and (b) leaves the block unmarked and its offsets uncommitted: the retry or
+   the redelivered batch sends it again, ClickHouse drops it as seen, and (b) runs.
 3. Commit, synchronously, ``last_offset + 1`` of every partition of the batch, ascending;
    every partition's result is checked and an offset that does not increase is refused.
    Invalid messages are inside those ranges: they are skipped, counted and logged, never

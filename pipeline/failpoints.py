@@ -20,6 +20,9 @@ variable, :func:`hit` is a dictionary lookup.
 Points: ``sink.insert`` (before each ClickHouse insert of any sink of the process: an outage
 hits them all), ``sink.after_insert`` (after a billing-sessions batch is written to ClickHouse,
 before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks),
+``counts.recount`` (after sessions or voids are written, before their usage counts are recounted:
+``consumers/clickhouse/counts.py``; failing raises a transient ClickHouse write error),
+``counts.account_sum`` (after those counts, before their sums per account; likewise),
 ``balance.before_commit`` (pipeline/stream/balance.py), ``worker.delivered`` (each input
 record faust delivers to a worker; failing drops it, as faust drops fetched records when it
 suspends its flow) and ``worker.changelog`` (after a batch's state changes are acknowledged;

@@ -7,7 +7,9 @@ JSON, hence the msgspec structs: one definition validates both).
 - :func:`snapshot`: the sessions ClickHouse bills for some local days, each with whether it is
   voided, plus the per-day usage `metering usage` prints for those days.
 - :func:`apply_batch`: one batch of a repair: the run's audit row, then missing sessions
-  inserted through :class:`SessionStore` (tagged with the run), then voids.
+  inserted through :class:`SessionStore` (tagged with the run), then voids, then the usage counts
+  they touched; the run's last row (done or failed) recounts its whole period, so a run that died
+  between a write and its recount is made good by the next run over the same days.
 
 Why voids and not deletes (see ``sql/migrations/004_reconciliation.sql``): ``usage_15m`` holds
 sets of ids, which cannot lose a member, and a billing system keeps what it once billed.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated, Any, Final, Literal
 
 from clickhouse_connect.driver.client import Client
@@ -29,6 +31,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from msgspec import Meta, Struct, field
 
 from consumers.clickhouse.client import check_database_name
+from consumers.clickhouse.counts import BUCKET_MS, bucket_of, key_of, recount, recount_period
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import INSERT_SETTINGS, SessionStore
 from consumers.clickhouse.usage import named_query, usage
@@ -51,23 +54,17 @@ __all__ = [
     "snapshot",
 ]
 
-#: usage_15m's bucket: a void must name the bucket its session is counted in.
-BUCKET_MS: Final = 15 * 60 * 1000
 #: Records per repair batch (and per API request): bounded memory on both sides.
 MAX_BATCH: Final = 20_000
 
 VOIDS_TABLE: Final = "session_voids"
+_DAY: Final = timedelta(days=1)
 RUNS_TABLE: Final = "reconcile_runs"
 
 Kind = Literal["usage", "voice", "alert"]
 Count = Annotated[int, Meta(ge=0)]
 Text = Annotated[str, Meta(max_length=4096)]
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
-
-
-def bucket_of(started_ms: int) -> int:
-    """Start of the 15-minute UTC bucket of an instant (``toStartOfFifteenMinutes``)."""
-    return started_ms - started_ms % BUCKET_MS
 
 
 class StoredSession(Struct, frozen=True, array_like=True):
@@ -182,10 +179,12 @@ def snapshot(client: Client, database: str, *, start: date, end: date, tz: str) 
 
 
 def apply_batch(client: Client, database: str, batch: RepairBatch) -> RepairOutcome:
-    """Write the run's row, then the batch's inserts and voids; raises ClickHouseWriteError.
+    """Write the run's row, then the batch's inserts and voids and recount them; raises ClickHouseWriteError.
 
     The run row goes first so that every session or void carrying a run id has a run row,
-    even if the process dies half-way (that run then stays ``running`` in the trail).
+    even if the process dies half-way (that run then stays ``running`` in the trail). A run's
+    final row (``done`` or ``failed``) is followed by a recount of every usage count of the run's
+    days and a day either side (the snapshot's widening: local days in any zone).
     """
     check_database_name(database)
     if (batch.inserts or batch.voids) and not batch.token:
@@ -196,6 +195,9 @@ def apply_batch(client: Client, database: str, batch: RepairBatch) -> RepairOutc
         SessionStore(client, database).insert(batch.inserts, f"{batch.token}:insert", reconcile_run_id=run_id)
     if batch.voids:
         _insert_voids(client, database, batch.voids, f"{batch.token}:void", run_id)
+        recount(client, database, {key_of(v.account_id, v.app_id, v.started_ms) for v in batch.voids})
+    if batch.run.status != "running":
+        recount_period(client, database, batch.run.period_from - _DAY, batch.run.period_to + _DAY)
     return RepairOutcome(inserted=len(batch.inserts), voided=len(batch.voids))
 
 

@@ -13,8 +13,10 @@ before the Kafka offsets were committed:
    ``billing_sessions`` replaces rows by session id on merge, and ``usage_15m`` holds sets of
    session ids, so every figure stays exact before and after merges.
 
-Inserts are synchronous (``async_insert = 0``): when :meth:`SessionStore.insert` returns, the
-rows are written, which is what lets the sink commit offsets afterwards.
+Inserts are synchronous (``async_insert = 0``), and :meth:`SessionStore.insert` then recounts the
+``usage_counts`` keys its sessions fall in (``consumers.clickhouse.counts``): when it returns, the
+rows are written and counted, which is what lets the sink commit offsets afterwards. A retry with
+the same token recounts again, so a failure between the insert and the recount is repaired by it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from consumers.clickhouse.client import check_database_name
+from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.errors import ClickHouseWriteError
 from pipeline.events import EPOCH, BillingSessionRecord
 
@@ -70,7 +73,8 @@ class SessionWriter(Protocol):
     token after a failure or a crash must not count anything twice. A token always stands
     for the same records in the same order (derive it from the offsets the batch came
     from), because a block whose token was seen is dropped whatever it holds. It returns
-    once the records are durable and raises otherwise (never a partial silent success).
+    once the records are durable and counted (readers see them) and raises otherwise (never
+    a partial silent success); called again after a failure, it completes what is missing.
     """
 
     def insert(self, records: Sequence[BillingSessionRecord], token: str) -> None: ...
@@ -93,7 +97,7 @@ class SessionStore:
     def insert(
         self, records: Sequence[BillingSessionRecord], token: str, *, reconcile_run_id: str | None = None
     ) -> None:
-        """Insert ``records`` as one deduplicated block set; ``token`` identifies the batch.
+        """Insert ``records`` as one deduplicated block set, then recount their usage keys; ``token`` names the batch.
 
         ``reconcile_run_id`` marks rows written by `metering reconcile --repair` with its run (the
         audit trail, migration 004); the stream's rows leave it NULL.
@@ -130,6 +134,7 @@ class SessionStore:
                 code=exc.code,
                 transient=False,
             ) from exc
+        recount(self._client, self._database, {key_of(r.account_id, r.app_id, _ms(r.started_at)) for r in records})
 
 
 def record_columns(records: Sequence[BillingSessionRecord]) -> list[list[Any]]:

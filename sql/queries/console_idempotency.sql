@@ -1,4 +1,4 @@
--- The first answer remembered for an Idempotency-Key of the account and route (kept for good: migration 020).
+-- The first answer remembered for an Idempotency-Key of the account and route (kept for good: migration 014).
 --
 -- Parameters: database Identifier; account String; route String; key String.
 SELECT body_sha256, status, response

@@ -1,5 +1,6 @@
--- The console's usage series (console.md §1): billing sessions per app, kind and period of one
--- account, from the 15-minute aggregates minus the reconcile voids.
+-- The console's usage series (console.md §1): billing sessions per kind and period of one account
+-- (all its apps, or those listed), summed from the exact 15-minute counts of usage_counts
+-- (migration 012: |sessions| - |voided| per bucket, recounted by every write).
 --
 -- Parameters (all bound):
 --   database  Identifier
@@ -12,36 +13,30 @@
 --
 -- A period key is, for hours, the hour's index from start (hours are whole 3600 s steps of UTC,
 -- a half-hour zone's included); otherwise the period's first local day (a week by its Monday,
--- a month by its 1st), which is how the console labels it.
+-- a month by its 1st), which is how the console labels it. Every offset since 2000 is a multiple
+-- of 15 minutes, so every bucket lies in one period in any zone.
 --
--- Exact before and after merges: per bucket, uniqExactMerge unions the session-id sets of every
--- part (a session inserted twice counts once) and the voided ids, a subset of the counted ones,
--- are subtracted (see usage_by_period.sql, docs/reconcile.md).
+-- FINAL keeps the newest count of a key before merges; a key never spans partitions. The buckets
+-- are summed first (in the table's order), then placed in their periods: zone arithmetic on a
+-- few thousand buckets rather than on every app's row.
 SELECT
-    app_id,
-    kind,
     multiIf(
         {period:String} = 'hour', toString(intDiv(toUnixTimestamp(bucket) - toUnixTimestamp({start:DateTime('UTC')}), 3600)),
         {period:String} = 'week', toString(toMonday(toDate(bucket, {tz:String}))),
         {period:String} = 'month', toString(toStartOfMonth(toDate(bucket, {tz:String}))),
         toString(toDate(bucket, {tz:String}))
     ) AS period_key,
-    sum(n) AS sessions
+    sum(usage_n) AS usage_sessions,
+    sum(voice_n) AS voice_sessions,
+    sum(alert_n) AS alert_sessions
 FROM
 (
-    SELECT app_id, kind, bucket, toInt64(uniqExactMerge(sessions)) AS n
-    FROM {database:Identifier}.usage_15m
+    SELECT bucket, sum(usage_sessions) AS usage_n, sum(voice_sessions) AS voice_n, sum(alert_sessions) AS alert_n
+    FROM {database:Identifier}.usage_counts FINAL
     WHERE account_id = {account:String}
         AND bucket >= {start:DateTime('UTC')} AND bucket < {end:DateTime('UTC')}
         AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
-    GROUP BY app_id, kind, bucket
-    UNION ALL
-    SELECT app_id, kind, bucket, -toInt64(uniqExactMerge(sessions))
-    FROM {database:Identifier}.voids_15m
-    WHERE account_id = {account:String}
-        AND bucket >= {start:DateTime('UTC')} AND bucket < {end:DateTime('UTC')}
-        AND (empty({apps:Array(String)}) OR app_id IN {apps:Array(String)})
-    GROUP BY app_id, kind, bucket
+    GROUP BY bucket
 )
-GROUP BY app_id, kind, period_key
-HAVING sessions != 0
+GROUP BY period_key
+SETTINGS do_not_merge_across_partitions_select_final = 1

@@ -46,20 +46,23 @@ def ids_below(settings: Settings, offsets: dict[int, int]) -> set[str]:
     return out
 
 
+@pytest.mark.parametrize("point", ["sink.after_insert", "counts.recount"])
 def test_sink_sigkill_between_insert_and_commit_then_restart(
-    stack_settings: Settings, store: StoreProcess, pool: WorkerPool, tmp_path: Path
+    stack_settings: Settings, store: StoreProcess, pool: WorkerPool, tmp_path: Path, point: str
 ) -> None:
     """The sink killed after ClickHouse accepted a batch and before Kafka knew: the restart re-reads it, counts it once.
 
     ``sink.after_insert=kill@2`` SIGKILLs the store process at its second sessions batch, after its
-    insert and before its commit. ClickHouse then holds sessions from offsets the group never
-    committed; the restarted sink reads them again and inserts them again (absorbed by the
-    insert tokens, then by ReplacingMergeTree and the uniqExact sets), so usage equals compute
-    and every id is there once.
+    insert (and its recount) and before its commit; ``counts.recount=kill@2`` at its second block,
+    after the insert and before the usage counts were recounted. ClickHouse then holds sessions
+    from offsets the group never committed; the restarted sink reads them again and inserts them
+    again (absorbed by the insert tokens, then by ReplacingMergeTree and the uniqExact sets) and
+    recounts them, so usage (`metering usage`, from usage_counts) equals compute and every id is
+    there once.
     """
     settings = stack_settings
     lines = traffic_lines(5000, seed=31)
-    store.start(failpoints="sink.after_insert=kill@2")
+    store.start(failpoints=f"{point}=kill@2")
     pool.start(1)
     produce_all(settings, keyed(settings, lines))
     assert store.wait_exit(timeout=120) == -9, store.logs()

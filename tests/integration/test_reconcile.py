@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 
 from consumers.clickhouse import Client, migrate
+from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.reconcile import StoredSession, runs, snapshot
 from consumers.service import StoreEndpoints
 from consumers.usage_command import usage_text
@@ -106,7 +107,7 @@ def late_event_ids(settings: Settings) -> set[str]:
 
 
 def lose(client: Client, database: str, s: StoredSession) -> None:
-    """As if the sink had never written ``s``: its row, and its bucket of usage_15m rebuilt without it."""
+    """As if the sink had never written ``s``: its row, its bucket of usage_15m rebuilt without it, and recounted."""
     where = {"db": database, "acc": s.account_id, "app": s.app_id, "kind": s.kind, "sid": s.billing_session_id,
              "bucket": s.bucket_ms // 1000}  # fmt: skip
     sync = {"mutations_sync": 2}
@@ -128,6 +129,7 @@ def lose(client: Client, database: str, s: StoredSession) -> None:
         "GROUP BY account_id, app_id, b, kind",
         parameters=where, settings={"insert_deduplicate": 0},
     )  # fmt: skip
+    recount(client, database, [key_of(s.account_id, s.app_id, s.started_ms)])
 
 
 def store_again(client: Client, database: str, s: StoredSession, *, new_id: str | None, token: str) -> None:
@@ -143,6 +145,7 @@ def store_again(client: Client, database: str, s: StoredSession, *, new_id: str 
         row[names.index("billing_session_id")] = new_id
     client.insert("billing_sessions", [row], column_names=names, database=database,
                   settings={"insert_deduplication_token": token})  # fmt: skip
+    recount(client, database, [key_of(s.account_id, s.app_id, s.started_ms)])  # as every writer does
 
 
 def test_clean_then_damaged_then_late_reconcile_finds_repairs_and_audits(

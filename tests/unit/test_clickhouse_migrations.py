@@ -52,15 +52,17 @@ def test_shipped_migrations_are_numbered_and_parse() -> None:
         "006_usage_1h.sql",
         "010_console_plans.sql",
         "011_orders_invoices.sql",
-        "020_idempotency_keys_kept.sql",
+        "012_usage_counts.sql",
+        "013_usage_counts_account.sql",
+        "014_idempotency_keys_kept.sql",
     ]
-    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3, 1]
+    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3, 7, 2, 1]
     assert all(len(m.checksum) == 64 for m in migrations)
 
 
 def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Client, fresh_database: str) -> None:
     applied = migrate(chdb_client, fresh_database)
-    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11, 20]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14]
     assert engines(chdb_client, fresh_database) == {
         "billing_sessions": "ReplacingMergeTree",
         "usage_15m": "AggregatingMergeTree",
@@ -74,11 +76,8 @@ def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Cl
         "agent_subscriptions": "ReplacingMergeTree",
         "agent_transfers_started": "ReplacingMergeTree",
         "balance_snapshots": "ReplacingMergeTree",
-        "usage_1h": "AggregatingMergeTree",
-        "usage_1h_mv": "MaterializedView",
-        "voids_1h": "AggregatingMergeTree",
-        "voids_1h_mv": "MaterializedView",
-        "usage_day_counts": "ReplacingMergeTree",
+        "usage_counts": "ReplacingMergeTree",
+        "usage_counts_account": "ReplacingMergeTree",
         "funds_refunded": "ReplacingMergeTree",
         "extension_events": "ReplacingMergeTree",
         "owner_changes": "ReplacingMergeTree",

@@ -444,7 +444,7 @@ def test_a_key_is_remembered_for_good_so_a_late_reuse_never_names_an_old_order(
 ) -> None:
     """The order processor remembers order ids for good, and they are derived from the key: a key forgotten after
     two days (as it used to be) and used again got 202 "pending" for a new request under the old order's id, which
-    the processor dropped as a copy. Keys are kept (migration 020): a month later the key still replays or 409s."""
+    the processor dropped as a copy. Keys are kept (migration 014): a month later the key still replays or 409s."""
     headers = {**ADMIN, "Idempotency-Key": "monthly-top-up"}
     first = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
     assert first.status_code == 202, first.text

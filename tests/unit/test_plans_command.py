@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from consumers.clickhouse import Client, SessionStore, migrate
+from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.plans import PLAN_COLUMNS, PlanStore
 from consumers.plans_report import plans_query, plans_report
 from consumers.service import StoreEndpoints, discovery_file, token_file
@@ -57,6 +58,7 @@ def database(chdb_client: Client) -> Iterator[str]:
                       "conversation_session_id", "session_index", "reconcile_run_id", "reason"],
         database=name,
     )  # fmt: skip
+    recount(chdb_client, name, [key_of(ACCOUNT, "support-bot", ms("2026-11-20T10:00:00"))])  # as a repair does
     sessions.insert(month[:2], "billing-sessions:1:0-1")  # replayed under another token: counts once
     plans = PlanStore(chdb_client, name)
     plans.insert(

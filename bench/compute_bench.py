@@ -51,8 +51,12 @@ def with_resent_copies(source: Path, path: Path) -> None:
     tmp.rename(path)
 
 
-def run_once(path: Path) -> tuple[float, float, str, str]:
-    """Wall seconds, peak RSS in MiB, stdout and stderr of one `metering compute` on one core."""
+def run_once(path: Path) -> tuple[float, float, float, str, str]:
+    """Wall seconds, CPU seconds, peak RSS in MiB, stdout and stderr of one `metering compute` on one core.
+
+    CPU seconds (user + system) beside wall: on a shared machine the wall time counts the other
+    processes' turns on the core, the CPU time only this process's work.
+    """
     command = [sys.executable, "-m", "pipeline", "compute", "--events", str(path)]
     if hasattr(os, "sched_setaffinity"):
         command = ["taskset", "-c", "0", *command]
@@ -66,7 +70,7 @@ def run_once(path: Path) -> tuple[float, float, str, str]:
         stdout, stderr = out.read().decode(), err.read().decode()
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"metering compute failed: {stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, stdout, stderr
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout, stderr
 
 
 def engine() -> str:
@@ -83,12 +87,23 @@ def measure(console: Console, path: Path, runs: int) -> dict[str, Any]:
     results = []
     outputs = set()
     for i in range(runs):
-        seconds, peak_mib, out, err = run_once(path)
+        seconds, cpu_seconds, peak_mib, out, err = run_once(path)
         if "metered again" in err:
             raise SystemExit(f"{path.name} was not metered in one pass: {err.strip()}")
         outputs.add(out)
-        results.append({"seconds": seconds, "events_per_second": events / seconds, "peak_rss_mib": peak_mib})
-        console.print(f"{path.name} run {i + 1}: {seconds:.2f} s, {events / seconds:,.0f} events/s, {peak_mib:.0f} MiB")
+        results.append(
+            {
+                "seconds": seconds,
+                "events_per_second": events / seconds,
+                "cpu_seconds": cpu_seconds,
+                "events_per_cpu_second": events / cpu_seconds,
+                "peak_rss_mib": peak_mib,
+            }
+        )
+        console.print(
+            f"{path.name} run {i + 1}: {seconds:.2f} s, {events / seconds:,.0f} events/s; "
+            f"{cpu_seconds:.2f} CPU s, {events / cpu_seconds:,.0f} events per CPU second; {peak_mib:.0f} MiB"
+        )
     assert len(outputs) == 1, "runs disagree: the result must be deterministic"
     median = {k: statistics.median(r[k] for r in results) for k in results[0]}
     return {
@@ -121,13 +136,14 @@ def main() -> None:
     files = [measure(console, p, args.runs) for p in (path, resent)]
     table = Table(title=f"metering compute, one core, {mode} engine")
     table.add_column("file", no_wrap=True)
-    for column in ("events", "median events/s", "median seconds", "peak RSS (MiB)", "usage rows"):
+    for column in ("events", "median events/s", "median events/CPU s", "median seconds", "peak RSS (MiB)", "rows"):
         table.add_column(column, justify="right")
     for f in files:
         table.add_row(
             f["file"],
             f"{f['events']:,}",
             f"{f['median']['events_per_second']:,.0f}",
+            f"{f['median']['events_per_cpu_second']:,.0f}",
             f"{f['median']['seconds']:.2f}",
             f"{max(r['peak_rss_mib'] for r in f['runs']):.0f}",
             str(f["usage_rows"]),

@@ -31,6 +31,7 @@ from typing import Any, Final
 #: The modules compiled together. Each must keep type-checking under mypy --strict.
 MODULES: Final = (
     "pipeline.decode",
+    "pipeline.partitioner",
     "pipeline.rules.config",
     "pipeline.rules.model",
     "pipeline.rules.segmentation",

@@ -33,7 +33,7 @@ from pipeline.kafka import ensure_topics
 from pipeline.local_kafka import LocalKafka, free_port
 from pipeline.logs import fields
 from pipeline.settings import Settings
-from pipeline.stream.app import changelog_topics
+from pipeline.stream.worker import changelog_topics
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ def run(settings: Settings, *, demo: bool, demo_rate: float, console: Console) -
     store_thread: threading.Thread | None = None
     try:
         topics = settings.topics
-        ensure_topics(settings, [topics.ticks], config={"retention.ms": str(3_600_000)})
         ensure_topics(settings, topics.inputs)
         ensure_topics(settings, [topics.billing_sessions, topics.dlq, topics.late, topics.balance_alerts])
         ensure_topics(settings, changelog_topics(settings), config={"cleanup.policy": "compact"})
@@ -111,7 +110,12 @@ def run(settings: Settings, *, demo: bool, demo_rate: float, console: Console) -
         log_dir = settings.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         workers = [
-            _Worker(i, _port_or_free(store_metrics + 1 + i), log_dir / f"worker-{i}.log")
+            _Worker(
+                i,
+                _port_or_free(store_metrics + 1 + i),
+                log_dir / f"worker-{i}.log",
+                command=("worker", "--instance", str(i)),
+            )
             for i in range(settings.workers)
         ]
         workers += _balance_services(settings, store_metrics + 1 + settings.workers, log_dir)

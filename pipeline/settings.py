@@ -37,7 +37,6 @@ class Topics:
     dlq: str = "metering-dlq"
     late: str = "metering-late"
     balance_alerts: str = "balance-alerts"
-    ticks: str = "metering-ticks"
     balance_state: str = "balance-state"
 
     def of_type(self, event_type: str) -> str:
@@ -62,7 +61,6 @@ class Topics:
             self.dlq,
             self.late,
             self.balance_alerts,
-            self.ticks,
             self.balance_state,
         )
 

@@ -1,8 +1,8 @@
 """Metering of one input partition: raw messages in, output records and state changes out.
 
-The faust agent stays a thin shell: it hands each batch of one partition to a
-``PartitionMeter`` and writes back what comes out. Nothing here touches Kafka, so the whole
-message-level behaviour (DLQ, routing, late, dedupe, persistence) is tested without a broker.
+The worker's processor (``pipeline.stream.worker``) stays a thin shell: it hands each batch of one
+partition to a ``PartitionMeter`` and writes back what comes out. Nothing here touches Kafka, so the
+whole message-level behaviour (DLQ, routing, late, dedupe, persistence) is tested without a broker.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline.events import (
     LateRecord,
     Rejection,
 )
-from pipeline.kafka import partition_of
+from pipeline.partitioner import partition_of
 from pipeline.records import billing_session_record, dead_letter, late_record
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.rules.meter import (
@@ -39,6 +39,7 @@ from pipeline.rules.meter import (
     Outcome,
     PartitionClock,
 )
+from pipeline.runtime.processor import Record
 
 CLOCK_KEY: Final = "p"
 
@@ -50,14 +51,8 @@ _decode_clock = msgspec.msgpack.Decoder(ClockWire).decode
 _decode_int = msgspec.msgpack.Decoder(int).decode
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """The parts of a Kafka message the meter needs (faust and confluent messages both map here)."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
+#: The parts of a Kafka message the meter needs: the runtime's record.
+Message = Record
 
 
 @dataclass

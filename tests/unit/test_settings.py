@@ -61,7 +61,6 @@ def test_no_variables_give_the_documented_defaults() -> None:
         dlq="metering-dlq",
         late="metering-late",
         balance_alerts="balance-alerts",
-        ticks="metering-ticks",
         balance_state="balance-state",
     )
     assert (s.partitions, s.replication_factor, s.workers) == (6, 1, 1)

@@ -30,7 +30,7 @@ from rich.console import Console
 from pipeline.decode import to_ms
 from pipeline.local_kafka import LocalKafka, LocalKafkaError, free_port
 from pipeline.settings import Settings, Topics
-from pipeline.stream.app import changelog_topics
+from pipeline.stream.worker import changelog_topics
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS_DIR: Final = ROOT / "bench" / "results"

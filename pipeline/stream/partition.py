@@ -42,6 +42,9 @@ from pipeline.rules.meter import (
 from pipeline.runtime.processor import Record
 
 CLOCK_KEY: Final = "p"
+_TURN: Final = ConversationTurn
+_TRANSFER: Final = AgentTransfer
+_APPLIED: Final = Outcome.APPLIED
 
 Metered = ConversationTurn | AgentTransfer | AlertDelivered
 
@@ -126,38 +129,55 @@ class PartitionMeter:
         wall_ceiling = now_ms + max_clock_skew_ms
         waiting = tuple(lagging)
         high = self.topic_high
-
-        def ceiling() -> int:
-            return min([wall_ceiling, *(high.get(t, meter.partition.clock) for t in waiting)])
-
-        meter.clock_ceiling = ceiling()
+        meter.clock_ceiling = self._ceiling(wall_ceiling, waiting)
         received_at = datetime.fromtimestamp(now_ms / 1000, UTC)
         before = _copy(meter.stats)
+        received = result.received
+        partition, partitions = self.partition, self.partitions
+        conversation_topics = self._conversation_topics
         for m in messages:
-            result.received[m.topic] = result.received.get(m.topic, 0) + 1
-            self.last_event_wall_ms = now_ms
+            topic = m.topic
+            received[topic] = received.get(topic, 0) + 1
             decoded = decode_event(m.value, now_ms)
             if type(decoded) is Rejection:
                 self._reject(result, m, decoded, received_at)
                 continue
             t, event = decoded  # type: ignore[misc]
-            placed = self._place(m, event)
+            # The common case inline: a turn or transfer on its topic and partition.
+            if (type(event) is _TURN or type(event) is _TRANSFER) and topic in conversation_topics:
+                home = partition_of(event.conversation_id.encode(), partitions)
+                placed: Metered | Rejection = event if home == partition else self._place(m, event)
+            else:
+                placed = self._place(m, event)
             if isinstance(placed, Rejection):
                 self._reject(result, m, placed, received_at)
                 continue
-            if t > high.get(m.topic, NEVER):
-                high[m.topic] = t
-                if m.topic in waiting:
-                    meter.clock_ceiling = ceiling()
+            if t > high.get(topic, NEVER):
+                high[topic] = t
+                if topic in waiting:
+                    meter.clock_ceiling = self._ceiling(wall_ceiling, waiting)
             outcome = meter.apply(t, placed)
+            if outcome is _APPLIED:
+                continue
             if outcome is Outcome.DUPLICATE:
-                result.duplicates[m.topic] = result.duplicates.get(m.topic, 0) + 1
+                result.duplicates[topic] = result.duplicates.get(topic, 0) + 1
             elif outcome is Outcome.LATE:
-                result.late_by_topic[m.topic] = result.late_by_topic.get(m.topic, 0) + 1
+                result.late_by_topic[topic] = result.late_by_topic.get(topic, 0) + 1
                 late = meter.late.pop()
-                result.late.append(late_record(m.value, late, topic=m.topic, partition=m.partition, offset=m.offset))
+                result.late.append(late_record(m.value, late, topic=topic, partition=m.partition, offset=m.offset))
+        if received:
+            self.last_event_wall_ms = now_ms
         self._collect(result, before)
         return result
+
+    def _ceiling(self, wall_ceiling: int, waiting: tuple[str, ...]) -> int:
+        """The clock's ceiling: the wall clock plus skew, and how far each waited-for input has got."""
+        ceiling = wall_ceiling
+        clock = self.meter.partition.clock
+        for topic in waiting:
+            at = self.topic_high.get(topic, clock)
+            ceiling = min(ceiling, at)
+        return ceiling
 
     def idle_tick(self, now_ms: int, idle_after_ms: int, *, backlog: bool) -> BatchResult:
         """A tick from the wall clock: an idle partition's clock follows it (R9).

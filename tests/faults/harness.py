@@ -46,7 +46,7 @@ from pipeline.kafka import ensure_topics, partition_of, producer_config
 from pipeline.rules.config import RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.settings import Settings
-from pipeline.stream.app import changelog_topics
+from pipeline.stream.worker import changelog_topics
 from tests.integration.conftest import Workers
 from tests.support import T0, wait_until
 

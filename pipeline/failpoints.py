@@ -20,10 +20,9 @@ variable, :func:`hit` is a dictionary lookup.
 Points: ``sink.insert`` (before each ClickHouse insert of any sink of the process: an outage
 hits them all), ``sink.after_insert`` (after a billing-sessions batch is written to ClickHouse,
 before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks),
-``balance.before_commit`` (pipeline/stream/balance.py), ``worker.delivered`` (each input
-record faust delivers to a worker; failing drops it, as faust drops fetched records when it
-suspends its flow) and ``worker.changelog`` (after a batch's state changes are acknowledged;
-failing makes them count as not durable, as a broker that loses them would).
+``worker.before_commit`` and ``balance.before_commit`` (pipeline/runtime/engine.py: a batch's
+outputs, changelog records and offsets are in its transaction, not yet committed; failing
+aborts the transaction, as a broker error would, and ``kill`` crashes with it open).
 """
 
 from __future__ import annotations

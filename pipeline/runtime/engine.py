@@ -207,6 +207,11 @@ class StreamRuntime:
                 if error.code() == KafkaError._PARTITION_EOF:
                     self._at_end(m.topic() or "", m.partition() or 0, m.offset() or 0)
                     continue
+                if error.fatal():
+                    raise FencedError(
+                        f"the {self.config.role}'s consumer failed fatally ({error}): another instance "
+                        f"({self.config.transactional_id}) took over its group membership; this one stops"
+                    )
                 raise KafkaException(error)
             topic = m.topic()
             partition = m.partition()

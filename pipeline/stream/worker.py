@@ -256,9 +256,12 @@ def run_worker(settings: Settings, metrics_port: int | None = None, instance: in
             tick_seconds=tick_seconds(settings),
             role="worker",
             max_record_bytes=8 << 20,
+            # a worker that dies mid-batch holds back read_committed readers of its outputs this long
+            transaction_timeout_ms=20_000,
         ),
         topologies(settings, plans),
         on_batch=_observe_batch,
+        on_abort=metrics.WORKER_ABORTS.inc,
     )
     try:
         runtime.run(stop)

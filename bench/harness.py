@@ -79,7 +79,7 @@ def fresh_settings(base: Settings, data_dir: Path) -> Settings:
 def create_topics(broker: LocalKafka, settings: Settings) -> None:
     """Every topic of the run, co-partitioned, before any process starts (as `metering run` does)."""
     topics = settings.topics
-    broker.create_topics({t: settings.partitions for t in topics.all})
+    broker.create_topics(dict.fromkeys(topics.all, settings.partitions))
     changelogs = dict.fromkeys(changelog_topics(settings), settings.partitions)
     broker.create_topics(changelogs, config={"cleanup.policy": "compact"})
 

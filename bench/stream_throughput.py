@@ -510,58 +510,30 @@ def _start_profiler(pid: int, profile: tuple[Path, int], run_dir: Path) -> subpr
 
 #: Self time by the file of the innermost Python frame (C code is charged to the Python frame calling it).
 CATEGORIES: Final = (
-    ("murmur2 key check (aiokafka.partitioner, pure Python)", ("aiokafka/partitioner.py",)),
-    ("aiokafka (fetch responses, producer sends)", ("/aiokafka/", "/kafka/")),
-    ("faust / mode (per-message machinery, tables, services)", ("/faust/", "/mode/")),
-    ("asyncio (futures, tasks, queues, streams)", ("/asyncio/",)),
+    ("stream runtime (pipeline.runtime: consume, transactions, changelog)", ("/pipeline/runtime/",)),
     ("metering rules (pipeline.rules)", ("/pipeline/rules/",)),
     ("decoding events, encoding records (pipeline.events, .records)", ("/pipeline/events.py", "/pipeline/records.py")),
-    ("stream glue (pipeline.stream, pipeline.kafka)", ("/pipeline/stream/", "/pipeline/kafka.py")),
-    ("confluent-kafka calls (outputs, plan feed)", ("confluent_kafka",)),
+    ("worker glue (pipeline.stream)", ("/pipeline/stream/",)),
+    ("confluent-kafka calls", ("confluent_kafka",)),
     ("prometheus_client", ("/prometheus_client/",)),
-)
-#: Frames that run an event loop: their self time is the loop's own C code (uvloop).
-LOOP_RUNNERS: Final = frozenset(
-    {
-        "Worker.execute_from_commandline",
-        "ServiceThread._start_thread",
-        "run_forever",
-        "run_until_complete",
-        "Runner.run",
-    }
 )
 #: Where each GIL sample belongs, by the frames on its stack: the first stage that matches takes it.
 STAGES: Final = (
-    ("our batch processing (MeteringApp._process), of which:", "MeteringApp._process"),
-    (
-        "faust fetcher and conductor: records -> faust events -> stream queues, per message",
-        "Fetcher._fetcher|Conductor._compile_message_handler.<locals>.on_message",
-    ),
-    (
-        "faust agent stream: per-event iteration, take_events buffering, acks",
-        "Agent._execute_actor|Stream._passive_drainer|Stream._c_aiter",
-    ),
-    (
-        "faust table changelog: one message per state change, sent by aiokafka",
-        "ProducerBuffer._handle_pending|Sender._sender_routine|Sender._send_produce_req",
-    ),
-    ("idle ticks and gauges (MeteringApp._tick)", "MeteringApp._tick"),
-    ("other threads (metrics HTTP, plan feed, faust's consumer thread)", "Thread._bootstrap"),
+    ("the processors (MeterProcessor.process, .tick), of which:", "MeterProcessor.process|MeterProcessor.tick"),
+    ("producing outputs and changelog records (StreamRuntime._produce)", "StreamRuntime._produce"),
+    ("offsets and commit (StreamRuntime._commit)", "StreamRuntime._commit"),
+    ("consume and group by partition (StreamRuntime._step)", "StreamRuntime._step"),
+    ("other threads (metrics HTTP, plan feed)", "Thread._bootstrap"),
 )
-#: Inside our batch processing (inclusive, as shares of all samples).
+#: Inside the processors (inclusive, as shares of all samples).
 PROCESS_PARTS: Final = (
     ("  metering: decode, key check, rules (PartitionMeter.process)", "PartitionMeter.process"),
-    ("  producing outputs, waiting for acks (MeteringApp._emit)", "MeteringApp._emit"),
-    ("  table writes handed to faust (MeteringApp._persist)", "MeteringApp._persist"),
-    ("  input offset continuity (MeteringApp._continuous, _lagging)", "MeteringApp._continuous|MeteringApp._lagging"),
+    ("  outputs and state changes (MeterProcessor._emit)", "MeterProcessor._emit"),
 )
-LOOP_STAGE: Final = "event loop's own C code (uvloop; the sample's innermost Python frame runs the loop)"
-OTHER_STAGE: Final = "other (asyncio.Event waits, commits, services, ...)"
+OTHER_STAGE: Final = "other (rebalance callbacks, restore, start-up, ...)"
 
 
 def _category(function: str, frame_file: str) -> str:
-    if function in LOOP_RUNNERS:
-        return "event loop's own C code (uvloop; charged to the frame running it)"
     for name, needles in CATEGORIES:
         if any(n in frame_file for n in needles):
             return name
@@ -590,9 +562,7 @@ def summarize_profile(path: Path, seconds: float, top: int = 15) -> dict[str, An
         functions = {f.partition(" (")[0] for f in frames}
         function, _, where = frames[-1].partition(" (")
         stage = next((label for label, names in STAGES if functions.intersection(names.split("|"))), None)
-        if stage is None:
-            stage = LOOP_STAGE if function in LOOP_RUNNERS else OTHER_STAGE
-        stages[stage] += count
+        stages[stage or OTHER_STAGE] += count
         for label, names in PROCESS_PARTS:
             if functions.intersection(names.split("|")):
                 stages[label] += count
@@ -615,7 +585,6 @@ def summarize_profile(path: Path, seconds: float, top: int = 15) -> dict[str, An
                 STAGES[0][0],
                 *(p for p, _ in PROCESS_PARTS),
                 *(s for s, _ in STAGES[1:]),
-                LOOP_STAGE,
                 OTHER_STAGE,
             ]
         ],

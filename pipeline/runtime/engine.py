@@ -41,10 +41,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from pipeline import failpoints, metrics
-from pipeline.kafka import consumer_config, producer_config
+from pipeline.kafka import admin, consumer_config, producer_config
 from pipeline.logs import fields
 from pipeline.runtime.processor import Effects, PartitionProcessor, Record, Topology
 from pipeline.runtime.restore import restore, watermarks
@@ -110,14 +119,17 @@ class _Partition:
         #: The next offset to process per input topic.
         self.next = next_
 
-    def lagging(self, consumer: Consumer) -> frozenset[str]:
-        """Input topics whose log holds records not processed yet (unknown: assumed to)."""
-        out = []
+    def lagging(self, consumer: Consumer) -> tuple[set[str], list[str]]:
+        """Input topics whose log holds records not processed yet, by the consumer's last fetch (unknown: assumed
+        to), and the others: caught up as far as that fetch knew."""
+        lagging, caught_up = set(), []
         for topic in self.topology.inputs:
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, self.number), cached=True)
             if high < 0 or high > self.next.get(topic, 0):
-                out.append(topic)
-        return frozenset(out)
+                lagging.add(topic)
+            else:
+                caught_up.append(topic)
+        return lagging, caught_up
 
 
 class StreamRuntime:
@@ -145,7 +157,7 @@ class StreamRuntime:
         self.committed_batches = 0
         self._next_tick = 0.0
         self._lag_observed_at = 0.0
-        self._changelog_ends: dict[tuple[str, int], int] = {}
+        self._admin: AdminClient | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -200,12 +212,13 @@ class StreamRuntime:
         messages = consumer.consume(self.config.batch_size, timeout=self.config.batch_seconds)
         now_ms = int(time.time() * 1000)
         groups: dict[tuple[str, int], list[Record]] = {}
+        ends: list[tuple[str, int, int]] = []
         by_input = self._by_input
         for m in messages:
             error = m.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    self._at_end(m.topic() or "", m.partition() or 0, m.offset() or 0)
+                    ends.append((m.topic() or "", m.partition() or 0, m.offset() or 0))
                     continue
                 if error.fatal():
                     raise FencedError(
@@ -228,6 +241,7 @@ class StreamRuntime:
             self._next_tick = monotonic + self.config.tick_seconds
         self._observe_lag(monotonic)
         if not groups and not tick:
+            self._at_end(ends)
             return
         started = time.perf_counter()
         try:
@@ -247,6 +261,7 @@ class StreamRuntime:
             )
             self._abort_and_rewind()
             return
+        self._at_end(ends)  # after the batch: the records before an end are in it
         if wrote:
             self.committed_batches += 1
         if self._on_batch is not None and groups:
@@ -259,16 +274,17 @@ class StreamRuntime:
         assert consumer is not None
         effects = Effects()
         offsets: dict[tuple[str, int], int] = {}
-        for key, records in groups.items():
-            part = self._parts.get(key)
-            if part is None:
-                continue  # not ours any more: the new owner reads it from the committed offset
-            part.processor.process(records, now_ms, part.lagging(consumer), effects)
+        keys = [key for key in groups if key in self._parts]  # others are not ours any more
+        lagging = self._lagging(keys, everywhere=False)
+        for key in keys:
+            records = groups[key]
+            self._parts[key].processor.process(records, now_ms, lagging[key], effects)
             for r in records:
                 offsets[(r.topic, r.partition)] = r.offset + 1
         if tick:
-            for part in self._parts.values():
-                part.processor.tick(now_ms, part.lagging(consumer), effects)
+            lagging = self._lagging(list(self._parts), everywhere=True)
+            for key, part in self._parts.items():
+                part.processor.tick(now_ms, lagging[key], effects)
         changes = {key: part.store.take_pending() for key, part in self._parts.items() if part.store.pending}
         if not offsets and not changes and not effects.outputs:
             for hook in effects.on_commit:
@@ -304,6 +320,50 @@ class StreamRuntime:
         for hook in effects.on_commit:
             hook()
         return True
+
+    def _lagging(self, keys: list[tuple[str, int]], *, everywhere: bool) -> dict[tuple[str, int], frozenset[str]]:
+        """Per partition, the input topics with records not processed before this batch.
+
+        The consumer's cached log ends are those of its last fetch of each partition, which may
+        be older than records it already returned from another topic: a partition of several
+        inputs that knows nothing newer of one of them would let the other's event time run
+        ahead of records already in the log. So an input the cache calls caught up is asked
+        for its end from the broker (one request for all of them) wherever that matters: a
+        partition of several inputs, or, ``everywhere``, for the ticks that decide idleness.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        out: dict[tuple[str, int], set[str]] = {}
+        unsure: list[tuple[tuple[str, int], str]] = []
+        for key in keys:
+            part = self._parts[key]
+            lagging, caught_up = part.lagging(consumer)
+            out[key] = lagging
+            if everywhere or len(part.topology.inputs) > 1:
+                unsure.extend((key, topic) for topic in caught_up)
+        if unsure:
+            ends = self._log_ends([(topic, key[1]) for key, topic in unsure])
+            for key, topic in unsure:
+                end = ends.get((topic, key[1]))
+                if end is None or end > self._parts[key].next.get(topic, 0):
+                    out[key].add(topic)
+        return {key: frozenset(topics) for key, topics in out.items()}
+
+    def _log_ends(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The last stable offsets of ``tps`` as the broker has them now (one request); none on error (then
+        every input counts as lagging: a partition does not go idle while the broker cannot say)."""
+        if self._admin is None:
+            self._admin = admin(self.settings)
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps},  # type: ignore[no-untyped-call]
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=10,
+            )
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        except KafkaException as exc:
+            log.warning("log ends not known: inputs counted as lagging", extra=fields(error=str(exc.args[0])))
+            return {}
 
     def _produce(
         self,
@@ -463,12 +523,14 @@ class StreamRuntime:
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(self.config.group, topic, str(part.number))
 
-    def _at_end(self, topic: str, partition: int, offset: int) -> None:
-        """The consumer reached the end of an input partition: nothing waits there (markers included)."""
-        topology = self._by_input.get(topic)
-        part = None if topology is None else self._parts.get((topology.name, partition))
-        if part is not None and offset > part.next.get(topic, 0):
-            part.next[topic] = offset
+    def _at_end(self, ends: list[tuple[str, int, int]]) -> None:
+        """The consumer reached the end of these input partitions: nothing waits there (transaction markers
+        included). Applied once the batch that came with them is processed."""
+        for topic, partition, offset in ends:
+            topology = self._by_input.get(topic)
+            part = None if topology is None else self._parts.get((topology.name, partition))
+            if part is not None and offset > part.next.get(topic, 0):
+                part.next[topic] = offset
 
     # -- metrics ---------------------------------------------------------------------------
 

@@ -377,6 +377,12 @@ class WorkerPool(Workers):
         self.current.extend(started)
         return started
 
+    def start_instance(self, instance: int, **extra_env: str) -> subprocess.Popen[bytes]:
+        """``metering worker --instance N``: a stable transactional id and group membership, as `metering run` gives."""
+        process = self.spawn("--instance", str(instance), **extra_env)
+        self.current.append(process)
+        return process
+
     def replace(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         """Start a worker in the place of ``process`` (which has exited or been killed)."""
         (new,) = super().start(1)

@@ -220,7 +220,7 @@ class StreamRuntime:
                 if error.code() == KafkaError._PARTITION_EOF:
                     ends.append((m.topic() or "", m.partition() or 0, m.offset() or 0))
                     continue
-                if error.fatal():
+                if error.fatal() or error.code() == KafkaError._FATAL:
                     raise FencedError(
                         f"the {self.config.role}'s consumer failed fatally ({error}): another instance "
                         f"({self.config.transactional_id}) took over its group membership; this one stops"

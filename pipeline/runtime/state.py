@@ -175,6 +175,15 @@ class PartitionStore:
         """The committed items (what a processor is built from after restore)."""
         return self.backend.items()
 
+    def range(self, start: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
+        """The committed items with ``start <= key < stop``, in key order."""
+        out = []
+        for key, value in self.backend.items(start):
+            if key >= stop:
+                break
+            out.append((key, value))
+        return out
+
     @property
     def pending(self) -> Changes:
         return self._pending

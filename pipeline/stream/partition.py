@@ -31,6 +31,7 @@ from pipeline.records import billing_session_record, dead_letter, late_record
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.rules.meter import (
     NEVER,
+    Archive,
     ClockWire,
     ConversationState,
     ConversationWire,
@@ -52,6 +53,8 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(ConversationWire).decode
 _decode_clock = msgspec.msgpack.Decoder(ClockWire).decode
 _decode_int = msgspec.msgpack.Decoder(int).decode
+_decode_archived_state = msgspec.msgpack.Decoder(tuple[int, ConversationWire]).decode
+_decode_archived_alert = msgspec.msgpack.Decoder(tuple[int, int]).decode
 
 
 #: The parts of a Kafka message the meter needs: the runtime's record.
@@ -90,10 +93,11 @@ class PartitionMeter:
         *,
         conversation_topics: Iterable[str] = (),
         alert_topics: Iterable[str] = (),
+        archive: Archive | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
-        self.meter = Meter(config, timeouts, track_changes=True)
+        self.meter = Meter(config, timeouts, track_changes=True, archive=archive)
         self._conversation_topics = frozenset(conversation_topics)
         self._alert_topics = frozenset(alert_topics)
         self.last_event_wall_ms: int | None = None
@@ -112,6 +116,12 @@ class PartitionMeter:
                 conversations.append(ConversationState.from_wire(_decode_state(value)))
             elif key[0] == "a":
                 alerts.append((key, _decode_int(value)))
+            elif key[0] == "z":  # archived on disk before (pipeline.stream.archive): in memory now
+                archived = key[2:]
+                if archived[0] == "c":
+                    conversations.append(ConversationState.from_wire(_decode_archived_state(value)[1]))
+                else:
+                    alerts.append((archived, _decode_archived_alert(value)[1]))
         self.meter.restore(clock, conversations, alerts)
 
     def process(

@@ -34,7 +34,9 @@ from pipeline.runtime import (
     StreamRuntime,
     Topology,
 )
+from pipeline.runtime.state import RocksBackend
 from pipeline.settings import Settings
+from pipeline.stream.archive import StoreArchive
 from pipeline.stream.partition import CLOCK_KEY, BatchResult, PartitionMeter
 from pipeline.stream.plans import PlanFeed
 
@@ -86,7 +88,8 @@ class MeterProcessor:
         self.store = store
         self.plans = plans
         self.prefix = f"{partition}\x1e"
-        self._prefix_bytes = self.prefix.encode()
+        prefix = self.prefix.encode()
+        on_disk = isinstance(store.backend, RocksBackend)
         self.meter = PartitionMeter(
             partition,
             settings.partitions,
@@ -94,9 +97,15 @@ class MeterProcessor:
             timeouts,
             conversation_topics=(topics.turns, topics.transfers) if table == CONVERSATIONS else (),
             alert_topics=(topics.alerts,) if table == ALERTS else (),
+            archive=StoreArchive(store, self.prefix) if on_disk else None,
         )
-        skip = len(self._prefix_bytes)
-        restored = {k[skip:].decode(): v for k, v in store.items() if k.startswith(self._prefix_bytes)}
+        if on_disk:  # only what the meter works on: the archive stays on disk
+            clock = store.get(prefix + CLOCK_KEY.encode())
+            items = [*store.range(prefix + b"a", prefix + b"b"), *store.range(prefix + b"c", prefix + b"d")]
+            items += [] if clock is None else [(prefix + CLOCK_KEY.encode(), clock)]
+        else:
+            items = [(k, v) for k, v in store.items() if k.startswith(prefix)]
+        restored = {k[len(prefix) :].decode(): v for k, v in items}
         self.meter.restore(restored.items())
         self._clock: bytes | None = restored.get(CLOCK_KEY)
         self._skew_ms = int(settings.max_clock_skew_seconds * SECOND)

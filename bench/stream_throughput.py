@@ -109,6 +109,8 @@ class Run:
     events_per_s: float = 0.0  # N / visible_seconds
     events_per_s_from_first_output: float | None = None
     worker_events_per_s: float | None = None  # from the worker's own counter, first to last batch
+    #: the same per second of worker CPU (first to last batch): what a worker does with a core of its own
+    worker_events_per_cpu_s: float | None = None
     worker_cpu_seconds: float | None = None  # whole process life until all rows were visible
     worker_peak_rss_mib: float | None = None
     sink_cpu_seconds: float | None = None
@@ -347,6 +349,8 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
         if first_batch is not None and input_done is not None:
             shares = cpu_shares(first_batch, input_done)
             run.metering_worker_cpu = sum(shares[f"worker{w}"] or 0.0 for w in range(workers))
+            if run.worker_events_per_s and run.metering_worker_cpu:
+                run.worker_events_per_cpu_s = run.worker_events_per_s / run.metering_worker_cpu
             run.metering_sink_cpu = shares["sink"]
             run.metering_broker_cpu = shares["broker"]
             run.metering_machine_busy = shares["machine"]
@@ -606,6 +610,7 @@ COLUMNS: Final = (
     ("events/s, worker start to all rows visible", "events_per_s", 0),
     ("events/s, first output to all rows visible", "events_per_s_from_first_output", 0),
     ("events/s of the worker(s) alone (own counter)", "worker_events_per_s", 0),
+    ("events per second of worker CPU (own counter / CPU)", "worker_events_per_cpu_s", 0),
     ("s: worker start -> first output record", "first_output_seconds", 1),
     ("s: worker start -> emitted counter > 0", "first_emitted_seconds", 1),
     ("s: worker start -> all input metered", "input_done_seconds", 1),

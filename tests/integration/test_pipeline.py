@@ -1,4 +1,4 @@
-"""End to end on the real broker, real faust workers and embedded ClickHouse.
+"""End to end on the real broker, real workers (``python -m pipeline worker``) and embedded ClickHouse.
 
 Every test replays a generated file of realistic traffic and requires `metering usage --format
 csv --by day` to equal `metering compute` on the same file, line for line.

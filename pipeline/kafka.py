@@ -60,7 +60,11 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 
 def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[str, Any]:
-    """Manual commits after the work is durable; read only committed data."""
+    """Manual commits after the work is durable; read only committed data, whatever else is configured.
+
+    Every reader of the pipeline's topics (workers, sink, balance, notifier, entitlement) uses
+    this: the outputs are written in transactions, and a batch that aborted is in the log too.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": group,
@@ -72,6 +76,7 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
     }
     config.update(settings.kafka_config)
     config.update(overrides)
+    config["isolation.level"] = "read_committed"
     return config
 
 

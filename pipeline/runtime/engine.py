@@ -305,6 +305,9 @@ class StreamRuntime:
             changelog = part.topology.changelog
             for name, value in pending.items():
                 self._produce(changelog, name, value, partition=part.number, on_delivery=delivered)
+        # Delivered before the offsets: an abort then has nothing in flight to purge (purged sends leave
+        # sequence gaps that fail the next transaction until the producer's epoch is bumped).
+        producer.flush(60)
         if offsets:
             producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()], consumer.consumer_group_metadata(), 30

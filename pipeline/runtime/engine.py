@@ -33,6 +33,7 @@ before was committed.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import threading
 import time
@@ -70,6 +71,25 @@ STABLE_OFFSETS_SECONDS: Final = 120.0
 
 class FencedError(RuntimeError):
     """Another instance took over this one's transactional id or partitions: this one must stop."""
+
+
+def _sent(record: Record) -> int:
+    return record.timestamp
+
+
+def _merged(records: list[Record]) -> list[Record]:
+    """One partition's records of several input topics in the order they were sent, each topic in log order.
+
+    The inputs are fetched apart, so a batch may hold all of one topic's records before the
+    other's; merged by Kafka timestamp (the producer's send time) they come as the producer
+    interleaved them, and one topic's event time does not run ahead of the other's.
+    """
+    by_topic: dict[str, list[Record]] = {}
+    for r in records:
+        by_topic.setdefault(r.topic, []).append(r)
+    if len(by_topic) < 2:
+        return records
+    return list(heapq.merge(*by_topic.values(), key=_sent))
 
 
 def _abortable(message: str) -> KafkaException:
@@ -179,6 +199,7 @@ class StreamRuntime:
         config = consumer_config(s, c.group, **{"client.id": c.transactional_id, "enable.partition.eof": True})
         config.setdefault("session.timeout.ms", 15000)
         config.setdefault("fetch.message.max.bytes", 4 << 20)
+        config.setdefault("queued.max.messages.kbytes", 16 << 10)  # prefetched records: bounded memory
         if c.static_member:
             config["group.instance.id"] = c.transactional_id
         self.consumer = Consumer(config)
@@ -234,7 +255,8 @@ class StreamRuntime:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
-            group.append(Record(topic, partition, m.offset(), m.value() or b"", m.key()))  # type: ignore[arg-type]
+            record = Record(topic, partition, m.offset(), m.value() or b"", key=m.key(), timestamp=m.timestamp()[1])  # type: ignore[arg-type]
+            group.append(record)
         monotonic = time.monotonic()
         tick = monotonic >= self._next_tick
         if tick:
@@ -278,9 +300,11 @@ class StreamRuntime:
         lagging = self._lagging(keys, everywhere=False)
         for key in keys:
             records = groups[key]
+            if len(self._parts[key].topology.inputs) > 1:
+                records = _merged(records)
             self._parts[key].processor.process(records, now_ms, lagging[key], effects)
             for r in records:
-                offsets[(r.topic, r.partition)] = r.offset + 1
+                offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
         if tick:
             lagging = self._lagging(list(self._parts), everywhere=True)
             for key, part in self._parts.items():

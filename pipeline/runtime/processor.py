@@ -18,14 +18,18 @@ from pipeline.runtime.state import PartitionStore
 class Record:
     """One consumed input message: where it is in the log and its bytes."""
 
-    __slots__ = ("key", "offset", "partition", "topic", "value")
+    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
 
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None = None) -> None:
+    def __init__(
+        self, topic: str, partition: int, offset: int, value: bytes, *, key: bytes | None = None, timestamp: int = 0
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.offset = offset
         self.value = value
         self.key = key
+        #: The record's Kafka timestamp (ms; the producer's send time unless the topic says otherwise).
+        self.timestamp = timestamp
 
     def __repr__(self) -> str:
         return f"Record({self.topic}[{self.partition}]@{self.offset}, {len(self.value)} bytes)"

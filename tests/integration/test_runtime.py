@@ -195,8 +195,9 @@ def test_a_rocksdb_store_resumes_from_its_own_offset_and_holds_only_committed_st
     on_disk = {}
     for p in range(PARTITIONS):
         backend = RocksBackend(settings.data_dir / "counter-state" / "counter" / str(p))
-        assert backend.changelog_offset > 0, "the store knows how far into the changelog it is"
-        on_disk.update(dict(backend.items()))
+        items = dict(backend.items())
+        assert backend.changelog_offset > 0 or not items, "a store with state knows how far into the changelog it is"
+        on_disk.update(items)
         backend.close()
     assert on_disk == {k.encode(): str(KEYS[:100].count(k)).encode() for k in set(KEYS[:100])}, (
         "only what committed reached the disk"

@@ -32,9 +32,11 @@ before was committed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import heapq
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +66,11 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS: Final = 5
+#: A batch not committed after this long ends the process (its supervisor starts it again): a
+#: transaction call that librdkafka does not return from (seen after a broker outage longer than
+#: the group session) must not stall the partitions. The open transaction is aborted by the broker.
+STALLED_BATCH_SECONDS: Final = 120.0
+EXIT_STALLED: Final = 70
 LAG_EVERY_SECONDS: Final = 1.0
 #: How long an assignment waits for the previous owner's open transaction to be resolved.
 STABLE_OFFSETS_SECONDS: Final = 120.0
@@ -266,6 +273,9 @@ class StreamRuntime:
             self._at_end(ends)
             return
         started = time.perf_counter()
+        watchdog = threading.Timer(STALLED_BATCH_SECONDS, self._stalled)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             wrote = self._transact(groups, now_ms, tick)
         except KafkaException as exc:
@@ -283,11 +293,21 @@ class StreamRuntime:
             )
             self._abort_and_rewind()
             return
+        finally:
+            watchdog.cancel()
         self._at_end(ends)  # after the batch: the records before an end are in it
         if wrote:
             self.committed_batches += 1
         if self._on_batch is not None and groups:
             self._on_batch(sum(len(g) for g in groups.values()), time.perf_counter() - started)
+
+    def _stalled(self) -> None:
+        log.error(
+            "a batch has not committed in time: the process exits without it and starts again from the last commit",
+            extra=fields(role=self.config.role, seconds=STALLED_BATCH_SECONDS),
+        )
+        logging.shutdown()
+        os._exit(EXIT_STALLED)
 
     def _transact(self, groups: dict[tuple[str, int], list[Record]], now_ms: int, tick: bool) -> bool:
         """Process and commit one batch; False if it wrote nothing (no input, no output, no state change)."""
@@ -387,9 +407,9 @@ class StreamRuntime:
                 isolation_level=IsolationLevel.READ_COMMITTED,
                 request_timeout=10,
             )
-            return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
-        except KafkaException as exc:
-            log.warning("log ends not known: inputs counted as lagging", extra=fields(error=str(exc.args[0])))
+            return {(tp.topic, tp.partition): f.result(timeout=15).offset for tp, f in futures.items()}
+        except (KafkaException, concurrent.futures.TimeoutError) as exc:
+            log.warning("log ends not known: inputs counted as lagging", extra=fields(error=str(exc)))
             return {}
 
     def _produce(

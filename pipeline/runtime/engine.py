@@ -69,7 +69,7 @@ COMMIT_ATTEMPTS: Final = 5
 #: A batch not committed after this long ends the process (its supervisor starts it again): a
 #: transaction call that librdkafka does not return from (seen after a broker outage longer than
 #: the group session) must not stall the partitions. The open transaction is aborted by the broker.
-STALLED_BATCH_SECONDS: Final = 120.0
+STALLED_BATCH_SECONDS: Final = 60.0
 EXIT_STALLED: Final = 70
 LAG_EVERY_SECONDS: Final = 1.0
 #: How long an assignment waits for the previous owner's open transaction to be resolved.

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup native run test unit lint kafka-jars prometheus-tools bench clean
+.PHONY: setup native run test unit lint kafka-jars prometheus-tools browser-tools bench clean dashboards
 
 setup: $(STAMP) native kafka-jars ## virtualenv with the `metering` CLI, compiled rules engine, Kafka jars
 
@@ -32,6 +32,10 @@ kafka-jars:
 prometheus-tools: ## promtool and prometheus, from Debian's prometheus package if missing
 	@deploy/prometheus/install-tools.sh
 
+# Not part of setup: only the console's browser tests (tests/browser) use it.
+browser-tools: ## Debian's chromium for the browser tests, if missing (never `playwright install`)
+	@deploy/browser/install-chromium.sh
+
 run: setup ## the whole pipeline on this machine with demo traffic
 	$(BIN)/metering run --demo
 
@@ -42,8 +46,12 @@ lint: $(STAMP)
 unit: $(STAMP) native prometheus-tools
 	$(BIN)/pytest -q tests/unit
 
-test: setup lint prometheus-tools ## everything: lint, types, alert rules, unit, integration
+test: setup lint prometheus-tools browser-tools ## everything: lint, types, alert rules, unit, integration
 	$(BIN)/pytest -q
+
+# deploy/grafana/dashboards from sql/queries (consumers/grafana); a test fails while they differ.
+dashboards: $(STAMP) ## the Grafana dashboards, after a change to sql/queries or consumers/grafana
+	$(BIN)/python -m consumers.grafana deploy/grafana/dashboards
 
 bench: setup
 	$(BIN)/python bench/compute_bench.py

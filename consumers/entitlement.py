@@ -6,13 +6,14 @@ small threaded HTTP/1.1 server with keep-alive: a request is a dictionary lookup
 write, well under the 5 ms p99 the platform needs (``bench/entitlement_bench.py``).
 
 ``GET /v1/entitlement/{app_id}`` answers ``{"app_id", "entitled", "status", "balance",
-"currency", "as_of"}``. An app the read model does not know (never funded, no plan, no
-session) is answered ``404`` with ``entitled: false`` and status ``unknown``: R12 makes an app
-without a plan prepaid, and an app that never paid is not entitled (docs/balances.md), so a
-client that only reads ``entitled`` does the right thing and one that checks the status code
-can tell a new app from a depleted one. Until the first full read of the topic the answer is
-``503`` (with ``Retry-After``): the model does not yet know who is entitled, and the caller
-decides whether to fail open or closed.
+"currency", "as_of"}``; ``status`` is the balance's (``active``, ``low``, ``depleted``), or
+``expired`` once the plan's term is over (not entitled until renewed or extended). An app the
+read model does not know (never funded, no plan, no session) is answered ``404`` with
+``entitled: false`` and status ``unknown``: R12 makes an app without a plan prepaid, and an app
+that never paid is not entitled (docs/balances.md), so a client that only reads ``entitled``
+does the right thing and one that checks the status code can tell a new app from a depleted
+one. Until the first full read of the topic the answer is ``503`` (with ``Retry-After``): the
+model does not yet know who is entitled, and the caller decides whether to fail open or closed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import unquote
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from pipeline import metrics
 from pipeline.decode import to_ms
@@ -53,6 +54,11 @@ _LOADING: Final = _json.encode(
 
 _REASONS: Final = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
 
+_ENTITLED: Final = metrics.ENTITLEMENT_ANSWERS.labels("entitled")
+_NOT_ENTITLED: Final = metrics.ENTITLEMENT_ANSWERS.labels("not_entitled")
+_UNKNOWN: Final = metrics.ENTITLEMENT_ANSWERS.labels("unknown")
+_ANSWERED_LOADING: Final = metrics.ENTITLEMENT_ANSWERS.labels("loading")
+
 
 class Answer(msgspec.Struct, frozen=True):
     """The body of ``GET /v1/entitlement/{app_id}``."""
@@ -70,7 +76,7 @@ def answer_of(snapshot: BalanceSnapshot) -> bytes:
         Answer(
             app_id=snapshot.app_id,
             entitled=snapshot.entitled,
-            status=snapshot.status,
+            status="expired" if snapshot.expired else snapshot.status,
             balance=snapshot.balance,
             currency=snapshot.currency,
             as_of=format_ms(to_ms(snapshot.updated_at)),
@@ -85,10 +91,14 @@ def unknown_answer(app_id: str) -> bytes:
 
 
 class EntitlementModel:
-    """app_id -> the encoded answer of its latest snapshot; readers never lock (one dict get)."""
+    """app_id -> the encoded answer of its latest snapshot; readers never lock (one dict get).
+
+    Each answer is counted in ``metering_entitlement_answers_total`` by what it says; the
+    counters are bound to their label once, so a request pays one increment.
+    """
 
     def __init__(self) -> None:
-        self.answers: dict[str, bytes] = {}
+        self.answers: dict[str, tuple[bytes, Counter]] = {}
         self.ready = threading.Event()
         self.invalid = 0
 
@@ -105,14 +115,18 @@ class EntitlementModel:
             self.invalid += 1
             log.warning("invalid balance-state message skipped", extra=fields(error=str(exc)[:300]))
             return
-        self.answers[snapshot.app_id] = answer_of(snapshot)
+        self.answers[snapshot.app_id] = (answer_of(snapshot), _ENTITLED if snapshot.entitled else _NOT_ENTITLED)
 
     def lookup(self, app_id: str) -> tuple[int, bytes]:
         if not self.ready.is_set():
+            _ANSWERED_LOADING.inc()
             return 503, _LOADING
-        body = self.answers.get(app_id)
-        if body is None:
+        found = self.answers.get(app_id)
+        if found is None:
+            _UNKNOWN.inc()
             return 404, unknown_answer(app_id)
+        body, count = found
+        count.inc()
         return 200, body
 
 

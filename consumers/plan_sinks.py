@@ -1,4 +1,5 @@
-"""Sinks of billing-plans, agent-transfers and balance-state into ClickHouse (migration 005).
+"""Sinks of billing-plans, agent-transfers, balance-state, billing-accounts and billing-orders into
+ClickHouse (migrations 005, 010, 011).
 
 Each is a :class:`~consumers.sink.ClickHouseSink` with the same flush contract (one insert per
 partition and offset range with that range's token, offsets committed after the insert, retries
@@ -6,8 +7,9 @@ with the same tokens, pause during outages); only what a message holds differs, 
 (:class:`~consumers.clickhouse.plans.PlanStore`). One consumer group per topic
 (``<app_id>-sink-<feed>``), because the sink tracks offsets per partition of one topic.
 
-Input topics carry anything producers sent: what is not a valid event is the stream workers'
-business (they send it to the dead-letter topic with the reason), so here it is skipped quietly
+Input topics carry anything producers sent: what is not a valid event is the business of the
+processes that apply it (the stream workers, the balance and order processors send it to the
+dead-letter topic with the reason), so here it is skipped quietly
 and its offset committed; so is what these tables do not need (transfers that end, or name no
 agent). A ``balance-state`` message is the balance processor's own output: one that does not
 decode is counted and logged as invalid, like a bad billing session. A tombstone (no value) says
@@ -26,19 +28,19 @@ import msgspec
 from consumers.clickhouse.plans import PlanStore, record_key
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import Backoff, ClickHouseSink, ConsumerFactory
-from pipeline.decode import decode_event
-from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded, PlanChanged, Rejection
+from pipeline.decode import decode_input
+from pipeline.events import AccountChanged, AgentTransfer, BalanceSnapshot, PlanEvent, Rejection
+from pipeline.orders.events import InvoiceIssued, OrderState, decode_order_message
 from pipeline.settings import Settings
 
 __all__ = ["FEEDS", "Feed", "PlanSink", "plan_sinks"]
 
 _SNAPSHOT: Final = msgspec.json.Decoder(BalanceSnapshot)
-_PLAN_TYPES: Final = (PlanChanged, FundsAdded, AgentsSubscribed)
 
 
 def _plan_event(value: bytes | None) -> Any:
     event = _event(value)
-    return event if isinstance(event, _PLAN_TYPES) else None
+    return event if isinstance(event, PlanEvent) else None
 
 
 def _started_transfer(value: bytes | None) -> Any:
@@ -51,8 +53,21 @@ def _started_transfer(value: bytes | None) -> Any:
 def _event(value: bytes | None) -> Any:
     if value is None:
         return None
-    decoded = decode_event(value, int(time.time() * 1000))
+    decoded = decode_input(value, int(time.time() * 1000))
     return None if isinstance(decoded, Rejection) else decoded[1]
+
+
+def _account_event(value: bytes | None) -> Any:
+    event = _event(value)
+    return event if isinstance(event, AccountChanged) else None
+
+
+def _order_record(value: bytes | None) -> Any:
+    """The order processor's outputs; the orders and payments it reads are its business (it dead-letters them)."""
+    if value is None:
+        return None
+    decoded = decode_order_message(value, 2**62)
+    return decoded if isinstance(decoded, OrderState | InvoiceIssued) else None
 
 
 def _snapshot(value: bytes | None) -> Any:
@@ -77,6 +92,8 @@ FEEDS: Final = (
     Feed("plans", "plans", _plan_event),
     Feed("transfers", "transfers", _started_transfer),
     Feed("balances", "balance_state", _snapshot),
+    Feed("accounts", "accounts", _account_event),
+    Feed("orders", "orders", _order_record),
 )
 
 

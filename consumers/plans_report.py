@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 from clickhouse_connect.driver.client import Client
 
 from consumers.clickhouse.plans import PLAN_COLUMNS, plans_overview
-from consumers.usage_api import UsageParameterError
+from consumers.usage_report import UsageParameterError
 from pipeline.report import FORMATS, Format, render
 from pipeline.rules.attribution import UnknownZoneError, zone
 

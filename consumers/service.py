@@ -24,18 +24,21 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from consumers.clickhouse import SessionStore, connect, migrate
+from consumers.clickhouse import ClickHouseUnavailableError, SessionStore, connect, migrate
 from consumers.clickhouse.client import Client, redact
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import plan_sinks
 from consumers.sink import ClickHouseSink
-from consumers.usage_api import UsageApi
 from pipeline import metrics
 from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
+from pipeline.stream.orders import ensure_account_topics
+
+if TYPE_CHECKING:
+    from console.server import ConsoleServer
 
 __all__ = [
     "LOCAL_OPENER",
@@ -51,6 +54,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BROKER_WAIT_SECONDS: Final = 60.0
+#: How long the store waits for a process outside the data directory's lock protocol (a script of
+#: one's own on chDB, an older `metering usage`) to close the embedded database it has open.
+DATABASE_WAIT_SECONDS: Final = 60.0
 _ANY_ADDRESS: Final = frozenset({"", "0.0.0.0", "::"})
 #: Local calls must not go through an HTTP proxy from the environment.
 LOCAL_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -99,8 +105,8 @@ def serve_store(
     """
     settings = settings.with_clickhouse_default()
     database = settings.clickhouse_database
-    client = connect(settings.clickhouse_url, database)
-    api: UsageApi | None = None
+    client = _connect_when_free(settings, stop)
+    api: ConsoleServer | None = None
     token = secrets.token_urlsafe(32)
     try:
         applied = migrate(client, database)
@@ -108,7 +114,13 @@ def serve_store(
             "ClickHouse ready",
             extra=fields(url=redact(settings.clickhouse_url), database=database, applied_now=[m.file for m in applied]),
         )
-        api = UsageApi(client, database, settings.api_host, settings.api_port, reconcile_token=token)
+        # the console (console/): billing routes for account admins, operators' routes for the CLI
+        from console.app import create_app, store_context  # noqa: PLC0415 - FastAPI loads only where it serves
+        from console.billing import close_billing_extras  # noqa: PLC0415
+        from console.server import ConsoleServer  # noqa: PLC0415
+
+        app = create_app(store_context(settings, client, database, token))
+        api = ConsoleServer(app, settings.api_host, settings.api_port)
         host, port = api.start()
         port_wanted = settings.metrics_port if metrics_port is None else metrics_port
         bound_metrics = _serve_metrics(port_wanted, settings.api_host)
@@ -135,7 +147,30 @@ def serve_store(
     finally:
         if api is not None:
             api.stop()
+            close_billing_extras(api.app.state.console)
         client.close()
+
+
+def _connect_when_free(settings: Settings, stop: threading.Event) -> Client:
+    """ClickHouse; an embedded database another process has open for a moment is waited for, not a failed start.
+
+    Commands of this project never open it while a store owns the data directory
+    (``consumers.store_lock``); this covers the others, for ``DATABASE_WAIT_SECONDS``.
+    """
+    deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+    told = False
+    while True:
+        try:
+            return connect(settings.clickhouse_url, settings.clickhouse_database)
+        except ClickHouseUnavailableError as exc:
+            if not settings.embedded_clickhouse or time.monotonic() >= deadline or stop.is_set():
+                raise
+            if not told:
+                log.warning(
+                    "the embedded database is open in another process: waiting for it", extra=fields(error=str(exc))
+                )
+                told = True
+            stop.wait(0.25)
 
 
 def _run_sinks(settings: Settings, client: Client, database: str, stop: threading.Event) -> None:
@@ -146,6 +181,7 @@ def _run_sinks(settings: Settings, client: Client, database: str, stop: threadin
     """
     ensure_topics(settings, [settings.topics.plans, settings.topics.transfers])
     ensure_topics(settings, [settings.topics.balance_state], config={"cleanup.policy": "compact"})
+    ensure_account_topics(settings)
     sinks = [ClickHouseSink(settings, SessionStore(client, database))]
     sinks += plan_sinks(settings, PlanStore(client, database))
     done = threading.Event()

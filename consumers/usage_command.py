@@ -1,33 +1,49 @@
 """`metering usage` and `metering migrate`: read or migrate ClickHouse, wherever it is held.
 
 A ClickHouse server is queried directly. An embedded chDB database can be open in one
-process only: when a store process (``metering run``/``sink``) announced itself in the data
-directory, its API answers; otherwise the database is opened here. A lock held by a process
-that did not announce itself is reported with its pid and what to do.
+process only: when a store process (``metering run``/``sink``) serves, its API answers; while
+one starts, the command waits for it (saying so) under the data directory's lock protocol
+(``consumers.store_lock``); otherwise the database is opened here, under a shared hold that
+keeps a starting store out until it is closed. A database locked by a process outside that
+protocol is reported with its pid and what to do.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
+import time
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlencode
+from typing import Final, TypeVar
 
 from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
 from consumers.clickhouse.client import redact
+from consumers.clickhouse.errors import MissingTablesError
 from consumers.clickhouse.usage import named_query
 from consumers.plans_report import PlansQuery, plans_query, plans_report
-from consumers.service import LOCAL_OPENER, discovery_file, find_running_store, read_discovery
-from consumers.usage_api import UsageParameterError, UsageQuery, usage_query, usage_report
+from consumers.service import discovery_file, find_running_store, read_discovery, read_token, token_file
+from consumers.store_client import TIMEOUT_SECONDS, StoreClient, StoreHttpError, StoreUnreachableError
+from consumers.store_lock import ReaderHold, holder, try_reader_hold
+from consumers.usage_report import UsageParameterError, UsageQuery, usage_query, usage_report
 from pipeline.settings import Settings
 
-__all__ = ["StoreBusyError", "migrate_text", "open_client", "plans_text", "running_store", "usage_text"]
+__all__ = [
+    "STORE_WAIT_SECONDS",
+    "StoreBusyError",
+    "migrate_text",
+    "open_client",
+    "plans_text",
+    "reach_store",
+    "running_store",
+    "store_client",
+    "usage_text",
+]
 
-_API_TIMEOUT_SECONDS = 120.0
+#: How long a command waits for a metering service that is starting on its data directory.
+STORE_WAIT_SECONDS: Final = 180.0
+_POLL_SECONDS: Final = 0.25
 _Query = TypeVar("_Query", UsageQuery, PlansQuery)
+OnWait = Callable[[str], None]
 
 
 class StoreBusyError(RuntimeError):
@@ -44,49 +60,105 @@ def usage_text(
     by: str,
     tz: str,
     fmt: str,
+    on_wait: OnWait | None = None,
 ) -> str:
     """What `metering usage` prints. Raises UsageParameterError for a bad option (it names it)."""
     query = usage_query(start=start, end=end, apps=apps, account=account, by=by, tz=tz, fmt=fmt)
-    return _report(settings, query, usage_report)
+    return _report(settings, query, usage_report, on_wait)
 
 
-def plans_text(settings: Settings, *, account: str | None, month: str | None, tz: str, fmt: str) -> str:
+def plans_text(
+    settings: Settings, *, account: str | None, month: str | None, tz: str, fmt: str, on_wait: OnWait | None = None
+) -> str:
     """What `metering plans` prints. Raises UsageParameterError for a bad option (it names it)."""
-    return _report(settings, plans_query(account=account, month=month, tz=tz, fmt=fmt), plans_report)
+    return _report(settings, plans_query(account=account, month=month, tz=tz, fmt=fmt), plans_report, on_wait)
 
 
-def _report(settings: Settings, query: _Query, report: Callable[[Client, str, _Query], str]) -> str:
+def _report(
+    settings: Settings, query: _Query, report: Callable[[Client, str, _Query], str], on_wait: OnWait | None
+) -> str:
     """The running store's answer to ``query`` when it holds the embedded database, else ``report`` here."""
     settings = settings.with_clickhouse_default()
+    hold = ReaderHold(None)
     if settings.embedded_clickhouse:
+        reached = reach_store(settings, on_wait=on_wait)
+        if isinstance(reached, str):
+            return _ask(settings, reached, query)
+        hold = reached
+    with hold:
+        client = open_client(settings)
+        try:
+            try:
+                return report(client, settings.clickhouse_database, query)
+            except MissingTablesError:
+                if not settings.embedded_clickhouse:
+                    raise
+                # A fresh embedded database no store has started yet (or is about to): its schema is what
+                # the store creates first; with it, the answer is the true one, nothing metered yet.
+                migrate(client, settings.clickhouse_database)
+                return report(client, settings.clickhouse_database, query)
+        finally:
+            client.close()
+
+
+def reach_store(
+    settings: Settings, *, on_wait: OnWait | None = None, wait_seconds: float = STORE_WAIT_SECONDS
+) -> str | ReaderHold:
+    """How to read the embedded database now: the running store's API, or a hold to open it here under.
+
+    While a store is starting on the data directory it owns the database: wait until it serves
+    (``on_wait`` hears it once), then use its API. StoreBusyError when it has not served within
+    ``wait_seconds``; release a returned hold after closing the database.
+    """
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    while True:
         api = running_store(settings)
         if api is not None:
-            return _ask(api, query)
-    client = open_client(settings)
-    try:
-        return report(client, settings.clickhouse_database, query)
-    finally:
-        client.close()
+            return api
+        hold = try_reader_hold(settings.data_dir)
+        if hold is not None:
+            return hold
+        owner = holder(settings.data_dir)  # None: another command reads the database; its turn ends soon
+        if time.monotonic() >= deadline:
+            raise StoreBusyError(
+                f"the metering service ({owner.describe()}) that holds the data directory {settings.data_dir} did "
+                f"not serve within {wait_seconds:.0f} s: its own output says why (or it is still starting); run "
+                "this again once it serves"
+                if owner is not None
+                else f"another command has read the embedded database of {settings.data_dir} for "
+                f"{wait_seconds:.0f} s: run this again when it is done"
+            )
+        if owner is not None and not told and on_wait is not None:
+            on_wait(
+                f"waiting for the metering service starting on {settings.data_dir} ({owner.describe()}) to serve: "
+                "it holds the embedded database"
+            )
+            told = True
+        time.sleep(_POLL_SECONDS)
 
 
-def migrate_text(settings: Settings) -> str:
+def migrate_text(settings: Settings, on_wait: OnWait | None = None) -> str:
     """What `metering migrate` prints: the migrations applied now and before, or who applies them."""
     settings = settings.with_clickhouse_default()
     database = settings.clickhouse_database
+    hold = ReaderHold(None)
     if settings.embedded_clickhouse:
-        api = running_store(settings)
-        if api is not None:
+        reached = reach_store(settings, on_wait=on_wait)
+        if isinstance(reached, str):
             return (
-                f"the running metering service ({api}) holds the embedded database "
+                f"the running metering service ({reached}) holds the embedded database "
                 f"{parse_url(settings.clickhouse_url).path} and applies migrations when it starts: nothing done "
                 "here; restart it to apply new ones\n"
             )
-    client = open_client(settings)
-    try:
-        now = {m.version for m in migrate(client, database)}
-        applied = named_query(client, database, "applied_migrations")
-    finally:
-        client.close()
+        hold = reached
+    with hold:
+        client = open_client(settings)
+        try:
+            now = {m.version for m in migrate(client, database)}
+            applied = named_query(client, database, "applied_migrations")
+        finally:
+            client.close()
     lines = [
         f"database {database} at {redact(settings.clickhouse_url)}: {len(now)} migration(s) applied now, "
         f"{len(applied)} in total"
@@ -150,30 +222,31 @@ def _holder(path: str) -> str:
     return f"process {pid} ({command})" if command else f"process {pid}"
 
 
-def _ask(api: str, query: UsageQuery | PlansQuery) -> str:
+def store_client(settings: Settings, api: str, *, timeout: float = TIMEOUT_SECONDS) -> StoreClient:
+    """A client of the running store with its operator token; StoreBusyError if this user cannot read it."""
+    token = read_token(settings)
+    if token is None:
+        raise StoreBusyError(
+            f"the running metering service at {api} holds the embedded database, but its operator token "
+            f"{token_file(settings)} cannot be read: run this as the OS user that runs the service"
+        )
+    return StoreClient(api, token, timeout=timeout)
+
+
+def _ask(settings: Settings, api: str, query: UsageQuery | PlansQuery) -> str:
     path = "/plans" if isinstance(query, PlansQuery) else "/usage"
-    url = f"{api}{path}?{urlencode(query.parameters())}"
     try:
-        with LOCAL_OPENER.open(url, timeout=_API_TIMEOUT_SECONDS) as response:
-            return str(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        body = _json_body(exc)
-        if exc.code == 400 and "parameter" in body:
+        return store_client(settings, api).get_text(path, query.parameters())
+    except StoreHttpError as exc:
+        if exc.status == 400 and "parameter" in exc.body:
+            body = exc.body
             raise UsageParameterError(
                 str(body["parameter"]), str(body.get("problem", body.get("error", ""))), str(body.get("fix", ""))
             ) from exc
         raise ClickHouseUnavailableError(
-            f"the running metering service at {api} answered {exc.code}: {body.get('error', exc.reason)}"
+            f"the running metering service at {api} answered {exc.status}: {exc.message}"
         ) from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except StoreUnreachableError as exc:
         raise StoreBusyError(
             f"the running metering service at {api} did not answer ({exc}); if it has just stopped, run this again"
         ) from exc
-
-
-def _json_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
-    try:
-        data = json.loads(exc.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

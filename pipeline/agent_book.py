@@ -16,24 +16,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
-from typing import Final, Literal
+from typing import Final
 
 from pipeline.balance.agents import SeatTimeline, day_of, day_start_ms
 from pipeline.decode import to_ms
 from pipeline.events import AgentsSubscribed, AgentTransfer
-from pipeline.rules.attribution import UsageRow
+from pipeline.rules.attribution import Period, PeriodOf, UsageRow, label_day, zone
 
 AGENT_COLUMNS: Final = ("agents", "active_agents")
 
 #: A usage row followed by ``agents`` and ``active_agents``.
 AgentRow = tuple[str, str, str, int, int, int, int, int, int, int]
-PeriodName = Literal["day", "week", "month"]
+PeriodName = Period
 
 _ONE_DAY: Final = timedelta(days=1)
 
 
 def period_last_day(first: date, period: PeriodName) -> date:
-    """The last day of the period that starts on ``first`` (weeks from Monday, months from the 1st)."""
+    """The last day of the period that starts on ``first`` (weeks from Monday, months from the 1st; an hour's day)."""
     if period == "week":
         return first + timedelta(days=6)
     if period == "month":
@@ -55,12 +55,13 @@ def with_agents(
     """``rows`` (period in column 3) with their app's seats and active agents appended.
 
     ``seats`` is keyed by app id, ``active`` by ``(account_id, app_id, period)``; ``start`` and
-    ``end`` clip a period the report cuts (its seats are then those of the days inside).
+    ``end`` clip a period the report cuts (its seats are then those of the days inside). An
+    hour's seats are those of its day (R11 counts seats per day).
     """
     out: list[AgentRow] = []
     for row in rows:
         account_id, app_id, first_text = row[0], row[1], row[2]
-        first = date.fromisoformat(first_text)
+        first = label_day(first_text)
         last = period_last_day(first, period)
         if start is not None and first < start:
             first = start
@@ -75,12 +76,20 @@ def with_agents(
 
 
 class AgentBook:
-    """Seats and active agents gathered from events, for `metering compute` (any event order)."""
+    """Seats and active agents gathered from events, for `metering compute` (any event order).
 
-    def __init__(self, zone_name: str) -> None:
+    Active agents are kept per ``period``; ``first``/``last`` (ISO local days, inclusive) keep
+    only the transfers started on those days, as the usage rows keep only their sessions.
+    """
+
+    def __init__(self, zone_name: str, period: Period = "day", first: str = "", last: str = "") -> None:
         self.zone_name = zone_name
+        self.period: Period = period
+        self.first = first
+        self.last = last
         self.seats: dict[str, SeatTimeline] = {}
         self._day_of = day_of(zone_name)
+        self._period_of = self._day_of if period == "day" else PeriodOf(zone(zone_name), period)
         self._active: dict[tuple[str, str, str], set[str]] = {}
 
     def subscribed(self, t_ms: int, event: AgentsSubscribed) -> None:
@@ -90,9 +99,14 @@ class AgentBook:
         timeline.add(t_ms, event.event_id, event.agents)
 
     def transfer(self, event: AgentTransfer) -> None:
-        """A started transfer that names its agent counts for the day it started; others name nobody."""
+        """A started transfer that names its agent counts for the period it started in; others name nobody."""
         if event.action == "started" and event.agent_id is not None:
-            key = (event.account_id, event.app_id, self._day_of(to_ms(event.occurred_at)))
+            t = to_ms(event.occurred_at)
+            if self.first:
+                day = self._day_of(t)
+                if day < self.first or day > self.last:
+                    return
+            key = (event.account_id, event.app_id, self._period_of(t))
             agents = self._active.get(key)
             if agents is None:
                 agents = self._active[key] = set()
@@ -102,4 +116,8 @@ class AgentBook:
         return {key: len(ids) for key, ids in self._active.items()}
 
     def rows(self, usage_rows: Iterable[UsageRow]) -> list[AgentRow]:
-        return with_agents(usage_rows, self.seats, self.active(), zone_name=self.zone_name)
+        start = date.fromisoformat(self.first) if self.first else None
+        end = date.fromisoformat(self.last) if self.last else None
+        return with_agents(
+            usage_rows, self.seats, self.active(), zone_name=self.zone_name, period=self.period, start=start, end=end
+        )

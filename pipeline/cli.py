@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from rich.console import Console
 
 from pipeline import logs
+from pipeline.compute import Days, Periods, kept_sessions
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
 from pipeline.progress import FileProgress
 from pipeline.report import FORMATS, Format, render
-from pipeline.rules.attribution import UnknownZoneError, zone
+from pipeline.rules.attribution import PERIODS, Period, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
+from pipeline.sessions_export import SESSION_COLUMNS, session_rows
 from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
@@ -25,14 +30,34 @@ EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service the command needs do
 
 
 def load_settings() -> Settings:
-    """The settings from the environment, logging configured; a clear exit on a wrong setting."""
+    """The settings from the environment, logging configured; a clear exit on a wrong setting.
+
+    Without METERING_KAFKA_BOOTSTRAP, Kafka is the broker `metering run` started for the data
+    directory, where it announced itself (``pipeline.local_kafka.running_broker``).
+    """
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}")
         sys.exit(EXIT_BAD_SETTINGS)
     logs.setup(settings.log_level, settings.log_format)
-    return settings
+    return with_data_dir_broker(settings)
+
+
+def with_data_dir_broker(settings: Settings) -> Settings:
+    """``settings`` pointed at the data directory's running broker, unless a bootstrap was given."""
+    if settings.kafka_bootstrap_given:
+        return settings
+    from pipeline.local_kafka import running_broker  # here: compute never loads the Kafka client
+
+    broker = running_broker(settings.data_dir / "kafka")
+    return settings if broker is None else replace(settings, kafka_bootstrap=broker.bootstrap)
+
+
+def _waiting(message: str) -> None:
+    """What a command says while it waits for the metering service starting on its data directory (one line)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 class _MeteringCommands(click.Group):
@@ -68,14 +93,45 @@ def main() -> None:
     help="Minutes of silence that end a conversation session.",
 )
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
-def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> None:
-    """Apply the billing rules to a file of events and print per-app per-day usage (offline)."""
+@click.option(
+    "--by",
+    type=click.Choice(PERIODS),
+    default="day",
+    show_default=True,
+    help="Period of a row: local hour, day, ISO week (from Monday) or calendar month.",
+)
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None, help="First local day counted.")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last local day counted.")
+@click.option("--zero-fill", is_flag=True, help="Every period from --from to --to, for every app, zeros included.")
+@click.option("--sessions", is_flag=True, help="One row per billing session (the console's sessions export).")
+def compute(
+    events_path: Path,
+    tz_name: str,
+    idle_timeout: int,
+    fmt: Format,
+    by: Period,
+    start: datetime | None,
+    end: datetime | None,
+    zero_fill: bool,
+    sessions: bool,
+) -> None:
+    """Apply the billing rules to a file of events and print per-app usage per day (or --by period), offline.
+
+    With --sessions, one row per billing session instead, in the columns of the console's
+    sessions export, sorted by start then billing_session_id.
+    """
     err = Console(stderr=True)
     try:
         tz = zone(tz_name)
     except UnknownZoneError as exc:
         raise click.BadParameter(str(exc), param_hint="--timezone") from exc
+    if start and end and start > end:
+        raise click.BadParameter(f"{start:%Y-%m-%d} is after --to {end:%Y-%m-%d}", param_hint="--from")
+    if zero_fill and not (start and end):
+        raise click.BadParameter("give --from and --to: the periods to fill", param_hint="--zero-fill")
     config = RulesConfig(idle_timeout_ms=idle_timeout * MINUTE)
+    days = Days.between(start.date() if start else None, end.date() if end else None)
+    within = days if start or end else None
 
     def on_invalid(lineno: int, reason: str) -> None:
         sys.stderr.write(f"{events_path}:{lineno}: skipped: {reason[:300]}\n")
@@ -86,13 +142,24 @@ def compute(events_path: Path, tz_name: str, idle_timeout: int, fmt: Format) -> 
             raise IsADirectoryError(f"{events_path} is a directory")
         with FileProgress(err, size, "metering") as on_progress:
             result = compute_usage(
-                events_path, tz, config, now_ms=int(time.time() * 1000), on_invalid=on_invalid, on_progress=on_progress
+                events_path,
+                tz,
+                config,
+                now_ms=int(time.time() * 1000),
+                on_invalid=on_invalid,
+                on_progress=on_progress,
+                keep=days if sessions else None,
+                periods=Periods(by, within),
             )
     except OSError as exc:
         err.print(f"[red]error:[/] cannot read {events_path}: {exc.strerror or exc}")
         sys.exit(EXIT_UNREADABLE)
-    columns, rows = result.report()
-    sys.stdout.write(render(columns, rows, fmt, title=f"Usage by day ({tz_name})"))
+    if sessions:
+        rows = session_rows(kept_sessions(result, tz, days))
+        sys.stdout.write(render(SESSION_COLUMNS, rows, fmt, title=f"Billing sessions ({tz_name})"))
+    else:
+        columns, table = result.report(zero_fill=zero_fill)
+        sys.stdout.write(render(columns, table, fmt, title=f"Usage by {by} ({tz_name})"))
     s = result.stats
     note = " (file not in time order: metered again in time order)" if result.resorted else ""
     sys.stderr.write(
@@ -131,8 +198,8 @@ def usage(
 ) -> None:
     """Per-app usage from ClickHouse (asks the running service when the database is embedded)."""
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_api import UsageParameterError
     from consumers.usage_command import StoreBusyError, usage_text
+    from consumers.usage_report import UsageParameterError
 
     settings = load_settings()
     try:
@@ -145,6 +212,7 @@ def usage(
             by=by,
             tz=tz_name or settings.timezone,
             fmt=fmt,
+            on_wait=_waiting,
         )
     except UsageParameterError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
@@ -182,26 +250,157 @@ def reconcile(
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--account", default=None, help="Only this account.")
 @click.option("--month", default=None, help="Month as YYYY-MM [default: the current one in the zone].")
 @click.option("--timezone", "tz_name", default=None, help="IANA zone of the month [default: METERING_TIMEZONE or UTC].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def plans(account: str | None, month: str | None, tz_name: str | None, fmt: Format) -> None:
-    """Every app's plan, status, balance and this month's usage and cost, from ClickHouse."""
+@click.pass_context
+def plans(ctx: click.Context, account: str | None, month: str | None, tz_name: str | None, fmt: Format) -> None:
+    """Every app's plan, status, balance and this month's usage and cost, from ClickHouse.
+
+    Subcommands handle extension requests: `requests` lists them, `extend` grants one, `decline` refuses it.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_api import UsageParameterError
     from consumers.usage_command import StoreBusyError, plans_text
+    from consumers.usage_report import UsageParameterError
 
     settings = load_settings()
     try:
-        text = plans_text(settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt)
+        text = plans_text(
+            settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt, on_wait=_waiting
+        )
     except UsageParameterError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
     except (StoreBusyError, ClickHouseError) as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
     sys.stdout.write(text)
+
+
+@plans.command("requests")
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--all", "show_all", is_flag=True, help="Decided requests too, not only pending ones.")
+def plans_requests(account: str | None, show_all: bool) -> None:
+    """Extension requests waiting for an operator (with --all, decided ones too)."""
+    from consumers.plan_actions import extension_requests
+
+    found = [
+        r for r in _run_action(lambda s: extension_requests(s, account=account)) if show_all or r.status == "pending"
+    ]
+    columns = ("request_id", "account_id", "app_id", "days", "requested_at", "status", "reason")
+    rows = [(r.request_id, r.account_id, r.app_id, r.days, r.requested_at, r.status, r.reason) for r in found]
+    sys.stdout.write(render(columns, rows, "table", title="Extension requests"))
+
+
+@plans.command("extend")
+@click.argument("request_id")
+@click.option("--days", type=click.IntRange(1, 366), default=None, help="Days to grant [default: as requested].")
+def plans_extend(request_id: str, days: int | None) -> None:
+    """Grant an extension request: the plan's term ends that many days later."""
+    from consumers.plan_actions import decide_extension
+    from pipeline.publish import KafkaPublisher
+
+    def act(settings: Settings) -> str:
+        publisher = KafkaPublisher(settings)
+        try:
+            found = decide_extension(settings, publisher, request_id, grant=True, days=days)
+        finally:
+            publisher.close()
+        return f"granted {days or found.days} days to {found.app_id} ({found.account_id}), request {request_id}\n"
+
+    sys.stdout.write(_run_action(act))
+
+
+@plans.command("decline")
+@click.argument("request_id")
+@click.option("--reason", default=None, help="Why, for the account's admins.")
+def plans_decline(request_id: str, reason: str | None) -> None:
+    """Decline an extension request: the term stays as it is."""
+    from consumers.plan_actions import decide_extension
+    from pipeline.publish import KafkaPublisher
+
+    def act(settings: Settings) -> str:
+        publisher = KafkaPublisher(settings)
+        try:
+            found = decide_extension(settings, publisher, request_id, grant=False, reason=reason)
+        finally:
+            publisher.close()
+        return f"declined request {request_id} of {found.app_id} ({found.account_id})\n"
+
+    sys.stdout.write(_run_action(act))
+
+
+T = TypeVar("T")
+
+
+def _run_action(act: Callable[[Settings], T]) -> T:
+    """An operator's action with its errors as one line and exit status 1."""
+    from consumers.clickhouse import ClickHouseError
+    from consumers.plan_actions import ActionError
+    from consumers.usage_command import StoreBusyError
+    from pipeline.publish import PublishError
+
+    try:
+        return act(load_settings())
+    except (ActionError, StoreBusyError, ClickHouseError, PublishError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+@main.group()
+def orders() -> None:
+    """The order processor, and operators' word on payments (bank transfers, refunds)."""
+
+
+@orders.command("process")
+@click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
+@click.option("--instance", type=click.IntRange(min=0), default=0, show_default=True, help="This processor's number.")
+def orders_process(metrics_port: int | None, instance: int) -> None:
+    """Run the order processor: orders, payments, invoice numbers and funds (Kafka transactions)."""
+    from pipeline.stream.orders import run_orders
+
+    sys.exit(run_orders(load_settings(), metrics_port, instance))
+
+
+def _payment_command(status: str, summary: str) -> Callable[..., None]:
+    @click.argument("order_id")
+    @click.option("--account", required=True, help="The account the order belongs to.")
+    @click.option("--reference", default=None, help="The payment's reference (bank transfer id, ...).")
+    @click.option("--reason", default=None, help="Why (shown on a failed order).")
+    def command(order_id: str, account: str, reference: str | None, reason: str | None) -> None:
+        from consumers.plan_actions import record_payment
+        from pipeline.publish import KafkaPublisher
+
+        def act(settings: Settings) -> str:
+            publisher = KafkaPublisher(settings)
+            try:
+                record_payment(
+                    settings,
+                    publisher,
+                    account_id=account,
+                    order_id=order_id,
+                    status=status,  # type: ignore[arg-type]
+                    reference=reference,
+                    reason=reason,
+                )
+            finally:
+                publisher.close()
+            return f"order {order_id} of {account}: {status} recorded; the order processor applies it\n"
+
+        sys.stdout.write(_run_action(act))
+
+    command.__doc__ = summary
+    return command
+
+
+orders.command("paid")(_payment_command("paid", "Record that an order's money arrived: it is invoiced and funded."))
+orders.command("failed")(_payment_command("failed", "Record that an order will not be paid: nothing is added."))
+orders.command("refund")(
+    _payment_command("refunded", "Record a refund of a paid order: a credit note, funds taken back.")
+)
 
 
 @main.command()
@@ -211,7 +410,7 @@ def migrate() -> None:
     from consumers.usage_command import StoreBusyError, migrate_text
 
     try:
-        sys.stdout.write(migrate_text(load_settings()))
+        sys.stdout.write(migrate_text(load_settings(), on_wait=_waiting))
     except (StoreBusyError, ClickHouseError) as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
@@ -224,6 +423,7 @@ def sink() -> None:
     import threading
 
     from consumers.service import StoreEndpoints, serve_store
+    from consumers.store_lock import DataDirBusyError, ReaderHold, StoreLock
 
     settings = load_settings()
     stop = threading.Event()
@@ -234,7 +434,17 @@ def sink() -> None:
     def ready(endpoints: StoreEndpoints) -> None:
         err.print(f"usage API {endpoints.api}  metrics {endpoints.metrics}  ClickHouse {endpoints.clickhouse_url}")
 
-    serve_store(settings, stop, ready)
+    try:  # the embedded database is this process's alone, from before it opens it (consumers.store_lock)
+        owned = (
+            StoreLock.acquire(settings.data_dir, "metering sink", on_wait=_waiting)
+            if settings.embedded_clickhouse
+            else ReaderHold(None)
+        )
+    except DataDirBusyError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    with owned:
+        serve_store(settings, stop, ready)
 
 
 @main.command()
@@ -301,3 +511,20 @@ def notify(metrics_port: int | None) -> None:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         code = EXIT_BAD_SETTINGS
     sys.exit(code)
+
+
+@main.command()
+@click.option("--account", required=True, help="The account_id claim: whose billing the token opens.")
+@click.option("--user", default="local-admin", show_default=True, help="The sub claim (user id).")
+@click.option("--role", type=click.Choice(["admin", "member"]), default="admin", show_default=True)
+@click.option("--shared", is_flag=True, help="A shared-account user (from another workspace): no Billing.")
+@click.option("--ttl", default="8h", show_default=True, help="Lifetime: a number and s, m, h or d (e.g. 30m, 8h, 7d).")
+def token(account: str, user: str, role: str, shared: bool, ttl: str) -> None:
+    """Print a console token (HS256, this deployment's secret) for local use, demos and tests."""
+    from console.token_command import TokenCommandError, token_text
+
+    try:
+        sys.stdout.write(token_text(load_settings(), account=account, user=user, role=role, shared=shared, ttl=ttl))
+    except TokenCommandError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(EXIT_UNREADABLE)

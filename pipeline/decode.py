@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
@@ -19,13 +19,16 @@ from pipeline.events import (
     EPOCH,
     MAX_FUTURE_MS,
     MAX_PAYLOAD_BYTES,
+    AccountChanged,
     Event,
     FundsAdded,
+    FundsRefunded,
+    InputEvent,
     PlanChanged,
     Rejection,
 )
 
-_DECODER: Final = msgspec.json.Decoder(Event)
+_DECODER: Final = msgspec.json.Decoder(InputEvent)
 # Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.native).
 _MAX_BYTES: Final[int] = MAX_PAYLOAD_BYTES
 _EARLIEST: Final[int] = EARLIEST_MS
@@ -33,6 +36,7 @@ _MAX_FUTURE: Final[int] = MAX_FUTURE_MS
 _EPOCH: Final = EPOCH
 _PLAN_CHANGED: Final = PlanChanged
 _FUNDS_ADDED: Final = FundsAdded
+_FUNDS_REFUNDED: Final = FundsRefunded
 
 
 def to_ms(value: datetime) -> int:
@@ -45,7 +49,24 @@ def to_ms(value: datetime) -> int:
 
 
 def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
-    """Decode and validate one message; ``now_ms`` bounds how far in the future it may be."""
+    """Decode and validate one message of an app's input topic; ``now_ms`` bounds how far in the future it may be.
+
+    An ``account_changed`` is valid only on its own topic (billing-accounts): here it is on the wrong one.
+    """
+    decoded = decode_input(payload, now_ms)
+    if isinstance(decoded, Rejection):
+        return decoded
+    if isinstance(decoded[1], AccountChanged):
+        return Rejection(
+            "wrong_topic",
+            "an account_changed event does not belong on this topic: produce it to the topic of its type "
+            "(by default 'billing-accounts', see docs/events.md)",
+        )
+    return cast(tuple[int, Event], decoded)  # the one type Event lacks was ruled out just above
+
+
+def decode_input(payload: bytes, now_ms: int) -> tuple[int, InputEvent] | Rejection:
+    """Decode and validate one message of any input type, the account's ``account_changed`` included."""
     if len(payload) > _MAX_BYTES:
         return Rejection("too_large", f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
     if not payload.isascii():
@@ -64,10 +85,15 @@ def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
         return Rejection("out_of_range", "occurred_at is before 2000-01-01")
     if t > now_ms + _MAX_FUTURE:
         return Rejection("out_of_range", "occurred_at is more than 24 h in the future")
-    if type(event) is _PLAN_CHANGED or type(event) is _FUNDS_ADDED:
+    kind = type(event)
+    if kind is _PLAN_CHANGED or kind is _FUNDS_ADDED or kind is _FUNDS_REFUNDED:
         problem = _money_problem(event)
         if problem:
             return Rejection("schema", problem)
+        if isinstance(event, PlanChanged):
+            problem = _schedule_problem(event)
+            if problem:
+                return Rejection("out_of_range", problem)
     return t, event
 
 
@@ -79,8 +105,18 @@ def _schema_rejection(message: str) -> Rejection:
     return Rejection("schema", message)
 
 
-def _money_problem(event: Event) -> str:
-    if isinstance(event, FundsAdded):
+def _schedule_problem(event: PlanChanged) -> str:
+    """``effective_at`` is checked against the window of the contract, not against the clock (R10 is on occurred_at)."""
+    if event.effective_at is None:
+        return ""
+    effective = to_ms(event.effective_at)
+    if effective < _EARLIEST:
+        return "effective_at is before 2000-01-01"
+    return ""
+
+
+def _money_problem(event: InputEvent) -> str:
+    if isinstance(event, FundsAdded | FundsRefunded):
         if Decimal(event.amount) <= 0:
             return "amount must be greater than zero"
     elif isinstance(event, PlanChanged):

@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline import traffic
-from pipeline.events import format_ms
+from pipeline.balance.catalog import PlanCatalog, load_catalog
+from pipeline.events import format_ms, ms_to_datetime
 from pipeline.kafka import producer_config
 from pipeline.logs import fields
 from pipeline.settings import Settings
@@ -34,12 +36,8 @@ DEFAULT_GARBAGE_EVERY: Final = 2000
 #: Plan events are dated this much before the traffic starts, so they are in force for its first sessions.
 PLAN_LEAD_MS: Final = 10_000
 
-#: (plan, usage, alert, voice session prices): decimal strings as events.md wants them.
-PLANS: Final = (
-    ("starter", "0.05", "0.02", "0.08"),
-    ("growth", "0.03", "0.01", "0.05"),
-    ("enterprise", "0.02", "0.005", "0.03"),
-)
+#: Plans with a term start this long before the traffic, so the console shows one expiring soon.
+TERM_PLAN_AGE_MS: Final = 350 * 24 * 3600 * 1000
 #: Opening balances, cycled over the apps; 60.00 is just over the default low threshold of 50.00.
 FUNDS: Final = ("1000.00", "250.00", "60.00", "5000.00")
 
@@ -192,7 +190,8 @@ class DemoTraffic:
             log.exception("demo traffic stopped by an error", extra=fields(error=str(exc)))
 
     def _send_plans(self, start_ms: int) -> None:
-        for event in plan_events(start_ms - PLAN_LEAD_MS, self.seed):
+        catalog = load_catalog(self.settings.plan_catalog)
+        for event in plan_events(start_ms - PLAN_LEAD_MS, self.seed, catalog):
             if not self._send(self.settings.topics.plans, traffic.encode(event), event["app_id"]):
                 return
             self._plans += 1
@@ -242,27 +241,28 @@ class DemoTraffic:
             )
 
 
-def plan_events(at_ms: int, seed: int) -> Iterator[dict[str, Any]]:
-    """A ``plan_changed`` and a ``funds_added`` for every app of the traffic (billing-plans, keyed by app)."""
-    occurred_at = format_ms(at_ms)
+def plan_events(at_ms: int, seed: int, catalog: PlanCatalog | None = None) -> Iterator[dict[str, Any]]:
+    """A ``plan_changed`` (from the catalogue, plans taken in turn) and a ``funds_added`` for every app of
+    the traffic (billing-plans, keyed by app). A plan with a term started 350 days ago: it expires soon."""
+    catalog = catalog or load_catalog()
+    names = catalog.names
     for i, (account, app) in enumerate(traffic.apps()):
-        plan, usage, alert, voice = PLANS[i % len(PLANS)]
-        base = {"occurred_at": occurred_at, "account_id": account, "app_id": app}
-        yield {
-            "type": "plan_changed",
-            "event_id": f"demo-{seed:08x}-plan-{app}",
-            **base,
-            "plan": plan,
-            "price_per_usage_session": usage,
-            "price_per_alert_session": alert,
-            "price_per_voice_session": voice,
-            "currency": "USD",
-            "low_balance_threshold": "50.00",
-        }
+        chosen = catalog.plans[names[i % len(names)]]
+        started = at_ms - TERM_PLAN_AGE_MS if chosen.term_months else at_ms
+        plan = chosen.event(
+            event_id=f"demo-{seed:08x}-plan-{app}",
+            occurred_at=ms_to_datetime(started),
+            account_id=account,
+            app_id=app,
+            effective_at=ms_to_datetime(started),
+        )
+        yield msgspec.to_builtins(plan)
         yield {
             "type": "funds_added",
             "event_id": f"demo-{seed:08x}-funds-{app}",
-            **base,
+            "occurred_at": format_ms(at_ms),
+            "account_id": account,
+            "app_id": app,
             "amount": FUNDS[i % len(FUNDS)],
             "currency": "USD",
         }

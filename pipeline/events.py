@@ -31,6 +31,11 @@ Timestamp = Annotated[datetime, Meta(tz=True)]
 DecimalString = Annotated[str, Meta(pattern=r"^-?[0-9]{1,15}(\.[0-9]{1,6})?(?!\n)$")]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}(?!\n)$")]
 IdleTimeoutMinutes = Annotated[int, Meta(ge=MIN_IDLE_TIMEOUT_MINUTES, le=MAX_IDLE_TIMEOUT_MINUTES)]
+#: Free text a person wrote (a reason, a description): up to 1000 characters.
+Text = Annotated[str, Meta(min_length=1, max_length=1000)]
+TermMonths = Annotated[int, Meta(ge=1, le=120)]
+ExtensionDays = Annotated[int, Meta(ge=1, le=366)]
+BillingType = Literal["prepaid", "enterprise"]
 
 
 # gc=False: an event holds only strings, numbers and a timestamp, so it can never be part of a
@@ -74,6 +79,10 @@ class PlanChanged(_Event, tag="plan_changed", frozen=True):
     currency: Currency = "USD"
     low_balance_threshold: DecimalString = "50.00"
     idle_timeout_minutes: IdleTimeoutMinutes | None = None
+    #: from when the plan is in force (default: occurred_at); a downgrade names the next billing period
+    effective_at: Timestamp | None = None
+    #: a plan with a term ends term_months after it took effect (plus granted extensions)
+    term_months: TermMonths | None = None
 
 
 class FundsAdded(_Event, tag="funds_added", frozen=True):
@@ -81,13 +90,84 @@ class FundsAdded(_Event, tag="funds_added", frozen=True):
     currency: Currency = "USD"
 
 
+class FundsRefunded(_Event, tag="funds_refunded", frozen=True):
+    """Money paid back to the customer: taken out of the balance (a refunded order's credit note)."""
+
+    amount: DecimalString
+    currency: Currency = "USD"
+
+
+class ExtensionRequested(_Event, tag="extension_requested", frozen=True):
+    """An account admin asks for more days on the plan's term; an operator grants or declines it."""
+
+    request_id: Id
+    days: ExtensionDays
+    reason: Text
+    requested_by: Id | None = None
+
+
+class ExtensionGranted(_Event, tag="extension_granted", frozen=True):
+    """An operator grants a request: the term of the plan it was made under ends ``days`` later."""
+
+    request_id: Id
+    days: ExtensionDays
+
+
+class ExtensionDeclined(_Event, tag="extension_declined", frozen=True):
+    request_id: Id
+    reason: Text | None = None
+
+
+class OwnerChanged(_Event, tag="owner_changed", frozen=True):
+    """The user responsible for the app (shown in the console, told about its balance)."""
+
+    user_id: Id
+    changed_by: Id | None = None
+
+
 class AgentsSubscribed(_Event, tag="agents_subscribed", frozen=True):
     agents: Annotated[int, Meta(ge=0, le=10_000_000)]
 
 
+class AccountChanged(Struct, tag_field="type", tag="account_changed", frozen=True, gc=False):
+    """The account's billing type: the only event without ``app_id`` (topic billing-accounts, key account_id).
+
+    Deduplicated by ``(account_id, event_id)``; the latest by ``(occurred_at, event_id)`` is in force.
+    Accounts are ``prepaid`` until one says otherwise.
+    """
+
+    event_id: Id
+    occurred_at: Timestamp
+    account_id: Id
+    billing_type: BillingType
+
+
 ConversationEvent = ConversationTurn | AgentTransfer
-PlanEvent = PlanChanged | FundsAdded | AgentsSubscribed
-Event = ConversationTurn | AgentTransfer | AlertDelivered | PlanChanged | FundsAdded | AgentsSubscribed
+PlanEvent = (
+    PlanChanged
+    | FundsAdded
+    | AgentsSubscribed
+    | FundsRefunded
+    | ExtensionRequested
+    | ExtensionGranted
+    | ExtensionDeclined
+    | OwnerChanged
+)
+Event = (
+    ConversationTurn
+    | AgentTransfer
+    | AlertDelivered
+    | PlanChanged
+    | FundsAdded
+    | AgentsSubscribed
+    | FundsRefunded
+    | ExtensionRequested
+    | ExtensionGranted
+    | ExtensionDeclined
+    | OwnerChanged
+)
+#: Every input event, the account's own included (it has no app, so it is not an ``Event``).
+InputEvent = Event | AccountChanged
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     "conversation_turn": ConversationTurn,
@@ -96,7 +176,14 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
     "plan_changed": PlanChanged,
     "funds_added": FundsAdded,
     "agents_subscribed": AgentsSubscribed,
+    "funds_refunded": FundsRefunded,
+    "extension_requested": ExtensionRequested,
+    "extension_granted": ExtensionGranted,
+    "extension_declined": ExtensionDeclined,
+    "owner_changed": OwnerChanged,
 }
+#: Every input type, by its ``type`` value: the account's own (topic billing-accounts) included.
+INPUT_TYPES: Final[dict[str, type[InputEvent]]] = {**EVENT_TYPES, "account_changed": AccountChanged}
 
 #: Default input topic of each event type (`events.md`); configurable in the settings.
 DEFAULT_TOPIC_OF_TYPE: Final[dict[str, str]] = {
@@ -106,6 +193,12 @@ DEFAULT_TOPIC_OF_TYPE: Final[dict[str, str]] = {
     "plan_changed": "billing-plans",
     "funds_added": "billing-plans",
     "agents_subscribed": "billing-plans",
+    "funds_refunded": "billing-plans",
+    "extension_requested": "billing-plans",
+    "extension_granted": "billing-plans",
+    "extension_declined": "billing-plans",
+    "owner_changed": "billing-plans",
+    "account_changed": "billing-accounts",
 }
 
 
@@ -236,4 +329,15 @@ class BalanceSnapshot(Struct, frozen=True, kw_only=True):
     agents: int
     version: int
     updated_at: datetime
+    #: the plan model (docs/balances.md): term end of the plan in force, a change still to come,
+    #: the app's owner and its pending extension request; absent in snapshots of older versions
+    expires_at: datetime | None = None
+    expired: bool = False
+    scheduled_plan: str | None = None
+    scheduled_at: datetime | None = None
+    owner: str | None = None
+    extension_request_id: str | None = None
+    extension_days: int | None = None
+    extension_reason: str | None = None
+    extension_requested_at: datetime | None = None
     schema_version: str = SCHEMA_VERSION

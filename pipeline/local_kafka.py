@@ -18,10 +18,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from types import TracebackType
@@ -31,7 +33,19 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-__all__ = ["DIST_ENV", "LocalKafka", "LocalKafkaError", "dist_dir", "dist_file", "free_port", "kafka_version"]
+__all__ = [
+    "DIST_ENV",
+    "LocalKafka",
+    "LocalKafkaError",
+    "RunningBroker",
+    "data_dir_cluster_id",
+    "dist_dir",
+    "dist_file",
+    "free_port",
+    "kafka_version",
+    "running_broker",
+    "stop_running_broker",
+]
 
 DIST_ENV: Final = "METERING_KAFKA_DIST"
 DEPLOY_DIR: Final = Path(__file__).resolve().parents[1] / "deploy" / "local"
@@ -52,6 +66,19 @@ _MVN_TIMEOUT_S: Final = 900.0
 _FORMAT_TIMEOUT_S: Final = 120.0
 _INSTALL_JAVA: Final = (
     "Java not found: install a JDK 17+ (e.g. apt-get install openjdk-17-jdk-headless) or set JAVA_HOME."
+)
+
+#: Execs the broker's command line with PR_SET_PDEATHSIG = SIGTERM, so the JVM shuts down when the
+#: process that started it dies, even by SIGKILL (the broker has a session of its own, so a signal to
+#: its parent's process group never reaches it). A fresh single-threaded interpreter does it: a
+#: ``preexec_fn`` may deadlock in a forked child of a threaded process. The kernel keeps the setting
+#: across ``execv``; if the parent died before it was set, the launcher exits at once.
+_DIE_WITH_PARENT: Final = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(70)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 
 _log = logging.getLogger(__name__)
@@ -212,6 +239,59 @@ def _remove_pid_file(pid_file: Path, pid: int) -> None:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class RunningBroker:
+    """A live broker of a data dir, as its files announce it: where it listens and which cluster it is."""
+
+    data_dir: Path
+    pid: int
+    port: int
+    cluster_id: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+def running_broker(data_dir: Path) -> RunningBroker | None:
+    """The broker of ``data_dir`` if one runs: its pid file names a live Kafka JVM (started by any process).
+
+    Its port and cluster id are those the data dir was last started with (``local-kafka.properties``),
+    which is what `metering produce`, `usage` and the other commands connect to.
+    """
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    state = _read_properties(data_dir / STATE_FILE)
+    port = state.get("port", "")
+    if not _is_kafka_process(pid) or not port.isdigit():
+        return None
+    return RunningBroker(data_dir, pid, int(port), state.get("cluster.id", ""))
+
+
+def stop_running_broker(broker: RunningBroker, timeout: float = 30.0) -> None:
+    """Stop a broker this process did not start (SIGTERM, SIGKILL after ``timeout`` s) and wait until it is gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(broker.pid, sig)
+        deadline = time.monotonic() + wait
+        while _is_kafka_process(broker.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _is_kafka_process(broker.pid):
+            break
+    if _is_kafka_process(broker.pid):
+        raise LocalKafkaError(f"the Kafka broker (pid {broker.pid}) of {broker.data_dir} does not stop: kill it")
+    _remove_pid_file(broker.data_dir / PID_FILE, broker.pid)
+
+
+def data_dir_cluster_id(data_dir: Path) -> str | None:
+    """The cluster id ``data_dir`` was formatted with, if it ever held a broker."""
+    return _read_properties(data_dir / KRAFT_DIR / "meta.properties").get("cluster.id") or _read_properties(
+        data_dir / STATE_FILE
+    ).get("cluster.id")
+
+
 class LocalKafka:
     """A single-node KRaft broker started from the jars in deploy/local/lib.
 
@@ -227,8 +307,15 @@ class LocalKafka:
         port: int | None = None,
         controller_port: int | None = None,
         heap_mb: int = 512,
+        *,
+        preferred_port: int | None = None,
+        die_with_parent: bool = True,
     ) -> None:
-        """Ports left as ``None`` are picked at the first :meth:`start` and kept for later ones."""
+        """Ports left as ``None`` are picked at the first :meth:`start` and kept for later ones.
+
+        A port left to pick is the data dir's last one if free, else ``preferred_port`` if free, else
+        any free one. ``die_with_parent``: the broker stops when the process that started it dies.
+        """
         if port is not None and port == controller_port:
             raise ValueError(f"port and controller_port must differ (both are {port})")
         if heap_mb < 128:
@@ -237,6 +324,8 @@ class LocalKafka:
         self.heap_mb = heap_mb
         self._port = port
         self._controller_port = controller_port
+        self._preferred_port = preferred_port
+        self._die_with_parent = die_with_parent
         self._cluster_id: str | None = None
         self._log_offset = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -497,17 +586,19 @@ class LocalKafka:
     def _choose_ports(self, state: Mapping[str, str]) -> None:
         """Keep ports already chosen, else reuse the data dir's last ones if free, so a bootstrap stays valid."""
 
-        def pick(stored: str | None, taken: int | None) -> int:
-            if stored and stored.isdigit() and int(stored) != taken and _port_is_free(int(stored)):
-                return int(stored)
+        def pick(wanted: tuple[str | None, ...], taken: int | None) -> int:
+            for port_text in wanted:
+                if port_text and port_text.isdigit() and int(port_text) != taken and _port_is_free(int(port_text)):
+                    return int(port_text)
             while (port := free_port()) == taken:
                 pass
             return port
 
+        preferred = None if self._preferred_port is None else str(self._preferred_port)
         if self._port is None:
-            self._port = pick(state.get("port"), self._controller_port)
+            self._port = pick((state.get("port"), preferred), self._controller_port)
         if self._controller_port is None:
-            self._controller_port = pick(state.get("controller.port"), self._port)
+            self._controller_port = pick((state.get("controller.port"),), self._port)
 
     def _write_config(self) -> None:
         template = Template(dist_file(CONFIG_FILE).read_text())
@@ -587,6 +678,8 @@ class LocalKafka:
         with (self.data_dir / OUT_FILE).open("ab") as out:
             out.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting on {self.bootstrap}\n".encode())
             out.flush()
+            if self._die_with_parent and sys.platform.startswith("linux"):
+                cmd = [sys.executable, "-I", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )

@@ -148,7 +148,32 @@ WEBHOOK_DELIVERIES: Final = Counter(
 ALERTS_NOTIFIED: Final = Counter(
     "metering_balance_alerts_notified_total", "Balance alerts logged (and delivered, when a webhook is set)."
 )
+ORDER_INPUTS: Final = Counter(
+    "metering_order_inputs_total",
+    "Orders, payments and billing-type changes the order processor applied, by outcome (applied, duplicate, "
+    "unmatched: a payment for an order it does not know, refused: an enterprise account's order).",
+    ["outcome"],
+)
+ORDER_PAYMENTS: Final = Counter(
+    "metering_order_payments_total", "Order payments by result (paid, failed, refunded).", ["status"]
+)
+ORDER_DOCUMENTS: Final = Counter(
+    "metering_order_documents_total", "Invoices and credit notes issued, once each.", ["kind"]
+)
+ORDER_BATCH_SECONDS: Final = Histogram(
+    "metering_order_batch_duration_seconds", "Time to process and commit one order transaction.", buckets=_SECONDS
+)
+ORDER_ABORTS: Final = Counter(
+    "metering_order_transactions_aborted_total",
+    "Order transactions aborted and processed again from the last commit.",
+)
 ENTITLEMENT_APPS: Final = Gauge("metering_entitlement_apps", "Apps in the entitlement read model (from balance-state).")
+ENTITLEMENT_ANSWERS: Final = Counter(
+    "metering_entitlement_answers_total",
+    "Entitlement requests answered, by answer: entitled, not_entitled, unknown (app never seen: 404), "
+    "loading (503 until the read model is read).",
+    ["answer"],
+)
 
 # -- shared --------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ MODULES: Final = (
 DEPENDS: Final = (
     "pipeline.events",
     "pipeline.balance.agents",
+    "pipeline.balance.plans",
     "pipeline.progress",
     "pipeline.report",
     "pipeline.records",

@@ -24,9 +24,10 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.console import Console
 
-from pipeline.decode import decode_event
-from pipeline.events import EVENT_TYPES, AgentTransfer, ConversationTurn, Event, Rejection
-from pipeline.kafka import KafkaSetupError, missing_topics, producer_config, wait_for_broker
+from pipeline.decode import decode_input
+from pipeline.events import INPUT_TYPES, AccountChanged, AgentTransfer, ConversationTurn, InputEvent, Rejection
+from pipeline.kafka import KafkaSetupError, admin, missing_topics, producer_config, wait_for_broker
+from pipeline.local_kafka import data_dir_cluster_id
 from pipeline.logs import fields
 from pipeline.progress import FileProgress, OnProgress
 from pipeline.settings import Settings, Topics
@@ -93,14 +94,15 @@ def produce(
 ) -> ProduceResult:
     """Send the lines of ``path`` to their input topics and wait for the broker's acknowledgements.
 
-    With ``validate`` (the default), a line is sent only if ``decode_event`` accepts it, to the
+    With ``validate`` (the default), a line is sent only if ``decode_input`` accepts it, to the
     topic of its ``type`` (``settings.topics``) with the key events.md names:
     ``conversation_id`` for conversation turns and agent transfers, ``app_id`` for alerts and
-    billing-plans events; invalid lines are counted, passed to ``on_invalid(lineno, reason)``
-    and not sent. Without it, every non-blank line is sent as it is, without a key, to the topic
-    of its ``type`` field if it has a known one, else to the turns topic; the workers then
-    dead-letter what is invalid, and also any valid event that the missing key put on
-    another partition than its key's (reason ``misrouted``).
+    billing-plans events, ``account_id`` for ``account_changed`` (billing-accounts); invalid lines
+    are counted, passed to ``on_invalid(lineno, reason)`` and not sent. Without it, every
+    non-blank line is sent as it is, without a key, to the topic of its ``type`` field if it has
+    a known one, else to the turns topic; the workers then dead-letter what is invalid, and also
+    any valid event that the missing key put on another partition than its key's (reason
+    ``misrouted``).
 
     Raises ``OSError`` when the file cannot be opened (before anything is sent) or read, and
     ``KafkaSetupError`` when the broker does not answer or an input topic is missing.
@@ -136,10 +138,11 @@ def produce(
 def _check_topics(settings: Settings, timeout: float) -> None:
     """The broker answers and has the input topics; a topic created a moment ago gets a few seconds to show."""
     wait_for_broker(settings, timeout=timeout)
+    _check_cluster(settings)
     deadline = time.monotonic() + TOPIC_VISIBLE_SECONDS
     while True:
         try:
-            missing = missing_topics(settings, settings.topics.inputs)
+            missing = missing_topics(settings, (*settings.topics.inputs, settings.topics.accounts))
         except KafkaException as exc:
             raise KafkaSetupError(f"cannot list the topics of Kafka at {settings.kafka_bootstrap}: {exc}") from exc
         if not missing or time.monotonic() > deadline:
@@ -150,6 +153,24 @@ def _check_topics(settings: Settings, timeout: float) -> None:
             f"input topic(s) {', '.join(missing)} do not exist on Kafka at {settings.kafka_bootstrap}: start the "
             f"pipeline once (`metering run`), which creates them, or create them with {settings.partitions} "
             "partitions (METERING_PARTITIONS); a broker's auto-created topics would not be co-partitioned"
+        )
+
+
+def _check_cluster(settings: Settings) -> None:
+    """Without METERING_KAFKA_BOOTSTRAP, events go to the data directory's own broker, never to another's."""
+    directory = settings.data_dir / "kafka"
+    ours = None if settings.kafka_bootstrap_given else data_dir_cluster_id(directory)
+    if ours is None:
+        return
+    try:
+        theirs = admin(settings).list_topics(timeout=10).cluster_id
+    except KafkaException as exc:
+        raise KafkaSetupError(f"cannot ask Kafka at {settings.kafka_bootstrap} which cluster it is: {exc}") from exc
+    if theirs != ours:
+        raise KafkaSetupError(
+            f"Kafka at {settings.kafka_bootstrap} is cluster {theirs}, not {ours}, the broker of the data directory "
+            f"{settings.data_dir}, which is not running: start `metering run` with METERING_DATA_DIR="
+            f"{settings.data_dir}, or set METERING_KAFKA_BOOTSTRAP to use that cluster"
         )
 
 
@@ -180,12 +201,12 @@ def _send_lines(  # noqa: PLR0917
                 if result.fatal:
                     break
             if validate:
-                decoded = decode_event(line, now_ms)
+                decoded = decode_input(line, now_ms)
                 if type(decoded) is Rejection:
                     if line.strip():
                         _skip(result, lineno, decoded.reason, on_invalid)
                     continue
-                event: Event = decoded[1]  # type: ignore[index]
+                event: InputEvent = decoded[1]  # type: ignore[index]
                 topic, key_field = route[type(event)]
                 key: str | None = getattr(event, key_field)
             elif line.strip():
@@ -210,12 +231,16 @@ def _send_lines(  # noqa: PLR0917
             on_progress(done)
 
 
-def _routes(topics: Topics) -> dict[type[Event], tuple[str, str]]:
+def _routes(topics: Topics) -> dict[type[InputEvent], tuple[str, str]]:
     """Event class -> (topic, key field), as events.md lays the input topics out."""
-    return {
-        cls: (topics.of_type(name), "conversation_id" if cls in (ConversationTurn, AgentTransfer) else "app_id")
-        for name, cls in EVENT_TYPES.items()
-    }
+    return {cls: (topics.of_type(name), _KEY_FIELD.get(cls, "app_id")) for name, cls in INPUT_TYPES.items()}
+
+
+_KEY_FIELD: Final[dict[type[InputEvent], str]] = {
+    ConversationTurn: "conversation_id",
+    AgentTransfer: "conversation_id",
+    AccountChanged: "account_id",
+}
 
 
 class _TypeOnly(msgspec.Struct):

@@ -67,8 +67,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -98,8 +96,9 @@ from consumers.clickhouse.reconcile import (
     bucket_of,
     snapshot,
 )
-from consumers.service import LOCAL_OPENER, read_token, token_file
-from consumers.usage_command import StoreBusyError, open_client, running_store
+from consumers.store_client import StoreClient, StoreHttpError, StoreUnreachableError
+from consumers.store_lock import ReaderHold
+from consumers.usage_command import OnWait, StoreBusyError, open_client, reach_store, store_client
 from pipeline.compute import Days, compute
 from pipeline.decode import decode_event
 from pipeline.events import MAX_FUTURE_MS, PlanChanged, Rejection, format_ms
@@ -756,11 +755,14 @@ class ReconcileStore(Protocol):
 class DirectStore:
     """ClickHouse opened by this process (a server, or an embedded database nobody holds)."""
 
-    def __init__(self, client: Client, database: str, where: str, *, owned: bool = True) -> None:
+    def __init__(
+        self, client: Client, database: str, where: str, *, owned: bool = True, hold: ReaderHold | None = None
+    ) -> None:
         self.client = client
         self.database = database
         self.where = where
         self._owned = owned
+        self._hold = hold
 
     def snapshot(self, period: Period) -> Snapshot:
         return snapshot(self.client, self.database, start=period.first, end=period.last, tz=period.tz)
@@ -771,15 +773,17 @@ class DirectStore:
     def close(self) -> None:
         if self._owned:
             self.client.close()
+        if self._hold is not None:
+            self._hold.release()
 
 
 class ApiStore:
-    """The running service that holds the embedded database, through its reconcile endpoints."""
+    """The running service that holds the embedded database, through its operators' reconcile routes."""
 
-    def __init__(self, api: str, token: str) -> None:
-        self.api = api
-        self.where = f"the running metering service at {api}"
-        self._token = token
+    def __init__(self, client: StoreClient) -> None:
+        self.api = client.api
+        self.where = f"the running metering service at {client.api}"
+        self._client = client
 
     def snapshot(self, period: Period) -> Snapshot:
         request = PeriodRequest(start=period.first, end=period.last, timezone=period.tz)
@@ -792,57 +796,52 @@ class ApiStore:
         return None
 
     def _post(self, path: str, body: bytes) -> bytes:
-        request = urllib.request.Request(
-            f"{self.api}{path}",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token}"},
-        )
         try:
-            with LOCAL_OPENER.open(request, timeout=_API_TIMEOUT_SECONDS) as response:
-                return bytes(response.read())
-        except urllib.error.HTTPError as exc:
+            return self._client.post_json(path, body)
+        except StoreHttpError as exc:
             raise _api_error(self.api, path, exc) from exc
-        except (urllib.error.URLError, OSError) as exc:
+        except StoreUnreachableError as exc:
             raise StoreBusyError(
                 f"the running metering service at {self.api} did not answer {path} ({exc}); if it has just "
                 "stopped, run this again"
             ) from exc
 
 
-def _api_error(api: str, path: str, exc: urllib.error.HTTPError) -> Exception:
-    try:
-        message = str(json.loads(exc.read().decode("utf-8")).get("error", exc.reason))
-    except (OSError, ValueError, AttributeError):
-        message = str(exc.reason)
-    if exc.code == 404:
+def _api_error(api: str, path: str, exc: StoreHttpError) -> Exception:
+    message = exc.message
+    if exc.status == 404:
         return ReconcileError(
             f"the running metering service at {api} has no {path}: it runs an older version. Restart it "
             "(metering run / metering sink) with this one, then run reconcile again"
         )
-    if exc.code in (401, 403):
+    if exc.status in (401, 403):
         return ReconcileError(f"the running metering service at {api} refused {path}: {message}")
-    if exc.code == 503:
+    if exc.status == 503:
         return ClickHouseUnavailableError(f"the running metering service at {api}: {message}")
-    return ReconcileError(f"the running metering service at {api} answered {exc.code} to {path}: {message}")
+    return ReconcileError(f"the running metering service at {api} answered {exc.status} to {path}: {message}")
 
 
-def open_store(settings: Settings) -> ReconcileStore:
-    """The running service if it holds the embedded database, else a connection of our own."""
+def open_store(settings: Settings, on_wait: OnWait | None = None) -> ReconcileStore:
+    """The running service if it holds the embedded database (waiting for one that starts), else our own connection."""
     settings = settings.with_clickhouse_default()
+    hold = None
     if settings.embedded_clickhouse:
-        api = running_store(settings)
-        if api is not None:
-            token = read_token(settings)
-            if token is None:
-                raise ReconcileError(
-                    f"the running metering service at {api} holds the embedded database, but its reconcile token "
-                    f"{token_file(settings)} cannot be read: run reconcile as the OS user that runs the service "
-                    "(or restart the service with this version, which writes the token)"
-                )
-            return ApiStore(api, token)
+        reached = reach_store(settings, on_wait=on_wait)
+        if isinstance(reached, ReaderHold):
+            hold = reached
+        else:
+            try:
+                return ApiStore(store_client(settings, reached, timeout=_API_TIMEOUT_SECONDS))
+            except StoreBusyError as exc:
+                raise ReconcileError(str(exc)) from exc
     where = redact(settings.clickhouse_url)
-    return DirectStore(open_client(settings), settings.clickhouse_database, f"ClickHouse at {where}")
+    try:
+        client = open_client(settings)
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
+    return DirectStore(client, settings.clickhouse_database, f"ClickHouse at {where}", hold=hold)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -1079,7 +1078,7 @@ def reconcile_command(
         if archive is not None:
             with archive.open("rb"):  # unreadable: say so before touching ClickHouse
                 pass
-        store = open_store(settings)
+        store = open_store(settings, on_wait=lambda message: err.print(message, highlight=False))
         try:
             report = reconcile(store, period, _truth_source(settings, period, archive, now_ms, err), repair=repair)
         finally:

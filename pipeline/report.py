@@ -41,4 +41,4 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Cell]], fmt: Format, 
     return str(out)
 
 
-_TEXT_COLUMNS = frozenset({"account_id", "app_id", "day", "week", "month", "plan", "status", "currency"})
+_TEXT_COLUMNS = frozenset({"account_id", "app_id", "day", "week", "month", "period", "plan", "status", "currency"})

@@ -1,8 +1,11 @@
 """`metering run`: the whole pipeline on one machine, in the foreground, stopped cleanly by a signal.
 
-This process owns the embedded ClickHouse (sink, usage API, its metrics); the stream workers
-run as child processes, restarted if they die; a local KRaft broker is started unless
-``METERING_KAFKA_BOOTSTRAP`` answers. One line a minute says what was metered.
+This process owns its data directory (``consumers.store_lock``: taken before anything else, so
+a command reading the embedded database never races its start) and the embedded ClickHouse
+(sink, usage API, its metrics); the stream workers run as child processes, restarted if they
+die. Kafka is ``METERING_KAFKA_BOOTSTRAP`` when it is set; otherwise the data directory's own
+broker, a child that dies with this process, found there by the other commands. One line a
+minute says what was metered.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from consumers.service import StoreEndpoints, serve_store
+from consumers.store_lock import DataDirBusyError, StoreLock
 from pipeline.demo import DemoTraffic
 from pipeline.kafka import ensure_topics
-from pipeline.local_kafka import LocalKafka, free_port
+from pipeline.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
 from pipeline.stream.worker import changelog_topics
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_SECONDS: Final = 60.0
 WORKER_RESTART_DELAY: Final = 5.0
 LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+#: The account whose admin the one-time console link signs in (the demo traffic's first account).
+DEMO_ACCOUNT: Final = "acct-00"
 
 
 @dataclass
@@ -74,7 +80,16 @@ def run(settings: Settings, *, demo: bool, demo_rate: float, console: Console) -
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        owned = StoreLock.acquire(settings.data_dir, "metering run", on_wait=console.print)
+    except DataDirBusyError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+    with owned:
+        return _run(settings, stop, demo=demo, demo_rate=demo_rate, console=console)
 
+
+def _run(settings: Settings, stop: threading.Event, *, demo: bool, demo_rate: float, console: Console) -> int:
     broker = _broker(settings, console)
     if broker is not None:
         settings = replace(settings, kafka_bootstrap=broker.bootstrap)
@@ -141,20 +156,46 @@ def run(settings: Settings, *, demo: bool, demo_rate: float, console: Console) -
 
 
 def _broker(settings: Settings, console: Console) -> LocalKafka | None:
-    """None if the configured cluster answers; else a local broker on its (loopback) address."""
-    if _reachable(settings.kafka_bootstrap):
-        console.print(f"Kafka: using the cluster at {settings.kafka_bootstrap}")
-        return None
-    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
-    if host not in LOOPBACK:
-        raise SystemExit(
-            f"error: Kafka at {settings.kafka_bootstrap} does not answer; METERING_KAFKA_BOOTSTRAP names a "
-            "remote cluster, so no local broker is started: check the address and that the brokers are up"
+    """The data directory's own broker, started here; None if METERING_KAFKA_BOOTSTRAP names a cluster that answers.
+
+    A broker already running on the data directory was left by a run that died (this process
+    owns the data directory now): it is stopped and started again as this run's child. Another
+    process on the preferred port (another data directory's broker, whose cluster this is not)
+    is never used: this one listens on a free port then, announced in the data directory.
+    """
+    directory = settings.data_dir / "kafka"
+    if settings.kafka_bootstrap_given:
+        if _reachable(settings.kafka_bootstrap):
+            console.print(f"Kafka: using the cluster at {settings.kafka_bootstrap} (METERING_KAFKA_BOOTSTRAP)")
+            return None
+        host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+        if host not in LOOPBACK:
+            raise SystemExit(
+                f"error: Kafka at {settings.kafka_bootstrap} does not answer; METERING_KAFKA_BOOTSTRAP names a "
+                "remote cluster, so no local broker is started: check the address and that the brokers are up"
+            )
+        broker = LocalKafka(directory, port=int(port))
+    else:
+        broker = LocalKafka(directory, preferred_port=settings.local_kafka_port)
+    left = running_broker(directory)
+    if left is not None:
+        console.print(
+            f"Kafka: the broker of this data directory (pid {left.pid}) was left running by a metering run that "
+            "ended without stopping it: stopping it, to start it again as this run's own"
         )
-    broker = LocalKafka(settings.data_dir / "kafka", port=int(port))
+        stop_running_broker(left)
     broker.ensure_jars()
-    console.print(f"Kafka: starting a local broker on {host}:{port} (data in {settings.data_dir / 'kafka'})")
+    console.print(f"Kafka: starting this data directory's broker (data in {directory})")
     broker.start(timeout=120)
+    preferred = settings.local_kafka_port
+    if not settings.kafka_bootstrap_given and broker.port != preferred and _port_or_free(preferred) != preferred:
+        console.print(
+            f"Kafka: port {preferred} is taken by another process (another data directory's broker, perhaps), "
+            f"so this one listens on {broker.bootstrap}; metering produce, usage and the other commands find it "
+            f"there with METERING_DATA_DIR={settings.data_dir}"
+        )
+    else:
+        console.print(f"Kafka: listening on {broker.bootstrap}")
     return broker
 
 
@@ -195,14 +236,16 @@ def _start_worker(settings: Settings, worker: _Worker) -> None:
 
 
 def _balance_services(settings: Settings, first_port: int, log_dir: Path) -> list[_Worker]:
-    """The balance processor, the alert notifier and the entitlement endpoint, supervised like the workers."""
+    """The balance and order processors, the alert notifier and the entitlement endpoint, supervised as workers."""
     balance_port = _port_or_free(first_port)
     notify_port = _port_or_free(balance_port + 1)
+    orders_port = _port_or_free(notify_port + 1)
     entitlement_port = _port_or_free(settings.entitlement_port)
     index = settings.workers
     return [
         _Worker(index, balance_port, log_dir / "balance.log", command=("balance",), name="balance"),
         _Worker(index + 1, notify_port, log_dir / "notify.log", command=("notify",), name="notifier"),
+        _Worker(index + 3, orders_port, log_dir / "orders.log", command=("orders", "process"), name="orders"),
         _Worker(
             index + 2,
             entitlement_port,
@@ -303,11 +346,23 @@ def _status_line(d: dict[str, float]) -> str:
     )
 
 
+def _console_login(settings: Settings, store: StoreEndpoints) -> str:
+    """The console's one-time login link for the admin of the demo's first account, or how to get a token."""
+    from console import login_link  # noqa: PLC0415 - the console loads only where it is used
+
+    account = DEMO_ACCOUNT
+    code = login_link.create(settings.console, settings.data_dir, account_id=account, user="demo-admin")
+    if code is None:
+        return f"{store.api}/login   (sign in with a token from your identity provider)"
+    return f"{store.api}/login?once={code}   (one-time login link: {account}'s admin)"
+
+
 def _announce(
     console: Console, settings: Settings, store: StoreEndpoints, workers: list[_Worker], *, demo: bool
 ) -> None:
     console.print("[bold]metering is running[/]" + (" with demo traffic" if demo else ""))
-    console.print(f"  usage API      {store.api}/usage?by=day&format=csv   (also: metering usage)")
+    console.print(f"  console        {_console_login(settings, store)}")
+    console.print(f"  console API    {store.api}/api/v1/usage   (a token: metering token --account ACCOUNT)")
     console.print(f"  metrics        {store.metrics}  (sink, API)")
     for w in workers:
         if w.name == "entitlement":

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import quote
 
+from console.settings import ConsoleSettings, read_console_settings
+from pipeline.events import DEFAULT_TOPIC_OF_TYPE
 from pipeline.rules.attribution import UnknownZoneError, zone
 from pipeline.rules.config import DAY, MINUTE, SECOND, RulesConfig, RulesConfigError, check_idle_timeout
 
@@ -38,16 +40,20 @@ class Topics:
     late: str = "metering-late"
     balance_alerts: str = "balance-alerts"
     balance_state: str = "balance-state"
+    #: the console's plan model and orders (compacted, keyed by account_id)
+    accounts: str = "billing-accounts"
+    orders: str = "billing-orders"
 
     def of_type(self, event_type: str) -> str:
+        """The topic of an input type, as configured (KeyError for a type the contract does not have)."""
+        default = DEFAULT_TOPIC_OF_TYPE[event_type]
         return {
-            "conversation_turn": self.turns,
-            "agent_transfer": self.transfers,
-            "alert_delivered": self.alerts,
-            "plan_changed": self.plans,
-            "funds_added": self.plans,
-            "agents_subscribed": self.plans,
-        }[event_type]
+            "conversation-turns": self.turns,
+            "agent-transfers": self.transfers,
+            "alerts-delivered": self.alerts,
+            "billing-plans": self.plans,
+            "billing-accounts": self.accounts,
+        }[default]
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -62,6 +68,8 @@ class Topics:
             self.late,
             self.balance_alerts,
             self.balance_state,
+            self.accounts,
+            self.orders,
         )
 
 
@@ -96,6 +104,17 @@ class Settings:
     entitlement_port: int = 8471
     webhook_url: str = ""
     webhook_secret: str = ""
+    #: Whether ``kafka_bootstrap`` is to be used as given (METERING_KAFKA_BOOTSTRAP set, or set in code).
+    #: Unset in the environment, `metering run` starts the data directory's own broker (on
+    #: ``local_kafka_port`` if free) and the other commands find it there.
+    kafka_bootstrap_given: bool = field(default=True, compare=False)
+    local_kafka_port: int = 9092
+    #: the plan catalogue the console offers (None: the one shipped in pipeline/balance/catalog.toml)
+    plan_catalog: Path | None = None
+    #: the seller named on invoices (the order processor writes it into each invoice as issued)
+    invoice_seller: str = "Metering"
+    #: the Billing console (console/): token verification, "now", export limit
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -139,6 +158,9 @@ class Settings:
             "ENTITLEMENT_PORT": str(self.entitlement_port),
             "WEBHOOK_URL": self.webhook_url,
             "WEBHOOK_SECRET": self.webhook_secret,
+            "LOCAL_KAFKA_PORT": str(self.local_kafka_port),
+            "PLAN_CATALOG": "" if self.plan_catalog is None else str(self.plan_catalog),
+            "INVOICE_SELLER": self.invoice_seller,
         }
         if r.app_idle_timeout_ms:
             env["APP_IDLE_TIMEOUTS"] = ",".join(f"{a}={ms // MINUTE}" for a, ms in r.app_idle_timeout_ms.items())
@@ -146,7 +168,7 @@ class Settings:
             env["KAFKA_CONFIG"] = ",".join(f"{k}={v}" for k, v in self.kafka_config.items())
         for name in Topics.__dataclass_fields__:
             env[f"TOPIC_{name.upper()}"] = getattr(self.topics, name)
-        return {PREFIX + k: v for k, v in env.items()}
+        return {**{PREFIX + k: v for k, v in env.items()}, **self.console.to_env()}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -205,10 +227,21 @@ class Settings:
             entitlement_port=reader.get("ENTITLEMENT_PORT", _port, base.entitlement_port),
             webhook_url=reader.get("WEBHOOK_URL", _http_url, base.webhook_url),
             webhook_secret=reader.get("WEBHOOK_SECRET", str, base.webhook_secret),
+            kafka_bootstrap_given=bool(env.get(PREFIX + "KAFKA_BOOTSTRAP", "").strip()),
+            local_kafka_port=reader.get("LOCAL_KAFKA_PORT", _port, base.local_kafka_port),
+            plan_catalog=reader.get("PLAN_CATALOG", _catalog, base.plan_catalog),
+            invoice_seller=reader.get("INVOICE_SELLER", _seller, base.invoice_seller),
+            console=_console(env, reader),
         )
         if reader.errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(reader.errors))
         return settings.with_clickhouse_default()
+
+
+def _console(env: Mapping[str, str], reader: _Reader) -> ConsoleSettings:
+    console, errors = read_console_settings(env)
+    reader.errors.extend(errors)
+    return console
 
 
 class _Reader:
@@ -376,6 +409,24 @@ def _names(raw: str) -> frozenset[str]:
     if not all(names):
         raise ValueError("expected name[,name...] with no empty name")
     return frozenset(names)
+
+
+def _catalog(raw: str) -> Path:
+    """A plan catalogue file that loads (pipeline.balance.catalog): checked now, not at the first request."""
+    from pipeline.balance.catalog import CatalogError, load_catalog  # noqa: PLC0415 - see _database
+
+    path = Path(raw)
+    try:
+        load_catalog(path)
+    except CatalogError as exc:
+        raise ValueError(str(exc)) from None
+    return path
+
+
+def _seller(raw: str) -> str:
+    if len(raw) > 200:
+        raise ValueError("at most 200 characters: the seller's name as invoices show it")
+    return raw
 
 
 def _http_url(raw: str) -> str:

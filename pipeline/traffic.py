@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -112,6 +112,24 @@ def _arrivals(
 
 def encode(event: dict[str, Any]) -> bytes:
     return _encode(event)
+
+
+def with_resent_copies(lines: Iterable[bytes], *, share: float, within: int, seed: int) -> Iterator[bytes]:
+    """``lines`` with a copy of ``share`` of them re-sent up to ``within`` lines later.
+
+    What an export from an at-least-once pipeline looks like: a producer that did not see its
+    acknowledgement sends a batch again a little later, often after the conversation session of
+    those events has become final. Each copy is byte for byte its original.
+    """
+    rng = random.Random(seed)
+    later: dict[int, list[bytes]] = {}
+    for i, line in enumerate(lines):
+        yield line
+        if rng.random() < share:
+            later.setdefault(i + rng.randint(1, within), []).append(line)
+        yield from later.pop(i, ())
+    for i in sorted(later):
+        yield from later[i]
 
 
 def _public(ev: dict[str, Any]) -> dict[str, Any]:

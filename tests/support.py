@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline.decode import decode_event, to_ms
@@ -19,6 +21,7 @@ from pipeline.events import Event, Rejection, format_ms
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.rules.model import BillingSession
+from pipeline.settings import Settings, Topics
 
 T0 = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 FAR_FUTURE = 2**60
@@ -243,3 +246,26 @@ def reference_counts(events: Sequence[dict[str, Any]], config: RulesConfig) -> d
             if not ev.get("is_test"):
                 out["alert"] += 1
     return out
+
+
+def pipeline_settings(
+    kafka_bootstrap: str, chdb_path: Path, data_dir: Path, prefix: str = "it", **changes: Any
+) -> Settings:
+    """Settings with uuid-named topics, group and database (``<prefix>_<uuid>``), quick batches, free ports."""
+    suffix = uuid.uuid4().hex[:10]
+    topics = Topics(**{name: f"{value}-{suffix}" for name, value in vars(Topics()).items()})
+    fields: dict[str, Any] = {
+        "data_dir": data_dir,
+        "kafka_bootstrap": kafka_bootstrap,
+        "clickhouse_url": f"chdb://{chdb_path}",
+        "clickhouse_database": f"{prefix}_{suffix}",
+        "topics": topics,
+        "partitions": 6,
+        "app_id": f"metering-{suffix}",
+        "api_port": 0,
+        "metrics_port": 0,
+        "idle_partition_seconds": 2.0,
+        "batch_seconds": 0.2,
+        "sink_batch_seconds": 0.2,
+    }
+    return Settings(**{**fields, **changes})

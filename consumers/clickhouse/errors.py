@@ -14,6 +14,7 @@ __all__ = [
     "ClickHouseUnavailableError",
     "ClickHouseWriteError",
     "MigrationError",
+    "MissingTablesError",
 ]
 
 #: The one setting that names the database; every connection message points at it.
@@ -30,6 +31,10 @@ class ClickHouseConfigError(ClickHouseError, ValueError):
 
 class ClickHouseUnavailableError(ClickHouseError):
     """The database could not be reached or opened; retrying later may succeed."""
+
+
+class MissingTablesError(ClickHouseError):
+    """The database or its metering tables do not exist yet: nothing was migrated there."""
 
 
 class MigrationError(ClickHouseError):

@@ -1,10 +1,11 @@
-"""Plans, funds, seats, started transfers and balance snapshots in ClickHouse (migration 005).
+"""Plans, funds, seats, started transfers, balance snapshots, billing types, orders and invoices in
+ClickHouse (migrations 005, 010 and 011).
 
 Written by the plan sinks (``consumers.plan_sinks``) with the sink's flush contract: one call
 of :meth:`PlanStore.insert` per Kafka offset range, with that range's token, into every table
 the range has rows for. A retried range is dropped per table by its token; a replay under
 another token is absorbed by the tables' keys (see the migration). Read back by `metering usage`
-(the ``agents`` and ``active_agents`` columns) and `metering plans`.
+(the ``agents`` and ``active_agents`` columns), `metering plans` and the console.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Final
 
+import msgspec
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
@@ -25,7 +27,21 @@ from pipeline.agent_book import AgentRow, period_last_day, with_agents
 from pipeline.balance.agents import SeatTimeline
 from pipeline.balance.money import format_money
 from pipeline.decode import to_ms
-from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded, PlanChanged
+from pipeline.events import (
+    AccountChanged,
+    AgentsSubscribed,
+    AgentTransfer,
+    BalanceSnapshot,
+    ExtensionDeclined,
+    ExtensionGranted,
+    ExtensionRequested,
+    FundsAdded,
+    FundsRefunded,
+    OwnerChanged,
+    PlanChanged,
+    PlanEvent,
+)
+from pipeline.orders.events import InvoiceIssued, OrderState
 from pipeline.rules.attribution import UsageRow
 
 __all__ = [
@@ -40,75 +56,159 @@ __all__ = [
     "usage_with_agents",
 ]
 
-#: What the plan sinks store: billing-plans events, started transfers, balance snapshots.
-PlanRecord = PlanChanged | FundsAdded | AgentsSubscribed | AgentTransfer | BalanceSnapshot
+#: What the plan sinks store: billing-plans events, started transfers, balance snapshots, the
+#: accounts' billing types and the order processor's orders and invoices.
+PlanRecord = PlanEvent | AgentTransfer | BalanceSnapshot | AccountChanged | OrderState | InvoiceIssued
 
 _EVENT: Final = ("account_id", "app_id", "event_id", "occurred_at")
 _PRICES: Final = ("price_per_usage_session", "price_per_alert_session", "price_per_voice_session")
+_EXTENSION: Final = (*_EVENT, "type", "request_id", "days", "reason", "user_id")
 
-#: Record type -> (table, columns written), in the order tables are written.
-_TABLES: Final[dict[type, tuple[str, tuple[str, ...]]]] = {
-    PlanChanged: (
-        "plan_changes",
-        (*_EVENT, "plan", *_PRICES, "currency", "low_balance_threshold", "idle_timeout_minutes"),
+#: Table -> columns written, in the order tables are written (one insert per table and token).
+_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "plan_changes": (
+        *_EVENT,
+        "plan",
+        *_PRICES,
+        "currency",
+        "low_balance_threshold",
+        "idle_timeout_minutes",
+        "effective_at",
+        "term_months",
     ),
-    FundsAdded: ("funds_added", (*_EVENT, "amount", "currency")),
-    AgentsSubscribed: ("agent_subscriptions", (*_EVENT, "agents")),
-    AgentTransfer: ("agent_transfers_started", (*_EVENT, "agent_id", "conversation_id")),
-    BalanceSnapshot: (
-        "balance_snapshots",
-        (
-            "account_id",
-            "app_id",
-            "plan",
-            "currency",
-            "funds",
-            "usage_cost",
-            "alert_cost",
-            "voice_cost",
-            "usage_sessions",
-            "alert_sessions",
-            "voice_sessions",
-            "unpriced_sessions",
-            "balance",
-            "balance_amount",
-            "threshold",
-            "status",
-            "entitled",
-            "agents",
-            "version",
-            "updated_at",
-        ),
+    "funds_added": (*_EVENT, "amount", "currency"),
+    "funds_refunded": (*_EVENT, "amount", "currency"),
+    "agent_subscriptions": (*_EVENT, "agents"),
+    "extension_events": _EXTENSION,
+    "owner_changes": (*_EVENT, "user_id", "changed_by"),
+    "agent_transfers_started": (*_EVENT, "agent_id", "conversation_id"),
+    "balance_snapshots": (
+        "account_id",
+        "app_id",
+        "plan",
+        "currency",
+        "funds",
+        "usage_cost",
+        "alert_cost",
+        "voice_cost",
+        "usage_sessions",
+        "alert_sessions",
+        "voice_sessions",
+        "unpriced_sessions",
+        "balance",
+        "balance_amount",
+        "threshold",
+        "status",
+        "entitled",
+        "agents",
+        "version",
+        "updated_at",
+        "expires_at",
+        "expired",
+        "scheduled_plan",
+        "scheduled_at",
+        "owner",
+        "extension_request_id",
+        "extension_days",
+        "extension_reason",
+        "extension_requested_at",
+    ),
+    "billing_accounts": ("account_id", "event_id", "occurred_at", "billing_type"),
+    "orders": (
+        "account_id",
+        "order_id",
+        "app_id",
+        "description",
+        "amount",
+        "currency",
+        "payment_method",
+        "payment_status",
+        "provider",
+        "provider_reference",
+        "failure_reason",
+        "billing_date",
+        "invoice_id",
+        "credit_note_id",
+        "requested_by",
+        "created_at",
+        "updated_at",
+        "version",
+    ),
+    "invoices": (
+        "account_id",
+        "invoice_id",
+        "number",
+        "kind",
+        "order_id",
+        "app_id",
+        "issued_at",
+        "billing_date",
+        "currency",
+        "total",
+        "document",
     ),
 }
+
+#: Record type -> its table.
+_TABLE_OF: Final[dict[type, str]] = {
+    PlanChanged: "plan_changes",
+    FundsAdded: "funds_added",
+    FundsRefunded: "funds_refunded",
+    AgentsSubscribed: "agent_subscriptions",
+    ExtensionRequested: "extension_events",
+    ExtensionGranted: "extension_events",
+    ExtensionDeclined: "extension_events",
+    OwnerChanged: "owner_changes",
+    AgentTransfer: "agent_transfers_started",
+    BalanceSnapshot: "balance_snapshots",
+    AccountChanged: "billing_accounts",
+    OrderState: "orders",
+    InvoiceIssued: "invoices",
+}
+
+_document: Final = msgspec.json.Encoder()
 
 #: How a record's field becomes a column value: times as epoch ms, contract money as Decimal.
 _CONVERT: Final[dict[str, Callable[[Any], Any]]] = {
-    "occurred_at": to_ms,
-    "updated_at": to_ms,
-    "amount": Decimal,
-    "low_balance_threshold": Decimal,
-    **dict.fromkeys(_PRICES, Decimal),
+    **dict.fromkeys(
+        ("occurred_at", "updated_at", "effective_at", "scheduled_at", "expires_at", "extension_requested_at"),
+        lambda v: None if v is None else to_ms(v),
+    ),
+    **dict.fromkeys(("created_at", "issued_at"), to_ms),
+    **dict.fromkeys(("amount", "total", "low_balance_threshold", *_PRICES), Decimal),
 }
 
 
+def _value(record: Any, name: str) -> Any:
+    """A column's value for ``record``: its field, or what the table derives from it."""
+    if name == "balance_amount":
+        return Decimal(record.balance)
+    if name == "type":
+        return record.__struct_config__.tag
+    if name == "document":
+        return _document.encode(record).decode()
+    if name == "user_id" and isinstance(record, ExtensionRequested):
+        return record.requested_by
+    value = getattr(record, name, None)
+    convert = _CONVERT.get(name)
+    return convert(value) if convert is not None else value
+
+
 def _columns(rows: Sequence[Any], names: tuple[str, ...]) -> list[list[Any]]:
-    out: list[list[Any]] = []
-    for name in names:
-        if name == "balance_amount":
-            out.append([Decimal(r.balance) for r in rows])
-            continue
-        values = [getattr(r, name) for r in rows]
-        convert = _CONVERT.get(name)
-        out.append([convert(v) for v in values] if convert else values)
-    return out
+    return [[_value(r, name) for r in rows] for name in names]
 
 
 def record_key(record: PlanRecord) -> str:
     """The row's identity in its table: ``(app, event_id)`` for events (R1), ``(app, version)`` for snapshots."""
     if isinstance(record, BalanceSnapshot):
         return f"balance_snapshots:{record.app_id}:{record.version}"
-    return f"{_TABLES[type(record)][0]}:{record.app_id}:{record.event_id}"
+    if isinstance(record, AccountChanged):
+        return f"billing_accounts:{record.account_id}:{record.event_id}"
+    if isinstance(record, OrderState):
+        return f"orders:{record.account_id}:{record.order_id}:{record.version}"
+    if isinstance(record, InvoiceIssued):
+        return f"invoices:{record.account_id}:{record.invoice_id}"
+    return f"{_TABLE_OF[type(record)]}:{record.app_id}:{record.event_id}"
 
 
 def _stored(record: PlanRecord) -> bool:
@@ -130,12 +230,12 @@ class PlanStore:
         """
         if not token:
             raise ValueError("an insert token is required: an empty one turns token deduplication off")
-        by_type: dict[type, list[Any]] = {}
+        by_table: dict[str, list[Any]] = {}
         for record in records:
             if _stored(record):
-                by_type.setdefault(type(record), []).append(record)
-        for kind, (table, names) in _TABLES.items():
-            rows = by_type.get(kind)
+                by_table.setdefault(_TABLE_OF[type(record)], []).append(record)
+        for table, names in _COLUMNS.items():
+            rows = by_table.get(table)
             if rows:
                 self._insert(table, names, _columns(rows, names), len(rows), token)
 
@@ -159,7 +259,7 @@ class PlanStore:
             ) from exc
         except DatabaseError as exc:
             raise ClickHouseWriteError(
-                f"{where} was refused (ClickHouse code {exc.code}): {exc}. Check that migration 005 ran "
+                f"{where} was refused (ClickHouse code {exc.code}): {exc}. Check that migrations 005, 010 and 011 ran "
                 "(metering run applies the migrations).",
                 code=exc.code,
                 transient=False,

@@ -17,7 +17,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 import sql
 from consumers.clickhouse.client import check_database_name
-from consumers.clickhouse.errors import ClickHouseError, ClickHouseUnavailableError
+from consumers.clickhouse.errors import ClickHouseError, ClickHouseUnavailableError, MissingTablesError
 from pipeline.rules.attribution import UnknownZoneError, UsageRow, zone
 
 __all__ = ["Period", "UnknownZoneError", "named_query", "usage"]
@@ -100,7 +100,7 @@ def _query_error(name: str, database: str, parameters: Mapping[str, Any], exc: D
             "ships (UTC, Europe/Paris, Asia/Kolkata) or update its time zone data"
         )
     if exc.code in (_UNKNOWN_DATABASE, _UNKNOWN_TABLE):
-        return ClickHouseError(
+        return MissingTablesError(
             f"query {name}: database {database} has no metering tables yet (ClickHouse code {exc.code}); "
             "run the migrations (metering run applies them at start)"
         )

@@ -52,9 +52,21 @@ from pipeline.balance.plans import (
     Plan,
     PlanTimeline,
     is_unlimited,
+    plan_at,
 )
 from pipeline.decode import to_ms
-from pipeline.events import BalanceAlert, FundsAdded, PlanChanged, ms_to_datetime, parse_decimal
+from pipeline.events import (
+    BalanceAlert,
+    ExtensionDeclined,
+    ExtensionGranted,
+    ExtensionRequested,
+    FundsAdded,
+    FundsRefunded,
+    OwnerChanged,
+    PlanChanged,
+    ms_to_datetime,
+    parse_decimal,
+)
 from pipeline.rules.billing import derived_id
 from pipeline.rules.config import DAY
 from pipeline.rules.meter import Outcome
@@ -158,6 +170,35 @@ class Counters(Struct, kw_only=True):
     #: had; reconciliation re-rates them.
     plans_backdated: int = 0
     alerts: int = 0
+    refunds: int = 0
+    #: extension requests, grants and declines applied; decisions that found no pending request
+    extension_events: int = 0
+    extension_unmatched: int = 0
+    owner_changes: int = 0
+    #: copies of refunds, extension and owner events (dropped by event_id)
+    other_duplicate: int = 0
+
+
+ExtensionStatus = Literal["pending", "granted", "declined"]
+
+
+class Extension(Struct, kw_only=True):
+    """An extension request and, once an operator decided, its outcome.
+
+    ``plan_event_id`` is the plan in force when it was asked for: a grant moves the end of that
+    plan's term (a later plan has a term of its own).
+    """
+
+    request_id: str
+    days: int
+    reason: str
+    requested_ms: int
+    requested_by: str | None = None
+    plan_event_id: str | None = None
+    status: ExtensionStatus = "pending"
+    granted_days: int = 0
+    decided_ms: int | None = None
+    decline_reason: str | None = None
 
 
 #: A charged, priced session still within the horizon: (started ms, kind code).
@@ -197,11 +238,26 @@ class AppBalance(Struct, kw_only=True):
     #: alerts produced so far: the ordinal of the next one, minus one
     crossings: int = 0
     counters: Counters = field(default_factory=Counters)
+    #: the app's event clock: the latest instant an input was stamped with (or ``advance`` moved it to);
+    #: the plan in force then is the current plan
+    seen_ms: int = NEVER
+    #: who answers for the app, and the (occurred_at ms, event_id) of the change that said so
+    owner: str | None = None
+    owner_key: tuple[int, str] | None = None
+    extensions: dict[str, Extension] = field(default_factory=dict)
+    #: event ids of refunds and of owner changes applied (their dedupe)
+    refunds_seen: dict[str, int] = field(default_factory=dict)
+    owner_events: list[str] = field(default_factory=list)
 
     @property
     def plan(self) -> Plan | None:
-        """The latest plan: it sets the threshold and the currency of the balance that counts."""
-        return self.plans.latest()
+        """The current plan (in force at the app's event clock): it sets the threshold and the currency.
+
+        A plan stamped a little in the future (R10 allows 24 h) moves the clock and so is current
+        as soon as it arrives; a plan scheduled for later (``effective_at``) becomes current when
+        the clock reaches it (``advance``), not when it is announced.
+        """
+        return self.plans.at(self.seen_ms)
 
     @property
     def currency(self) -> str:
@@ -236,6 +292,28 @@ class AppBalance(Struct, kw_only=True):
             tally = self.tallies[currency] = Tally()
         return tally
 
+    def extension_days(self, plan: Plan) -> int:
+        """Days granted to extend ``plan``'s term."""
+        return sum(e.granted_days for e in self.extensions.values() if e.plan_event_id == plan.event_id)
+
+    def expires_at(self, t_ms: int) -> int | None:
+        """When the term of the plan in force at ``t_ms`` ends (extensions included); None without a term."""
+        plan = self.plans.at(t_ms)
+        return None if plan is None else plan.term_end(self.extension_days(plan))
+
+    def expired(self, t_ms: int) -> bool:
+        """The plan in force at ``t_ms`` has a term, and it is over: the app is not entitled until renewed."""
+        end = self.expires_at(t_ms)
+        return end is not None and end <= t_ms
+
+    def pending_extension(self) -> Extension | None:
+        """The latest request still waiting for an operator."""
+        pending = [e for e in self.extensions.values() if e.status == "pending"]
+        return max(pending, key=lambda e: (e.requested_ms, e.request_id)) if pending else None
+
+    def _saw(self, t_ms: int) -> None:
+        self.seen_ms = max(self.seen_ms, t_ms)
+
 
 def status_of(balance: Decimal, threshold: Decimal) -> Status:
     """depleted: at or below zero; low: above zero, at or below the threshold; else active.
@@ -250,13 +328,14 @@ def status_of(balance: Decimal, threshold: Decimal) -> Status:
     return "active"
 
 
-def entitled(state: AppBalance, plan: Plan | None, unlimited_plans: frozenset[str] = frozenset()) -> bool:
-    """May the app serve its users now? Yes on a plan without prepaid limit, else if the
-    balance in the plan's currency is above zero.
-
-    ``plan`` is the plan in force now (the caller has the clock; ``state.plan`` is the latest
-    one); None means no plan, which is prepaid.
+def entitled(state: AppBalance, now_ms: int, unlimited_plans: frozenset[str] = frozenset()) -> bool:
+    """May the app serve its users at ``now_ms`` (the caller's clock)? Not if the plan in force
+    has expired; yes on a plan without prepaid limit; else if the balance in the plan's currency
+    is above zero. No plan means prepaid.
     """
+    if state.expired(now_ms):
+        return False
+    plan = state.plans.at(now_ms)
     if is_unlimited(plan, unlimited_plans):
         return True
     currency = state.currency if plan is None else plan.currency
@@ -304,6 +383,7 @@ def charge(state: AppBalance, session: BillingSession, config: BalanceConfig) ->
         state.tally(plan.currency).book(session.kind, plan.price(session.kind), 1)
     counters.sessions_charged += 1
     state.opened = True
+    state._saw(closed)
     if closed > state.clock_ms:
         state.clock_ms = closed
         _settle(state, (closed - config.dedupe_horizon_ms) // DAY)
@@ -324,51 +404,149 @@ def apply_funds(state: AppBalance, event: FundsAdded) -> Step:
     tally.funds = add(tally.funds, parse_decimal(event.amount))
     counters.funds_added += 1
     state.opened = True
+    state._saw(t)
     return Step(Outcome.APPLIED, _crossing(state, t))
+
+
+def apply_refund(state: AppBalance, event: FundsRefunded) -> Step:
+    """Take money paid back out of the funds, in its own currency (a refunded order)."""
+    if event.event_id in state.refunds_seen:
+        state.counters.other_duplicate += 1
+        return Step(Outcome.DUPLICATE, [])
+    t = to_ms(event.occurred_at)
+    if not state.account_id:
+        state.account_id = event.account_id
+    state.refunds_seen[event.event_id] = t
+    tally = state.tally(event.currency)
+    tally.funds = sub(tally.funds, parse_decimal(event.amount))
+    state.counters.refunds += 1
+    state.opened = True
+    state._saw(t)
+    return Step(Outcome.APPLIED, _crossing(state, t))
+
+
+def request_extension(state: AppBalance, event: ExtensionRequested) -> Step:
+    """Record a request for more days on the term of the plan in force when it was made."""
+    if event.request_id in state.extensions:
+        state.counters.other_duplicate += 1
+        return Step(Outcome.DUPLICATE, [])
+    t = to_ms(event.occurred_at)
+    plan = state.plans.at(t)
+    state.extensions[event.request_id] = Extension(
+        request_id=event.request_id,
+        days=event.days,
+        reason=event.reason,
+        requested_ms=t,
+        requested_by=event.requested_by,
+        plan_event_id=None if plan is None else plan.event_id,
+    )
+    state.counters.extension_events += 1
+    state._saw(t)
+    return Step(Outcome.APPLIED, [])
+
+
+def decide_extension(state: AppBalance, event: ExtensionGranted | ExtensionDeclined) -> Step:
+    """An operator's decision on a pending request; a grant moves the end of that plan's term."""
+    request = state.extensions.get(event.request_id)
+    if request is None or request.status != "pending":
+        if request is None:
+            state.counters.extension_unmatched += 1
+        else:
+            state.counters.other_duplicate += 1
+        return Step(Outcome.DUPLICATE, [])
+    t = to_ms(event.occurred_at)
+    request.decided_ms = t
+    if isinstance(event, ExtensionGranted):
+        request.status = "granted"
+        request.granted_days = event.days
+    else:
+        request.status = "declined"
+        request.decline_reason = event.reason
+    state.counters.extension_events += 1
+    state._saw(t)
+    return Step(Outcome.APPLIED, [])
+
+
+def change_owner(state: AppBalance, event: OwnerChanged) -> Step:
+    """The latest change (by occurred_at, then event_id) names the owner, whatever the arrival order."""
+    if event.event_id in state.owner_events:
+        state.counters.other_duplicate += 1
+        return Step(Outcome.DUPLICATE, [])
+    state.owner_events.append(event.event_id)
+    key = (to_ms(event.occurred_at), event.event_id)
+    if state.owner_key is None or key > state.owner_key:
+        state.owner, state.owner_key = event.user_id, key
+    state.counters.owner_changes += 1
+    state._saw(key[0])
+    return Step(Outcome.APPLIED, [])
+
+
+def advance(state: AppBalance, t_ms: int) -> list[BalanceAlert]:
+    """Move the app's clock to ``t_ms`` with no input: a scheduled plan may become current then
+    (its threshold and currency count from that instant), which can cross a line."""
+    if t_ms <= state.seen_ms:
+        return []
+    state.seen_ms = t_ms
+    return _crossing(state, t_ms)
 
 
 def apply_plan(state: AppBalance, event: PlanChanged) -> Step:
     """Add a plan to the timeline and re-price what it now prices.
 
-    The new plan is in force from its ``occurred_at`` to the next plan's; sessions starting in
+    The new plan is in force from its ``effective_at`` to the next plan's; sessions starting in
     that span were priced by the plan before it (or held unpriced, if none): each moves from
-    the old price to the new one. Plans are rare, and only the days from the plan's on are
-    walked (a session closes at or after its start), so a plan dated now walks one day.
-    Settled sessions keep their price; a plan that would change one is counted as backdated
-    for reconciliation.
+    the old price to the new one. A plan decided while a scheduled one is pending replaces it
+    (``plans.cancelled_plans``): the sessions of the replaced plan's span move too. Plans are
+    rare, and only the days from the earliest changed instant on are walked (a session closes
+    at or after its start), so a plan dated now walks one day. Settled sessions keep their
+    price; a plan that would change one is counted as backdated for reconciliation.
     """
     counters = state.counters
     plan = Plan.from_event(event)
     timeline = state.plans
+    old_plans, old_cancelled = list(timeline.plans), timeline.cancelled
     if not timeline.add(plan):
         counters.plans_duplicate += 1
         return Step(Outcome.DUPLICATE, [])
     if not state.account_id:
         state.account_id = event.account_id
     counters.plans_added += 1
-    previous = timeline.before(plan)
-    following = timeline.next_after(plan)
-    # A following plan at the same millisecond (greater event_id) leaves the span empty.
-    ends = FOREVER if following is None else following.effective_ms
-    begins = plan.effective_ms
-    if begins >= ends:
-        return Step(Outcome.APPLIED, [])  # never in force: it prices nothing and sets nothing
+    state._saw(plan.decided)
+    changed = timeline.cancelled ^ old_cancelled
+    affected = [p.effective_ms for p in timeline.plans if p.event_id in changed]
+    if _in_force_some_time(timeline, plan):
+        affected.append(plan.effective_ms)
+    if not affected:
+        return Step(Outcome.APPLIED, _crossing(state, plan.decided))  # it prices nothing
+    begins = min(affected)
     if begins <= state.settled_max_start_ms:
         counters.plans_backdated += 1
-    if previous is not None:
-        first_day = begins // DAY  # a session closes at or after its start: earlier days cannot hold one
-        for day, bucket in state.days.items():
-            if day < first_day:
+    first_day = begins // DAY  # a session closes at or after its start: earlier days cannot hold one
+    for day, bucket in state.days.items():
+        if day < first_day:
+            continue
+        unpriced: list[str] = []
+        for sid, (start, code) in bucket.items():
+            if start < begins:
                 continue
-            for start, code in bucket.values():
-                if begins <= start < ends:
-                    kind = KINDS[code]
-                    state.tally(previous.currency).book(kind, previous.price(kind), -1)
-                    state.tally(plan.currency).book(kind, plan.price(kind), 1)
-    for sid, (start, code, day) in list(state.held.items()):
-        if begins <= start < ends:
+            before, after = plan_at(old_plans, old_cancelled, start), timeline.at(start)
+            if before is after:
+                continue
             kind = KINDS[code]
-            state.tally(plan.currency).book(kind, plan.price(kind), 1)
+            if before is not None:
+                state.tally(before.currency).book(kind, before.price(kind), -1)
+            if after is None:
+                unpriced.append(sid)
+            else:
+                state.tally(after.currency).book(kind, after.price(kind), 1)
+        for sid in unpriced:  # its plan was replaced before it took effect, and none was in force before
+            start, code = bucket.pop(sid)
+            state.held[sid] = (start, code, day)
+    for sid, (start, code, day) in list(state.held.items()):
+        in_force = timeline.at(start) if start >= begins else None
+        if in_force is not None:
+            kind = KINDS[code]
+            state.tally(in_force.currency).book(kind, in_force.price(kind), 1)
             del state.held[sid]
             if day >= state.settled_day:
                 state.days.setdefault(day, {})[sid] = (start, code)
@@ -378,6 +556,32 @@ def apply_plan(state: AppBalance, event: PlanChanged) -> Step:
         # Re-pricing emptied it: drop it, so the state is the same as if this plan had come first.
         del state.tallies[currency]
     return Step(Outcome.APPLIED, _crossing(state, begins))
+
+
+#: The billing-plans events an app's balance applies (seats are ``pipeline.balance.agents``'s).
+LedgerEvent = (
+    PlanChanged | FundsAdded | FundsRefunded | ExtensionRequested | ExtensionGranted | ExtensionDeclined | OwnerChanged
+)
+
+
+def apply_event(state: AppBalance, event: LedgerEvent) -> Step:
+    """Apply one billing-plans event to its app's state (each kind is idempotent by its id)."""
+    if isinstance(event, PlanChanged):
+        return apply_plan(state, event)
+    if isinstance(event, FundsAdded):
+        return apply_funds(state, event)
+    if isinstance(event, FundsRefunded):
+        return apply_refund(state, event)
+    if isinstance(event, ExtensionRequested):
+        return request_extension(state, event)
+    if isinstance(event, OwnerChanged):
+        return change_owner(state, event)
+    return decide_extension(state, event)
+
+
+def _in_force_some_time(timeline: PlanTimeline, plan: Plan) -> bool:
+    """Not replaced, and no plan takes effect at the same millisecond with a greater ``event_id``."""
+    return timeline.at(plan.effective_ms) is plan
 
 
 def _settle(state: AppBalance, limit: int) -> None:
@@ -394,7 +598,7 @@ def _crossing(state: AppBalance, at_ms: int) -> list[BalanceAlert]:
     """The alert for the status change the last input caused, if it is a crossing."""
     if not state.opened:
         return []
-    plan = state.plans.latest()
+    plan = state.plan
     if plan is None:
         currency, threshold = DEFAULT_CURRENCY, DEFAULT_LOW_BALANCE_THRESHOLD
     else:
@@ -474,6 +678,10 @@ class Ledger:
     def apply_plan(self, event: PlanChanged) -> list[BalanceAlert]:
         return apply_plan(self.app(event.app_id), event).alerts
 
+    def apply(self, event: LedgerEvent) -> list[BalanceAlert]:
+        """Any billing-plans event but seats (``pipeline.balance.agents`` keeps those)."""
+        return apply_event(self.app(event.app_id), event).alerts
+
     def plan_at(self, app_id: str, t_ms: int) -> Plan | None:
         state = self.apps.get(app_id)
         return None if state is None else state.plans.at(t_ms)
@@ -481,7 +689,7 @@ class Ledger:
     def entitled(self, app_id: str, now_ms: int) -> bool:
         """Entitlement at ``now_ms`` (the caller's clock), by the plan in force then."""
         state = self.apps.get(app_id) or AppBalance(app_id=app_id)  # asking creates no state
-        return entitled(state, state.plans.at(now_ms), self.config.unlimited_plans)
+        return entitled(state, now_ms, self.config.unlimited_plans)
 
     def restore(self, states: list[AppBalance]) -> None:
         """Load persisted states (after a restart or a rebalance)."""

@@ -38,3 +38,43 @@ def format_money(amount: Decimal) -> str:
     if isinstance(exponent, int) and exponent > -2:
         q = MONEY.quantize(q, _CENT)
     return f"{q:f}"
+
+
+#: ISO 4217 minor units of the currencies that do not have two; every other currency has two.
+_MINOR_UNITS: Final[dict[str, int]] = {
+    **dict.fromkeys(
+        (
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ),
+        0,
+    ),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}
+
+
+def minor_units(currency: str) -> int:
+    """How many decimals an amount paid in ``currency`` may have (ISO 4217): 2 for USD, 0 for JPY, 3 for KWD."""
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def decimals_of(amount: Decimal) -> int:
+    """The decimals ``amount`` needs: trailing zeros do not count (``10.50`` and ``10.500`` need 1)."""
+    exponent = amount.normalize(MONEY).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0

@@ -584,8 +584,10 @@ class Meter:
             if self._archive is None:
                 heappush(self._expiry, (conv.horizon + self._retention, key))
         floor = min(self.partition.high_water - self._retention, conv.horizon + 1)
-        if not events and floor > conv.horizon:
-            conv.seen = {}  # every id seen is of a final session, none within the horizon
+        if not events:
+            if floor > conv.horizon:
+                conv.seen = {}  # every id seen is of a final session, none within the horizon
+            # else: kept whole; the conversation expires with all of them (none is newer than its horizon)
         elif any(t < floor for t in conv.seen.values()):
             conv.seen = {k: t for k, t in conv.seen.items() if t >= floor}
         if not events and self._archive is not None:

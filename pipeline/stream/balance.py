@@ -190,13 +190,13 @@ class BalanceProcessor:
 
     def _finish(self, now_ms: int, out: Outputs, effects: Effects) -> None:
         topics = self.topics
+        self.part.due(now_ms, out)  # a scheduled plan in force or a term ended: may cross a line (an alert)
         for alert in out.alerts:
             effects.produce(topics.balance_alerts, alert.app_id.encode(), encode(alert))
         for dead in out.dead:
             effects.produce(topics.dlq, None, encode(dead))
         for late in out.late:
             effects.produce(topics.late, late.app_id.encode(), encode(late))
-        self.part.due(now_ms)
         snapshots, records = self.part.take_changes(now_ms, self.settings.unlimited_plans)
         for snap in snapshots:
             effects.produce(topics.balance_state, snap.app_id.encode(), encode(snap))

@@ -30,14 +30,14 @@ from pipeline.balance.ledger import (
     BalanceConfig,
     Charged,
     Tally,
-    apply_funds,
-    apply_plan,
+    advance,
+    apply_event,
     charge,
     close_instant,
     entitled,
 )
 from pipeline.balance.money import ZERO, format_money, sub
-from pipeline.decode import decode_event, to_ms
+from pipeline.decode import decode_event
 from pipeline.events import (
     AgentsSubscribed,
     BalanceAlert,
@@ -45,8 +45,10 @@ from pipeline.events import (
     BillingSessionRecord,
     DeadLetter,
     FundsAdded,
+    FundsRefunded,
     LateRecord,
     PlanChanged,
+    PlanEvent,
     Rejection,
     ms_to_datetime,
 )
@@ -108,6 +110,28 @@ class Outputs:
         table[key] = table.get(key, 0) + n
 
 
+def reject(
+    message: Input,
+    rejection: Rejection,
+    now_ms: int,
+    dead: list[DeadLetter],
+    invalid: dict[tuple[str, str], int],
+) -> None:
+    """A consumed message that is not valid: its dead letter, counted by topic and reason code."""
+    dead.append(
+        dead_letter(
+            message.value or b"",
+            rejection,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            received_at=ms_to_datetime(now_ms),
+        )
+    )
+    key = (message.topic, rejection.code)
+    invalid[key] = invalid.get(key, 0) + 1
+
+
 def head_key(app_id: str) -> bytes:
     return f"h{SEP}{app_id}".encode()
 
@@ -140,6 +164,9 @@ def snapshot(record: AppRecord, now_ms: int, unlimited_plans: frozenset[str]) ->
     plan = state.plan
     tally = state.tallies.get(state.currency) or Tally()
     seats = record.seats.changes
+    expires = state.expires_at(now_ms)
+    upcoming = state.plans.pending(max(now_ms, state.seen_ms))
+    request = state.pending_extension()
     return BalanceSnapshot(
         account_id=state.account_id,
         app_id=state.app_id,
@@ -156,11 +183,24 @@ def snapshot(record: AppRecord, now_ms: int, unlimited_plans: frozenset[str]) ->
         balance=format_money(tally.balance),
         threshold=format_money(state.threshold),
         status=state.status,
-        entitled=entitled(state, state.plans.at(now_ms), unlimited_plans),
+        entitled=entitled(state, now_ms, unlimited_plans),
         agents=seats[-1][2] if seats else 0,
         version=record.version,
         updated_at=ms_to_datetime(now_ms),
+        expires_at=None if expires is None else ms_to_datetime(expires),
+        expired=expires is not None and expires <= now_ms,
+        scheduled_plan=upcoming[0].plan if upcoming else None,
+        scheduled_at=ms_to_datetime(upcoming[0].effective_ms) if upcoming else None,
+        owner=state.owner,
+        extension_request_id=None if request is None else request.request_id,
+        extension_days=None if request is None else request.days,
+        extension_reason=None if request is None else request.reason,
+        extension_requested_at=None if request is None else ms_to_datetime(request.requested_ms),
     )
+
+
+#: The duplicates metric's label of each billing-plans event type (``metering_balance_duplicates_total``).
+_DUPLICATE_NAME: Final[dict[type, str]] = {PlanChanged: "plan", FundsAdded: "funds", FundsRefunded: "refund"}
 
 
 def _costs(state: AppBalance) -> dict[tuple[str, str], Decimal]:
@@ -194,8 +234,10 @@ class BalancePartition:
         self._written: dict[str, set[tuple[int, int]]] = {}
         self._touched: dict[str, set[tuple[int, int]]] = {}
         self._dirty: set[str] = set()
-        #: (instant, app) of plans not yet in force: entitlement may change then without any input
+        #: (instant, app) of plans not yet in force and terms not yet over: entitlement may change then
+        #: without any input
         self._due: list[tuple[int, str]] = []
+        self._scheduled: set[tuple[int, str]] = set()
 
     # -- restore ---------------------------------------------------------------------------
 
@@ -221,6 +263,7 @@ class BalancePartition:
         self._touched.clear()
         self._dirty.clear()
         self._due.clear()
+        self._scheduled.clear()
         for app_id, value in heads.items():
             self.apps[app_id] = _app_decoder.decode(value)
             self._written[app_id] = set()
@@ -230,9 +273,7 @@ class BalancePartition:
                 record.balance.days.setdefault(day_number, {}).update(_bucket_decoder.decode(value))
                 self._written[app_id].add((day_number, hour_number))
         for app_id, record in self.apps.items():
-            for plan in record.balance.plans.plans:
-                if plan.effective_ms > now_ms:
-                    heapq.heappush(self._due, (plan.effective_ms, app_id))
+            self._schedule(app_id, record, now_ms)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -263,18 +304,7 @@ class BalancePartition:
         )
 
     def _dead(self, message: Input, rejection: Rejection, now_ms: int, out: Outputs) -> None:
-        out.dead.append(
-            dead_letter(
-                message.value or b"",
-                rejection,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                received_at=ms_to_datetime(now_ms),
-            )
-        )
-        key = (message.topic, rejection.code)
-        out.invalid[key] = out.invalid.get(key, 0) + 1
+        reject(message, rejection, now_ms, out.dead, out.invalid)
 
     def _apply_session(self, message: Input, now_ms: int, out: Outputs) -> None:
         decoded = decode_session(message.value)
@@ -322,7 +352,7 @@ class BalancePartition:
             self._dead(message, decoded, now_ms, out)
             return
         _, event = decoded
-        if not isinstance(event, PlanChanged | FundsAdded | AgentsSubscribed):
+        if not isinstance(event, PlanEvent):
             kind = event.__struct_config__.tag
             rejection = Rejection(
                 "wrong_topic",
@@ -342,25 +372,40 @@ class BalancePartition:
             else:
                 self._changed(record, None, [], out)
             return
-        before = _costs(record.balance)
-        if isinstance(event, FundsAdded):
-            step = apply_funds(record.balance, event)
-            name = "funds"
-        else:
-            backdated = record.balance.counters.plans_backdated
-            held = dict(record.balance.held)
-            step = apply_plan(record.balance, event)
+        state = record.balance
+        before = _costs(state)
+        backdated = state.counters.plans_backdated
+        held = dict(state.held)
+        step = apply_event(state, event)
+        if isinstance(event, PlanChanged):
             for sid, (start, _, day) in held.items():
-                if sid not in record.balance.held and day in record.balance.days:
+                if sid not in state.held and day in state.days:
                     self._touch(event.app_id, day, start)  # priced at last: now in its day's bucket
-            name = "plan"
-            out.backdated += record.balance.counters.plans_backdated - backdated
-            if step.outcome is Outcome.APPLIED and to_ms(event.occurred_at) > now_ms:
-                heapq.heappush(self._due, (to_ms(event.occurred_at), event.app_id))
+            for sid in state.held.keys() - held.keys():
+                start, _, day = state.held[sid]
+                self._touch(event.app_id, day, start)  # its plan was replaced: out of its day's bucket
+            out.backdated += state.counters.plans_backdated - backdated
         if step.outcome is Outcome.DUPLICATE:
-            out.count(out.duplicates, name)
+            out.count(out.duplicates, _DUPLICATE_NAME.get(type(event), "other"))
             return
+        self._schedule(event.app_id, record, now_ms)
         self._changed(record, before, step.alerts, out)
+
+    def _schedule(self, app_id: str, record: AppRecord, now_ms: int) -> None:
+        """Remember the app's coming instants: a scheduled plan taking effect, a term ending.
+
+        Entitlement (and with a new plan the threshold) changes then without any input.
+        """
+        state = record.balance
+        instants = {p.effective_ms for p in state.plans.pending(now_ms)}
+        for plan in [state.plans.at(now_ms), *state.plans.pending(now_ms)]:
+            end = None if plan is None else plan.term_end(state.extension_days(plan))
+            if end is not None and end > now_ms:
+                instants.add(end)
+        for instant in sorted(instants):
+            if (instant, app_id) not in self._scheduled:
+                self._scheduled.add((instant, app_id))
+                heapq.heappush(self._due, (instant, app_id))
 
     def _touch(self, app_id: str, day: int, start_ms: int) -> None:
         self._touched.setdefault(app_id, set()).add((day, start_ms // HOUR))
@@ -387,12 +432,15 @@ class BalancePartition:
 
     # -- outputs ---------------------------------------------------------------------------
 
-    def due(self, now_ms: int) -> None:
-        """Apps whose future-dated plan is now in force change entitlement: they get a new snapshot."""
+    def due(self, now_ms: int, out: Outputs) -> None:
+        """Apps whose scheduled plan is now in force, or whose term ended, get a new snapshot; a plan
+        that becomes current may cross a line (its threshold or currency counts from its instant)."""
         while self._due and self._due[0][0] <= now_ms:
-            _, app_id = heapq.heappop(self._due)
+            instant, app_id = heapq.heappop(self._due)
+            self._scheduled.discard((instant, app_id))
             record = self.apps.get(app_id)
             if record is not None:
+                out.alerts.extend(advance(record.balance, instant))
                 record.version += 1
                 self._dirty.add(app_id)
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from pipeline.balance.plans import TimeoutSchedule
 from pipeline.decode import decode_event
 from pipeline.events import PlanChanged, Rejection
 from pipeline.logs import fields
-from pipeline.rules.config import MINUTE
 from pipeline.settings import Settings
 from pipeline.stream.partition import BatchResult, PartitionMeter
 
@@ -36,6 +36,7 @@ class PlanFeed:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._changes: list[TimeoutChange] = []
+        self._schedule = TimeoutSchedule()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,7 +91,7 @@ class PlanFeed:
         decoded = decode_event(payload, 2**62)
         if isinstance(decoded, Rejection):
             return
-        t, event = decoded
+        _, event = decoded
         if isinstance(event, PlanChanged):
-            minutes = event.idle_timeout_minutes
-            self.add(TimeoutChange(event.app_id, t, None if minutes is None else minutes * MINUTE, event.event_id))
+            for change in self._schedule.add(event):  # from effective_at on; a replaced plan sets nothing
+                self.add(TimeoutChange(*change))

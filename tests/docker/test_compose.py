@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from prometheus_client import Counter, Gauge, Histogram
 
-from pipeline import metrics, traffic
+from pipeline import traffic
 from pipeline.compute import compute
 from pipeline.decode import to_ms
 from pipeline.kafka import ensure_topics, missing_topics, partition_of
@@ -40,7 +39,8 @@ yaml = pytest.importorskip("yaml", reason="deploy/ checks skipped: PyYAML is not
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "metering.json"
+DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+DASHBOARD = DASHBOARDS / "metering.json"
 DEFAULTS = Settings()
 
 
@@ -110,22 +110,45 @@ def test_prometheus_scrapes_the_ports_the_pipeline_serves() -> None:
     local = _targets(_yaml(DEPLOY / "prometheus" / "prometheus-local.yml"))
     assert local["metering-sink"] == [f"127.0.0.1:{DEFAULTS.metrics_port}"]
     assert local["metering-worker"][0] == f"127.0.0.1:{DEFAULTS.metrics_port + 1}", "worker i: metrics_port + 1 + i"
+    # the entitlement endpoint serves /metrics on its own port
+    entitlement = services["entitlement"]["environment"]["METERING_ENTITLEMENT_PORT"]
+    assert docker["metering-entitlement"] == [f"entitlement:{entitlement}"]
+    assert local["metering-entitlement"] == [f"127.0.0.1:{DEFAULTS.entitlement_port}"]
 
 
-def test_grafana_datasources_and_dashboard_agree() -> None:
+def test_grafana_provisions_both_dashboards_on_its_data_sources() -> None:
+    """What the dashboards show is tested in tests/unit/test_dashboards.py; here, that Grafana loads them."""
     sources = _yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "metering.yml")["datasources"]
     uids = {source["uid"]: source["type"] for source in sources}
     assert uids == {"prometheus": "prometheus", "clickhouse": "grafana-clickhouse-datasource"}
     provider = _yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "metering.yml")["providers"][0]
-    mounts = _yaml(COMPOSE_FILE)["services"]["grafana"]["volumes"]
-    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    grafana = _yaml(COMPOSE_FILE)["services"]["grafana"]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
 
-    dashboard = json.loads(DASHBOARD.read_text())
-    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
-    for panel in panels:
-        assert uids[panel["datasource"]["uid"]] == panel["datasource"]["type"], panel["title"]
-        assert panel["targets"], panel["title"]
-    titles = " | ".join(p["title"].lower() for p in panels)
+    files = sorted(path.name for path in DASHBOARDS.glob("*.json"))
+    assert files == ["metering-balances.json", "metering.json"], "the provider loads every file of the folder"
+    for name in files:
+        dashboard = json.loads((DASHBOARDS / name).read_text())
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        for variable in (variables["clickhouse"], variables["prometheus"]):
+            # a data source variable: the provisioned one by default, another of its type after an import
+            assert variable["type"] == "datasource"
+            assert uids[variable["current"]["value"]] == variable["query"], name
+        for panel in _panels(dashboard):
+            uid = panel["datasource"]["uid"]
+            assert uid in ("${clickhouse}", "${prometheus}"), panel["title"]
+            assert variables[uid[2:-1]]["query"] == panel["datasource"]["type"], panel["title"]
+            assert panel["targets"], panel["title"]
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for row in dashboard["panels"] for p in (row.get("panels", []) if row["type"] == "row" else [row])]
+
+
+def test_the_usage_dashboard_keeps_its_panels() -> None:
+    titles = " | ".join(p["title"].lower() for p in _panels(json.loads(DASHBOARD.read_text())))
     for wanted in (
         "events in by topic",
         "invalid",
@@ -138,38 +161,6 @@ def test_grafana_datasources_and_dashboard_agree() -> None:
         "usage per app",
     ):
         assert wanted in titles
-
-
-@cache
-def _metric_names() -> set[str]:
-    """Every series name the code exposes (counters with _total, histograms with _bucket...)."""
-    names: set[str] = set()
-    for value in vars(metrics).values():
-        if isinstance(value, Counter | Gauge | Histogram):
-            for family in value.describe():
-                names.add(family.name)
-                if family.type == "counter":
-                    names.add(family.name + "_total")
-                if family.type == "histogram":
-                    names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
-    return names
-
-
-def test_dashboard_queries_name_real_metrics_and_tables() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    known = _metric_names()
-    used: set[str] = set()
-    sqls: list[str] = []
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            if "expr" in target:
-                used.update(re.findall(r"\bmetering_[a-z_]+", target["expr"]))
-            if "rawSql" in target:
-                sqls.append(target["rawSql"])
-    assert used, "no Prometheus query found"
-    assert used <= known, f"the dashboard queries metrics the code does not define: {sorted(used - known)}"
-    assert sqls
-    assert all("metering.usage_15m" in sql and "uniqExactMerge" in sql for sql in sqls)
 
 
 # -- Docker (skipped without an engine) -----------------------------------------------------
@@ -364,3 +355,5 @@ def test_whole_stack_produce_to_usage_round_trip(docker_engine: None, tmp_path: 
         grafana = f"http://127.0.0.1:{stack.ports['GRAFANA_PORT']}"
         dashboard = _http_json(f"{grafana}/api/dashboards/uid/metering", auth=("admin", "admin"))
         assert dashboard["dashboard"]["title"] == "Metering"
+        balances = _http_json(f"{grafana}/api/dashboards/uid/metering-balances", auth=("admin", "admin"))
+        assert balances["dashboard"]["title"] == "Metering balances"

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.service import LOCAL_OPENER, StoreEndpoints, pid_alive, read_discovery
+from consumers.service import LOCAL_OPENER, StoreEndpoints, pid_alive, read_discovery, read_token
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
@@ -440,8 +441,10 @@ def api_usage(settings: Settings, tz: str = "UTC") -> str | None:
     if found is None or not pid_alive(found.pid):
         return None
     query = urlencode({"by": "day", "timezone": tz, "format": "csv"})
+    token = read_token(settings)  # the operators' routes take the store's operator token
+    request = urllib.request.Request(f"{found.api}/usage?{query}", headers={"Authorization": f"Bearer {token}"})
     try:
-        with LOCAL_OPENER.open(f"{found.api}/usage?{query}", timeout=30) as response:
+        with LOCAL_OPENER.open(request, timeout=30) as response:
             return str(response.read().decode("utf-8"))
     except (urllib.error.URLError, OSError):
         return None
@@ -550,27 +553,47 @@ class StoreProcess:
 
 
 class MeteringRun:
-    """``metering run`` in a session of its own: broker, workers, store; :meth:`kill` SIGKILLs all of them."""
+    """``metering run`` in a session of its own: broker, workers, store; :meth:`kill` SIGKILLs all of them.
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    ``own_broker``: run without METERING_KAFKA_BOOTSTRAP, as a user does: the data directory's own
+    broker (``settings.local_kafka_port`` if free), which the other commands find there.
+    """
+
+    def __init__(self, settings: Settings, log_dir: Path, *, own_broker: bool = False) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.own_broker = own_broker
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, timeout: float = 180.0) -> StoreEndpoints:
-        self.starts += 1
+    def env(self) -> dict[str, str]:
+        """The environment of the run, and of a command run beside it with the same settings."""
         env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json"}
         env.pop("METERING_FAILPOINTS", None)
+        if self.own_broker:
+            env.pop("METERING_KAFKA_BOOTSTRAP", None)
+        return env
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start ``metering run`` without waiting for it."""
+        self.starts += 1
         with (self.log_dir / f"run-{self.starts}.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", "run"],
-                env=env,
+                env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its workers share its process group; the broker has its own session
             )
+        return self.process
+
+    def start(self, timeout: float = 180.0) -> StoreEndpoints:
+        self.launch()
+        return self.wait_serving(timeout)
+
+    def wait_serving(self, timeout: float = 180.0) -> StoreEndpoints:
         process = self.process
+        assert process is not None
 
         def serving() -> bool:
             assert process.poll() is None, f"metering run exited with {process.returncode}:\n{self.logs()}"
@@ -582,17 +605,27 @@ class MeteringRun:
         assert endpoints is not None
         return endpoints
 
-    def broker_pid(self) -> int:
-        return int((self.settings.data_dir / "kafka" / "broker.pid").read_text().strip())
+    def broker_pid(self) -> int | None:
+        """The pid of the broker the run started, if it started one (it uses a cluster that answers otherwise)."""
+        try:
+            return int((self.settings.data_dir / "kafka" / "broker.pid").read_text().strip())
+        except FileNotFoundError:
+            return None
 
-    def kill(self) -> list[int]:
-        """SIGKILL the broker, the run process and its workers, all at once, as a power cut would; their pids."""
+    def kill(self, *, broker: bool = True) -> list[int]:
+        """SIGKILL the broker, the run process and its workers, all at once, as a power cut would; their pids.
+
+        ``broker=False`` kills the run's process group only, as ``kill -9 -- -<pid>`` does: the broker,
+        in a session of its own, must then stop by itself.
+        """
         assert self.process is not None
-        pids = [self.broker_pid(), *_group(self.process.pid)]
-        os.kill(pids[0], signal.SIGKILL)
+        broker_pid = self.broker_pid()
+        pids = [*([broker_pid] if broker_pid is not None else []), *_group(self.process.pid)]
+        if broker and broker_pid is not None:
+            os.kill(broker_pid, signal.SIGKILL)
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-        wait_until(lambda: not any(_alive(pid) for pid in pids), 30, "every killed process to be gone", every=0.1)
+        wait_until(lambda: not any(_alive(pid) for pid in pids), 90, "every killed process to be gone", every=0.1)
         return pids
 
     def stop(self, timeout: float = 120.0) -> None:

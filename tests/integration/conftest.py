@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumers.service import StoreEndpoints, serve_store
-from pipeline.settings import Settings, Topics
+from pipeline.settings import Settings
 from tests.processes import ChildProcesses
+from tests.support import pipeline_settings
 
 
 @pytest.fixture
@@ -37,23 +37,8 @@ def settings(
     kafka_bootstrap: str, chdb_path: Path, tmp_path: Path, create_topics: Callable[[dict[str, int]], None]
 ) -> Settings:
     """Settings of a pipeline of the test's own: uuid-named topics, group and database."""
-    suffix = uuid.uuid4().hex[:10]
-    topics = Topics(**{name: f"{value}-{suffix}" for name, value in vars(Topics()).items()})
-    base = Settings(
-        data_dir=tmp_path,
-        kafka_bootstrap=kafka_bootstrap,
-        clickhouse_url=f"chdb://{chdb_path}",
-        clickhouse_database=f"it_{suffix}",
-        topics=topics,
-        partitions=6,
-        app_id=f"metering-{suffix}",
-        api_port=0,
-        metrics_port=0,
-        idle_partition_seconds=2.0,
-        batch_seconds=0.2,
-        sink_batch_seconds=0.2,
-    )
-    create_topics(dict.fromkeys(topics.all, base.partitions))
+    base = pipeline_settings(kafka_bootstrap, chdb_path, tmp_path)
+    create_topics(dict.fromkeys(base.topics.all, base.partitions))
     return base
 
 

@@ -207,3 +207,22 @@ def test_unreadable_file_and_missing_topics(settings: Settings, tmp_path: Path) 
         produce(absent, path)
     assert produce_command(absent, path, console=console) == EXIT_FAILED
     assert "metering run" in out.getvalue()
+
+
+def test_without_a_bootstrap_events_never_go_to_another_data_directorys_broker(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """METERING_KAFKA_BOOTSTRAP unset and the data directory's broker not running: the cluster that
+    answers on the default address is another's (its cluster id says so), so nothing is sent (issue 13)."""
+    path = tmp_path / "one.jsonl"
+    _write(path, [traffic.encode(_plan_events(int(time.time() * 1000))[1])])
+    kafka_dir = tmp_path / "kafka"
+    kafka_dir.mkdir()
+    (kafka_dir / "local-kafka.properties").write_text("cluster.id=this-data-directorys-own\nport=1\n")
+    unset = replace(settings, data_dir=tmp_path, kafka_bootstrap_given=False)
+    with pytest.raises(KafkaSetupError, match="not this-data-directorys-own, the broker of the data directory"):
+        produce(unset, path)
+    out = io.StringIO()
+    assert produce_command(unset, path, console=Console(file=out, width=400)) == EXIT_FAILED
+    assert "set METERING_KAFKA_BOOTSTRAP to use that cluster" in out.getvalue()
+    assert produce(settings, path).sent == 1, "given, the same address is used as it is"

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
 
-import pipeline.metrics  # noqa: F401  (registers every metric of the pipeline)
 from pipeline.settings import Settings
+from tests.metric_names import exported_series
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "alerts.yml"
@@ -76,10 +75,7 @@ def test_every_alert_has_severity_summary_and_runbook() -> None:
 
 def test_rules_use_only_metrics_the_pipeline_exports() -> None:
     """A renamed metric would leave its rule silently quiet; promtool cannot know our names."""
-    exported: set[str] = set()
-    for family in REGISTRY.collect():
-        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
-        exported.update(family.name + suffix for suffix in suffixes)
+    exported = exported_series()
     used = {
         name
         for rule in _alerts()

@@ -24,7 +24,6 @@ from pipeline.balance.ledger import (
     charge,
     entitled,
 )
-from pipeline.balance.plans import Plan
 from pipeline.events import BalanceAlert, FundsAdded, PlanChanged, ms_to_datetime
 from pipeline.rules.billing import derived_id
 from pipeline.rules.config import DAY, HOUR, MINUTE
@@ -368,15 +367,15 @@ def test_the_state_is_plain_data() -> None:
 
 def test_entitled_while_the_balance_is_above_zero() -> None:
     state = AppBalance(app_id=APP)
-    starter = Plan.from_event(plan())
-    assert not entitled(state, None)  # nothing paid
+    now = T0 + 2 * HOUR
+    assert not entitled(state, now)  # nothing paid
     apply_plan(state, plan())
-    assert not entitled(state, starter)
+    assert not entitled(state, now)
     apply_funds(state, funds("1.00"))
-    assert entitled(state, starter)
+    assert entitled(state, now)
     charge(state, session("s", T0 + HOUR), BalanceConfig())
     assert state.balance == 0
-    assert not entitled(state, starter)  # zero is depleted
+    assert not entitled(state, now)  # zero is depleted
 
 
 def test_an_unlimited_plan_serves_whatever_the_balance() -> None:

@@ -62,15 +62,13 @@ def test_a_plan_delivered_twice_is_kept_once() -> None:
     assert len(t.plans) == 1
 
 
-def test_before_and_next_after_bound_a_plans_time_in_force() -> None:
+def test_pending_lists_the_plans_still_to_come_and_latest_the_last() -> None:
     a, b, c = (Plan.from_event(plan(T0 + i * MINUTE, event_id=f"p{i}")) for i in range(3))
     t = PlanTimeline()
     for p in (c, a, b):
         t.add(p)
-    assert t.before(b) == a
-    assert t.next_after(b) == c
-    assert t.before(a) is None
-    assert t.next_after(c) is None
+    assert t.pending(T0) == [b, c]
+    assert t.pending(T0 + 2 * MINUTE) == []
     assert t.latest() == c
 
 

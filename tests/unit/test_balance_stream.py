@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from consumers.entitlement import EntitlementModel, EntitlementServer
 from consumers.notifier import Backoff, sign, verify, webhook_of
@@ -270,7 +271,7 @@ def test_a_future_plan_without_prepaid_limit_entitles_the_app_when_it_comes_into
     assert not before.entitled, "never funded, on a prepaid plan until then"
     assert not part.has_due(starts - 1)
     assert part.has_due(starts)
-    part.due(starts)
+    part.due(starts, Outputs())
     [after], _ = part.take_changes(starts, frozenset({"enterprise"}))
     assert after.entitled
     assert after.version == before.version + 1
@@ -343,6 +344,29 @@ def test_the_entitlement_endpoint_answers_from_the_latest_snapshot() -> None:
         assert fetch(f"{server.url}/healthz")[0] == 200
     finally:
         server.stop()
+
+
+def test_every_entitlement_answer_is_counted_by_what_it_says() -> None:
+    """metering_entitlement_answers_total{answer}: the balances dashboard's "Entitlement answers"."""
+
+    def answered() -> dict[str, float]:
+        return {
+            answer: REGISTRY.get_sample_value("metering_entitlement_answers_total", {"answer": answer}) or 0.0
+            for answer in ("entitled", "not_entitled", "unknown", "loading")
+        }
+
+    model = EntitlementModel()
+    before = answered()
+    model.lookup("a")
+    model.apply(b"a", snapshot_bytes("a", "10.00", True, 1))
+    model.apply(b"d", snapshot_bytes("d", "-1.00", False, 1))
+    model.ready.set()
+    for app in ("a", "a", "d", "nobody"):
+        model.lookup(app)
+    model.apply(b"a", snapshot_bytes("a", "-2.00", False, 2))
+    model.lookup("a")
+    after = answered()
+    assert {k: after[k] - before[k] for k in after} == {"entitled": 2, "not_entitled": 2, "unknown": 1, "loading": 1}
 
 
 # -- notifier --------------------------------------------------------------------------------

@@ -49,14 +49,17 @@ def test_shipped_migrations_are_numbered_and_parse() -> None:
         "003_usage_15m_mv.sql",
         "004_reconciliation.sql",
         "005_plans_balances.sql",
+        "006_usage_1h.sql",
+        "010_console_plans.sql",
+        "011_orders_invoices.sql",
     ]
-    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5]
+    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3]
     assert all(len(m.checksum) == 64 for m in migrations)
 
 
 def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Client, fresh_database: str) -> None:
     applied = migrate(chdb_client, fresh_database)
-    assert [m.version for m in applied] == [1, 2, 3, 4, 5]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11]
     assert engines(chdb_client, fresh_database) == {
         "billing_sessions": "ReplacingMergeTree",
         "usage_15m": "AggregatingMergeTree",
@@ -70,6 +73,18 @@ def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Cl
         "agent_subscriptions": "ReplacingMergeTree",
         "agent_transfers_started": "ReplacingMergeTree",
         "balance_snapshots": "ReplacingMergeTree",
+        "usage_1h": "AggregatingMergeTree",
+        "usage_1h_mv": "MaterializedView",
+        "voids_1h": "AggregatingMergeTree",
+        "voids_1h_mv": "MaterializedView",
+        "usage_day_counts": "ReplacingMergeTree",
+        "funds_refunded": "ReplacingMergeTree",
+        "extension_events": "ReplacingMergeTree",
+        "owner_changes": "ReplacingMergeTree",
+        "billing_accounts": "ReplacingMergeTree",
+        "orders": "ReplacingMergeTree",
+        "invoices": "ReplacingMergeTree",
+        "idempotency_keys": "MergeTree",
         "schema_migrations": "MergeTree",
     }
     assert tracked(chdb_client, fresh_database) == [(m.version, m.name, m.checksum) for m in load_migrations()]

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.plans import PlanStore
-from consumers.usage_api import usage_query, usage_report
+from consumers.usage_report import usage_query, usage_report
 from pipeline.cli import main
 from pipeline.events import format_ms
 from pipeline.records import billing_session_record

@@ -61,4 +61,6 @@ def test_each_feed_has_its_topic_and_its_own_consumer_group(chdb_client: Client)
         ("billing-plans", "metering-sink-plans"),
         ("agent-transfers", "metering-sink-transfers"),
         ("balance-state", "metering-sink-balances"),
+        ("billing-accounts", "metering-sink-accounts"),
+        ("billing-orders", "metering-sink-orders"),
     ]

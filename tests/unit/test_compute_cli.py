@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from pipeline import compute as compute_module
 from pipeline import traffic
 from pipeline.cli import main
+from pipeline.rules.config import RulesConfig
 from tests.support import T0, Conversation, alert, in_time_order
 
 #: interfaces.md fixes the first eight columns; R11's seats and active agents follow them.
@@ -194,3 +196,64 @@ def test_lines_cut_by_read_chunks_come_out_whole(data: bytes) -> None:
     for chunk_bytes in (1, 2, 3, 5, 8, 1 << 20):
         batches = compute_module._line_batches(io.BytesIO(data), None, chunk_bytes)
         assert [line for batch in batches for line in batch] == expected, chunk_bytes
+
+
+def _resent_file(tmp_path: Path, count: int = 20_000) -> tuple[Path, Path]:
+    """A realistic file with 2 % of its events re-sent up to 300 lines later, and the same events sorted."""
+    lines = [traffic.encode(ev) for ev in traffic.events(T0, count, seed=8)]
+    resent = tmp_path / "resent.jsonl"
+    copies = list(traffic.with_resent_copies(lines, share=0.02, within=300, seed=9))
+    resent.write_bytes(b"\n".join(copies) + b"\n")
+    ordered = tmp_path / "ordered.jsonl"
+    by_time = sorted(copies, key=_time_of)
+    ordered.write_bytes(b"\n".join(by_time) + b"\n")
+    return resent, ordered
+
+
+def _time_of(line: bytes) -> str:
+    return str(json.loads(line)["occurred_at"])
+
+
+def test_late_resent_duplicates_are_recognised_in_the_single_pass(tmp_path: Path) -> None:
+    """Copies that arrive after their conversation session is final are duplicates, not a reason to sort."""
+    resent, ordered = _resent_file(tmp_path)
+    got = run("--events", str(resent))
+    assert "metered again" not in got.stderr
+    assert got.stdout == run("--events", str(ordered)).stdout
+    assert got.stdout == run("--events", str(resent), "--timezone", "UTC").stdout
+    result = compute_module.compute(
+        resent, ZoneInfo("UTC"), RulesConfig(), now_ms=T0 + 10 * 86_400_000, on_invalid=lambda *_: None
+    )
+    assert not result.resorted
+    assert result.stats.duplicates > 300
+    assert run("--events", str(resent), "--sessions").stdout == run("--events", str(ordered), "--sessions").stdout
+
+
+def test_without_the_resend_window_the_same_file_would_be_sorted(tmp_path: Path) -> None:
+    """The file of the test above does hold copies later than their final sessions (so that test can fail)."""
+    resent, ordered = _resent_file(tmp_path)
+    args: dict[str, Any] = {"now_ms": T0 + 10 * 86_400_000, "on_invalid": lambda *_: None}
+    without = compute_module.compute(resent, ZoneInfo("UTC"), RulesConfig(), resend_window_ms=0, **args)
+    assert without.resorted
+    assert without.rows == compute_module.compute(ordered, ZoneInfo("UTC"), RulesConfig(), **args).rows
+
+
+def test_an_event_truly_out_of_order_still_sorts_the_file(tmp_path: Path) -> None:
+    """Not a copy of anything metered: beyond the lateness the single pass cannot be exact, the sort is."""
+    early = Conversation(conversation_id="early").user(0).bot(1).events
+    forgotten = Conversation(conversation_id="early").bot(2).events
+    later = Conversation(conversation_id="later", start=T0 + 3_600_000).user(0).bot(1).events
+    path = write(tmp_path / "late.jsonl", [*early, *later, *forgotten])
+    got = run("--events", str(path))
+    assert "metered again" in got.stderr
+    assert got.stdout == run("--events", str(write(tmp_path / "o.jsonl", [*early, *forgotten, *later]))).stdout
+
+
+def test_a_copy_resent_after_the_window_sorts_the_file_and_counts_once(tmp_path: Path) -> None:
+    """Ids are kept for the resend window only (bounded memory): a later copy costs the sort, never a session."""
+    first = Conversation(conversation_id="early").user(0).bot(1).events
+    later = Conversation(conversation_id="later", start=T0 + 3 * 3_600_000).user(0).bot(1).events
+    path = write(tmp_path / "e.jsonl", [*first, *later, first[0]])
+    got = run("--events", str(path))
+    assert "metered again" in got.stderr
+    assert got.stdout.splitlines()[1] == "acme,support-bot,2026-11-01,2,2,0,0,2,0,0"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pipeline import traffic
+from pipeline.balance.catalog import load_catalog
 from pipeline.decode import decode_event
 from pipeline.demo import DemoTraffic, plan_events
 from pipeline.events import Rejection
@@ -102,6 +103,7 @@ def test_every_app_gets_a_plan_and_funds_before_any_traffic(demo_run: Run) -> No
     events = [json.loads(m.value) for m in first]
     assert Counter(e["type"] for e in events) == {"plan_changed": len(apps), "funds_added": len(apps)}
     assert {e["app_id"] for e in events} == {app for _, app in apps}
+    assert {e["plan"] for e in events if e["type"] == "plan_changed"} == set(load_catalog().names), "the catalogue's"
     for msg, event in zip(first, events, strict=True):
         assert msg.topic == demo.settings.topics.plans
         assert msg.key == event["app_id"]

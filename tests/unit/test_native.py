@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 
 import pipeline
-from pipeline.compute import Days, compute
+from pipeline.compute import Days, Periods, compute
 from pipeline.rules.attribution import zone
 from pipeline.rules.config import RulesConfig
 
@@ -44,20 +44,22 @@ result = compute(
     now_ms=1_893_456_000_000,
     on_invalid=lambda lineno, reason: invalid.append((lineno, reason)),
     keep=Days(date(2000, 1, 1), date(2100, 1, 1)),
+    periods=Periods(sys.argv[3], Days(date(2026, 10, 31), date(2026, 11, 2))),
 )
 print(pipeline.ENGINE)
 print(msgspec.json.encode(
-    [result.rows, result.stats.as_dict(), result.sessions, result.unfinished, invalid, result.resorted]
+    [result.rows, result.stats.as_dict(), result.sessions, result.unfinished, invalid, result.resorted,
+     result.report(zero_fill=True)]
 ).decode())
 """
 
 
-def run_engine(path: Path, tz: str, *, interpreted: bool) -> tuple[str, object]:
+def run_engine(path: Path, tz: str, period: str, *, interpreted: bool) -> tuple[str, object]:
     env = {k: v for k, v in os.environ.items() if k != native.INTERPRETED_ENV}
     if interpreted:
         env[native.INTERPRETED_ENV] = "1"
     done = subprocess.run(
-        [sys.executable, "-c", ENGINE_RUN, str(path), tz], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", ENGINE_RUN, str(path), tz, period], env=env, capture_output=True, text=True, check=True
     )
     engine, output = done.stdout.splitlines()
     return engine, json.loads(output)
@@ -93,14 +95,20 @@ def test_this_process_runs_the_compiled_engine() -> None:
 
 
 @needs_build
-@pytest.mark.parametrize(("tz", "shuffle"), [("UTC", False), ("Asia/Kolkata", True)])
-def test_compiled_and_interpreted_engines_bill_the_same_sessions(tmp_path: Path, tz: str, shuffle: bool) -> None:
+@pytest.mark.parametrize(
+    ("tz", "shuffle", "period"),
+    [("UTC", False, "day"), ("Asia/Kolkata", True, "hour"), ("Asia/Kathmandu", False, "week")],
+)
+def test_compiled_and_interpreted_engines_bill_the_same_sessions(
+    tmp_path: Path, tz: str, shuffle: bool, period: str
+) -> None:
     path = traffic_file(tmp_path / "events.jsonl", 12_000, seed=5, shuffle=shuffle)
-    compiled_engine, compiled = run_engine(path, tz, interpreted=False)
-    interpreted_engine, interpreted = run_engine(path, tz, interpreted=True)
+    compiled_engine, compiled = run_engine(path, tz, period, interpreted=False)
+    interpreted_engine, interpreted = run_engine(path, tz, period, interpreted=True)
     assert (compiled_engine, interpreted_engine) == ("compiled", "interpreted")
-    _, _, sessions, _, invalid, resorted = compiled  # type: ignore[misc]
+    _, _, sessions, _, invalid, resorted, (_, report) = compiled  # type: ignore[misc]
     assert len(sessions) > 1000, "the file must bill enough sessions to compare"
+    assert len(report) > 2 if period != "hour" else len(report) > 24
     assert len(invalid) == 25
     assert resorted is shuffle
     assert compiled == interpreted

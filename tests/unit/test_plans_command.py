@@ -21,13 +21,14 @@ from click.testing import CliRunner
 from consumers.clickhouse import Client, SessionStore, migrate
 from consumers.clickhouse.plans import PLAN_COLUMNS, PlanStore
 from consumers.plans_report import plans_query, plans_report
-from consumers.service import StoreEndpoints, discovery_file
-from consumers.usage_api import UsageApi, UsageParameterError
+from consumers.service import StoreEndpoints, discovery_file, token_file
 from consumers.usage_command import plans_text
+from consumers.usage_report import UsageParameterError
 from pipeline.cli import main
 from pipeline.decode import to_ms
 from pipeline.settings import Settings
 from tests.balance_support import funds, plan
+from tests.console_support import OPERATOR_TOKEN, serve_console
 from tests.unit.test_clickhouse_plans import ACCOUNT, at, session, snapshot
 
 HEADER = ",".join(PLAN_COLUMNS)
@@ -142,18 +143,15 @@ def test_the_running_store_answers_the_same_text(
     settings = Settings(data_dir=tmp_path, clickhouse_url=f"chdb://{chdb_path}", clickhouse_database=database)
     direct = plans_text(settings, account=None, month="2026-11", tz="UTC", fmt="csv")
     assert direct == plans_report(chdb_client, database, plans_query(month="2026-11", fmt="csv"))
-    server = UsageApi(chdb_client, database, "127.0.0.1", 0)
-    host, port = server.start()
-    try:
-        endpoints = StoreEndpoints(os.getpid(), f"http://{host}:{port}", "http://127.0.0.1:1/metrics", "", database)
+    with serve_console(chdb_client, database) as url:
+        endpoints = StoreEndpoints(os.getpid(), url, "http://127.0.0.1:1/metrics", "", database)
         discovery_file(settings).parent.mkdir(parents=True, exist_ok=True)
         discovery_file(settings).write_text(json.dumps(asdict(endpoints)))
+        token_file(settings).write_text(OPERATOR_TOKEN + "\n")
         assert plans_text(settings, account=None, month="2026-11", tz="UTC", fmt="csv") == direct
         with pytest.raises(UsageParameterError, match="month") as info:
             plans_text(settings, account=None, month="2026-13", tz="UTC", fmt="csv")
         assert info.value.parameter == "month"
-    finally:
-        server.stop()
 
 
 def test_bad_options_name_the_option(tmp_path: Path, chdb_path: Path, database: str) -> None:

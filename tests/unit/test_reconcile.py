@@ -28,7 +28,6 @@ from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, StoredSession, apply_batch, runs, snapshot
 from consumers.clickhouse.usage import named_query
 from consumers.service import StoreEndpoints, discovery_file, token_file
-from consumers.usage_api import UsageApi
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.events import format_ms
@@ -55,6 +54,7 @@ from pipeline.rules.attribution import USAGE_COLUMNS, DayOf, UsageBook, UsageRow
 from pipeline.rules.config import DAY, HOUR, MINUTE, RulesConfig
 from pipeline.rules.model import BillingSession
 from pipeline.settings import Settings, Topics
+from tests.console_support import serve_console
 from tests.late_traffic import late_scenarios, stream_run, write_stream
 from tests.support import T0, Conversation, alert, in_time_order, meter_run
 
@@ -528,17 +528,12 @@ def test_a_database_without_migration_004_says_to_migrate(
 def service(chdb_client: Client, filled: str, tmp_path: Path, chdb_path: Path) -> Iterator[tuple[Settings, str]]:
     """This process plays the running store: its API, discovery file and token file."""
     settings = settings_for(tmp_path, chdb_path, filled)
-    api = UsageApi(chdb_client, filled, reconcile_token="s3cret")
-    host, port = api.start()
-    url = f"http://{host}:{port}"
-    endpoints = StoreEndpoints(os.getpid(), url, "http://127.0.0.1:1/metrics", settings.clickhouse_url, filled)
-    discovery_file(settings).parent.mkdir(parents=True, exist_ok=True)
-    discovery_file(settings).write_text(json.dumps(asdict(endpoints)))
-    token_file(settings).write_text("s3cret\n")
-    try:
+    with serve_console(chdb_client, filled, operator_token="s3cret") as url:
+        endpoints = StoreEndpoints(os.getpid(), url, "http://127.0.0.1:1/metrics", settings.clickhouse_url, filled)
+        discovery_file(settings).parent.mkdir(parents=True, exist_ok=True)
+        discovery_file(settings).write_text(json.dumps(asdict(endpoints)))
+        token_file(settings).write_text("s3cret\n")
         yield settings, url
-    finally:
-        api.stop()
 
 
 def test_reconcile_goes_through_the_running_service(
@@ -590,15 +585,11 @@ def test_the_reconcile_endpoints_need_the_token_and_a_valid_body(service: tuple[
 
 
 def test_without_a_token_the_endpoints_are_disabled(chdb_client: Client, database: str) -> None:
-    api = UsageApi(chdb_client, database)
-    host, port = api.start()
-    try:
-        request = urllib.request.Request(f"http://{host}:{port}/reconcile/sessions", data=b"{}", method="POST")
+    with serve_console(chdb_client, database, operator_token=None) as url:
+        request = urllib.request.Request(f"{url}/reconcile/sessions", data=b"{}", method="POST")
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10)
         assert info.value.code == 403
-    finally:
-        api.stop()
 
 
 # -- the edges of the period --------------------------------------------------------------------------------

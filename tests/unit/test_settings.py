@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from console.settings import ConsoleSettings
 from consumers.clickhouse import parse_url
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseConfigError
+from pipeline.balance.catalog import DEFAULT_CATALOG
 from pipeline.kafka import consumer_config
 from pipeline.rules.config import DAY, HOUR, MINUTE, SECOND, RulesConfig
 from pipeline.settings import PREFIX, ROOT, Settings, SettingsError, Topics
@@ -165,6 +168,20 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("ENTITLEMENT_PORT", "18471", lambda s: s.entitlement_port, 18471),
     ("WEBHOOK_URL", "https://hooks.example.com/m", lambda s: s.webhook_url, "https://hooks.example.com/m"),
     ("WEBHOOK_SECRET", "s3cret", lambda s: s.webhook_secret, "s3cret"),
+    ("LOCAL_KAFKA_PORT", "19092", lambda s: s.local_kafka_port, 19092),
+    ("PLAN_CATALOG", str(DEFAULT_CATALOG), lambda s: s.plan_catalog, DEFAULT_CATALOG),
+    ("INVOICE_SELLER", "Acme Metering GmbH", lambda s: s.invoice_seller, "Acme Metering GmbH"),
+    ("CONSOLE_SECRET", "k" * 32, lambda s: s.console.secret, "k" * 32),
+    ("CONSOLE_JWKS", "https://idp.example/jwks.json", lambda s: s.console.jwks, "https://idp.example/jwks.json"),
+    ("CONSOLE_ISSUER", "https://idp.example/", lambda s: s.console.issuer, "https://idp.example/"),
+    ("CONSOLE_AUDIENCE", "metering", lambda s: s.console.audience, "metering"),
+    (
+        "CONSOLE_NOW",
+        "2026-03-10T12:00:00Z",
+        lambda s: s.console.now,
+        datetime(2026, 3, 10, 12, tzinfo=UTC),
+    ),
+    ("CONSOLE_EXPORT_MAX_DAYS", "366", lambda s: s.console.export_max_days, 366),
     *(
         (f"TOPIC_{name.upper()}", f"eu.{name}-v2", lambda s, name=name: getattr(s.topics, name), f"eu.{name}-v2")
         for name in Topics.__dataclass_fields__
@@ -180,7 +197,12 @@ def test_each_variable_is_read(name: str, raw: str, get: Getter, value: Any) -> 
 
 
 def test_the_table_covers_every_variable_to_env_writes() -> None:
-    full = Settings(kafka_config={"a": "b"}, rules=RulesConfig(app_idle_timeout_ms={"bot": 5 * MINUTE}))
+    console = ConsoleSettings(
+        secret="k" * 32, jwks="https://idp/jwks", issuer="i", audience="a", now=datetime.now(UTC), export_max_days=9
+    )
+    full = Settings(
+        kafka_config={"a": "b"}, rules=RulesConfig(app_idle_timeout_ms={"bot": 5 * MINUTE}), console=console
+    )
     assert {PREFIX + name for name, *_ in VARIABLES} == full.to_env().keys()
 
 
@@ -213,6 +235,7 @@ ALL_WRONG: dict[str, tuple[str, str]] = {
     "CLICKHOUSE_URL": ("chdb://var/clickhouse", "write three slashes"),
     "CLICKHOUSE_DATABASE": ("bill ing", "letters, digits and underscores"),
     "TIMEZONE": ("Mars/Olympus_Mons", "use an IANA name"),
+    "PLAN_CATALOG": ("/nonexistent/plans.toml", "cannot be read"),
     "IDLE_TIMEOUT_MINUTES": ("4", "outside 5 min .. 14 days (20160 min)"),
     "APP_IDLE_TIMEOUTS": ("support-bot=10,sales=20161", "outside 5 min .. 14 days (20160 min)"),
     "KAFKA_BOOTSTRAP": ("localhost", "expected host:port[,host:port...]"),
@@ -431,3 +454,11 @@ def test_every_reader_of_the_pipeline_reads_committed_only_whatever_is_configure
     assert consumer_config(settings, "g", **{"isolation.level": "read_uncommitted"})["isolation.level"] == (
         "read_committed"
     )
+
+
+def test_a_bootstrap_is_given_only_when_the_variable_is_set() -> None:
+    """Unset, `metering run` starts the data directory's own broker rather than use whatever answers on 9092."""
+    assert not Settings.from_env({}).kafka_bootstrap_given
+    assert not read(KAFKA_BOOTSTRAP=" ").kafka_bootstrap_given
+    assert read(KAFKA_BOOTSTRAP="127.0.0.1:9092").kafka_bootstrap_given
+    assert Settings.from_env(Settings().to_env()).kafka_bootstrap_given, "children get the address their parent chose"

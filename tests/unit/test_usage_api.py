@@ -25,9 +25,9 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from consumers.clickhouse import Client, SessionStore, migrate, usage
 from consumers.clickhouse.migrations import load_migrations
 from consumers.clickhouse.plans import PlanStore, usage_with_agents
-from consumers.service import StoreEndpoints, discovery_file, find_running_store
-from consumers.usage_api import UsageApi, UsageParameterError, usage_columns, usage_query, usage_report
+from consumers.service import StoreEndpoints, discovery_file, find_running_store, token_file
 from consumers.usage_command import migrate_text, usage_text
+from consumers.usage_report import UsageParameterError, usage_columns, usage_query, usage_report
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
@@ -35,6 +35,7 @@ from pipeline.events import AgentsSubscribed, AgentTransfer, Rejection
 from pipeline.records import billing_session_record
 from pipeline.report import render
 from pipeline.settings import Settings
+from tests.console_support import OPERATOR_TOKEN, serve_console
 from tests.support import T0, meter_run
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -74,15 +75,15 @@ def filled(chdb_client: Client, events_file: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def api(chdb_client: Client, filled: str) -> Iterator[str]:
-    server = UsageApi(chdb_client, filled, "127.0.0.1", 0)
-    host, port = server.start()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with serve_console(chdb_client, filled) as url:
+        yield url
 
 
 def get(url: str) -> tuple[int, str, str]:
+    """GET with the store's operator token, as `metering usage` sends it."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
     try:
-        with OPENER.open(url, timeout=30) as response:
+        with OPENER.open(request, timeout=30) as response:
             return response.status, response.headers["Content-Type"], response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
@@ -180,29 +181,21 @@ class UnreachableClient:
 
 
 def test_readiness_fails_with_the_reason_while_clickhouse_does_not_answer() -> None:
-    server = UsageApi(UnreachableClient(), "metering")  # type: ignore[arg-type]
-    host, port = server.start()
-    try:
-        assert get(f"http://{host}:{port}/healthz")[0] == 200
-        status, _, body = get(f"http://{host}:{port}/readyz")
+    with serve_console(UnreachableClient(), "metering", open_handle=False) as url:  # type: ignore[arg-type]
+        assert get(f"{url}/healthz")[0] == 200
+        status, _, body = get(f"{url}/readyz")
         assert status == 503
         assert "connection refused" in json.loads(body)["reason"]
-        status, _, body = get(f"http://{host}:{port}/usage")
+        status, _, body = get(f"{url}/usage")
         assert status == 503
         assert "unavailable" in json.loads(body)["error"] or "failed" in json.loads(body)["error"]
-    finally:
-        server.stop()
 
 
 def test_a_database_without_tables_is_a_503_saying_to_migrate(chdb_client: Client) -> None:
-    server = UsageApi(chdb_client, "t_never_migrated")
-    host, port = server.start()
-    try:
-        status, _, body = get(f"http://{host}:{port}/usage")
+    with serve_console(chdb_client, "t_never_migrated") as url:
+        status, _, body = get(f"{url}/usage")
         assert status == 503
         assert "run the migrations" in json.loads(body)["error"]
-    finally:
-        server.stop()
 
 
 def test_unknown_paths_and_methods(api: str) -> None:
@@ -214,11 +207,18 @@ def test_unknown_paths_and_methods(api: str) -> None:
 
 
 def test_stop_releases_the_port(chdb_client: Client, database: str) -> None:
-    server = UsageApi(chdb_client, database)
-    host, port = server.start()
-    server.stop()
+    with serve_console(chdb_client, database) as url:
+        assert get(f"{url}/healthz")[0] == 200
     with pytest.raises(urllib.error.URLError):
-        OPENER.open(f"http://{host}:{port}/healthz", timeout=2)
+        OPENER.open(f"{url}/healthz", timeout=2)
+
+
+def test_the_operators_routes_refuse_a_missing_or_wrong_token(api: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer guess"}):
+        request = urllib.request.Request(f"{api}/usage?by=day", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            OPENER.open(request, timeout=10)
+        assert info.value.code == 401
 
 
 # -- metering usage / migrate ----------------------------------------------------------------------
@@ -235,6 +235,7 @@ def announce(settings: Settings, api: str) -> None:
     )
     discovery_file(settings).parent.mkdir(parents=True, exist_ok=True)
     discovery_file(settings).write_text(json.dumps(asdict(endpoints)))
+    token_file(settings).write_text(OPERATOR_TOKEN + "\n")
 
 
 def test_usage_text_asks_the_running_store_and_matches_a_direct_query(

@@ -1,0 +1,188 @@
+"""`metering orders`: the order processor, one writer per account partition (console.md section 3).
+
+A processor on the stream runtime (``pipeline.runtime``), as the balance processor is: per batch,
+the order states and invoices (billing-orders), the ``funds_added`` of paid orders (billing-plans),
+dead letters, the changelog of every changed account and the consumed offsets commit in one Kafka
+transaction. So a crash anywhere never loses an order, never issues a second invoice for one,
+never renumbers and never credits funds twice: the aborted batch is read again from the last
+commit and the restored state treats what it already applied as copies. The rules are
+``pipeline.orders.book`` and the partition logic ``pipeline.stream.orders_partition``; this module
+moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from typing import Final
+
+from pipeline import metrics
+from pipeline.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
+from pipeline.logs import fields
+from pipeline.orders.events import encode as encode_order
+from pipeline.orders.providers import BUILT_IN, PaymentProvider
+from pipeline.records import encode as encode_record
+from pipeline.runtime import Effects, FencedError, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
+from pipeline.settings import Settings
+from pipeline.stream.balance_partition import Input
+from pipeline.stream.orders_partition import OrderOutputs, OrderPartition
+
+log = logging.getLogger(__name__)
+
+#: Compaction keeps only an account's last billing-orders record; nothing younger than this is
+#: compacted, so the read-model sink (which reads within seconds) sees every record.
+MIN_COMPACTION_LAG_MS: Final = str(7 * 24 * 3600 * 1000)
+#: Orders do nothing on wall time alone: a tick is only the runtime's heartbeat.
+TICK_SECONDS: Final = 5.0
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-orders-changelog"
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.app_id}-orders"
+
+
+def ensure_account_topics(settings: Settings) -> None:
+    """billing-orders and billing-accounts: compacted, keyed by account (created if missing)."""
+    ensure_topics(
+        settings,
+        [settings.topics.orders, settings.topics.accounts],
+        config={"cleanup.policy": "compact", "min.compaction.lag.ms": MIN_COMPACTION_LAG_MS},
+    )
+
+
+def setup_topics(settings: Settings) -> None:
+    """The account topics, co-partitioned with the processor's changelog, and where it writes."""
+    topics = settings.topics
+    ensure_account_topics(settings)
+    ensure_topics(settings, [topics.plans, topics.dlq])
+    ensure_topics(settings, [changelog_topic(settings)], config={"cleanup.policy": "compact"})
+    names = (topics.orders, topics.accounts, changelog_topic(settings))
+    found = admin(settings).list_topics(timeout=15).topics
+    counts = {name: len(found[name].partitions) for name in names}
+    if len(set(counts.values())) != 1:
+        listed = ", ".join(f"{n} has {c}" for n, c in counts.items())
+        raise KafkaSetupError(
+            f"the order processor needs co-partitioned topics keyed by account_id, but {listed} partitions: "
+            "give them the same partition count (METERING_PARTITIONS)"
+        )
+
+
+class OrderProcessor:
+    """The accounts of one partition (``OrderPartition``) as a runtime processor (``pipeline.runtime``).
+
+    Per batch: every message applied, then the order states, invoices, funds and dead letters
+    produced and the changed accounts' changelog records written to the store; the runtime
+    commits them with the offsets.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        partition: int,
+        store: PartitionStore,
+        providers: Mapping[str, PaymentProvider],
+    ) -> None:
+        topics = settings.topics
+        self.topics = topics
+        self.store = store
+        self.part = OrderPartition(
+            partition,
+            settings.partitions,
+            orders_topic=topics.orders,
+            accounts_topic=topics.accounts,
+            providers=providers,
+            seller=settings.invoice_seller,
+        )
+        self.part.restore(store.items())
+        log.info("order partition restored", extra=fields(partition=partition, accounts=len(self.part.books)))
+
+    def process(self, records: Sequence[Record], now_ms: int, lagging: Collection[str], effects: Effects) -> None:
+        out = OrderOutputs()
+        for r in records:
+            self.part.apply(Input(r.topic, r.partition, r.offset, r.value or None), now_ms, out)
+        topics = self.topics
+        for state in out.states:
+            effects.produce(topics.orders, state.account_id.encode(), encode_order(state))
+        for document in out.documents:
+            effects.produce(topics.orders, document.account_id.encode(), encode_order(document))
+        for money in out.money:
+            effects.produce(topics.plans, money.app_id.encode(), encode_record(money))
+        for dead in out.dead:
+            effects.produce(topics.dlq, None, encode_record(dead))
+        for key, value in self.part.take_changes():
+            if value is None:
+                self.store.delete(key)
+            else:
+                self.store.put(key, value)
+        effects.on_commit.append(lambda: _observe(out))
+
+    def tick(self, now_ms: int, lagging: Collection[str], effects: Effects) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def topology(settings: Settings, providers: Mapping[str, PaymentProvider] | None = None) -> Topology:
+    """`billing-orders` leads the assignment, `billing-accounts` (co-partitioned by account id) follows."""
+    known = dict(BUILT_IN if providers is None else providers)
+
+    def open_partition(partition: int, store: PartitionStore, now_ms: int) -> OrderProcessor:
+        return OrderProcessor(settings, partition, store, known)
+
+    topics = settings.topics
+    # The partition holds every account's book itself: the memory store keeps no copy.
+    return Topology("orders", (topics.orders, topics.accounts), changelog_topic(settings), open_partition, retain=False)
+
+
+def _observe(out: OrderOutputs) -> None:
+    for outcome, n in out.outcomes.items():
+        metrics.ORDER_INPUTS.labels(outcome).inc(n)
+    for state in out.states:
+        if state.payment_status != "pending":
+            metrics.ORDER_PAYMENTS.labels(state.payment_status).inc()
+    for document in out.documents:
+        metrics.ORDER_DOCUMENTS.labels(document.kind).inc()
+    for (topic, code), n in out.invalid.items():
+        metrics.EVENTS_INVALID.labels(topic, code).inc(n)
+
+
+def run_orders(settings: Settings, metrics_port: int | None = None, instance: int = 0) -> int:
+    """`metering orders`: run until SIGINT/SIGTERM; the batch in hand is committed or aborted."""
+    import signal  # noqa: PLC0415 - only the command installs handlers
+
+    wait_for_broker(settings)
+    setup_topics(settings)
+    port = metrics.serve(settings.metrics_port if metrics_port is None else metrics_port, settings.api_host)
+    log.info("order metrics", extra=fields(url=f"http://{settings.api_host}:{port}/metrics"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    transactional_id = f"{settings.app_id}-orders-{instance}"
+    runtime = StreamRuntime(
+        settings,
+        RuntimeConfig(
+            group=group_id(settings),
+            transactional_id=transactional_id,
+            static_member=True,  # a restarted instance takes its partitions back at once
+            store="memory",
+            state_dir=settings.data_dir / "orders-state" / transactional_id,
+            batch_size=settings.batch_size,
+            batch_seconds=settings.batch_seconds,
+            tick_seconds=TICK_SECONDS,
+            role="orders",
+        ),
+        [topology(settings)],
+        on_batch=lambda _, seconds: metrics.ORDER_BATCH_SECONDS.observe(seconds),
+        on_abort=metrics.ORDER_ABORTS.inc,
+    )
+    try:
+        runtime.run(stop)
+    except FencedError as exc:
+        log.error("order processor stopped", extra=fields(error=str(exc)))
+        return 1
+    return 0

@@ -20,9 +20,10 @@ variable, :func:`hit` is a dictionary lookup.
 Points: ``sink.insert`` (before each ClickHouse insert of any sink of the process: an outage
 hits them all), ``sink.after_insert`` (after a billing-sessions batch is written to ClickHouse,
 before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks),
-``worker.before_commit`` and ``balance.before_commit`` (pipeline/runtime/engine.py: a batch's
-outputs, changelog records and offsets are in its transaction, not yet committed; failing
-aborts the transaction, as a broker error would, and ``kill`` crashes with it open).
+``worker.before_commit``, ``balance.before_commit`` and ``orders.before_commit``
+(pipeline/runtime/transactions.py: a batch's outputs, changelog records and offsets are in its
+transaction, not yet committed; failing aborts the transaction, as a broker error would, and
+``kill`` crashes with it open).
 """
 
 from __future__ import annotations

@@ -1,33 +1,32 @@
 """The stream runtime: a consumer group, per-partition processors and one Kafka transaction per batch.
 
-One loop per process, on one thread (docs/stream-runtime.md has the whole design). Per batch:
+One loop per process (docs/stream-runtime.md has the whole design). Per batch:
 
-1. ``consume(batch_size, batch_seconds)`` returns up to ``batch_size`` records of the assigned
-   partitions (read_committed); they are grouped by partition number and handed, in log order,
-   to the partition's processor, which changes its state (pending in its store) and adds output
-   records to the batch's :class:`Effects`. Every ``tick_seconds`` each processor also gets a
-   wall-clock tick in the same batch (idle partitions finalize on wall time, R9).
-2. Nothing written: done. Otherwise one transaction: the outputs, every pending state change as a
-   record of the topology's compacted changelog (partition ``p`` for partition ``p``), and the
-   consumed offsets (``send_offsets_to_transaction``, with the group's metadata: a member that
-   lost the partitions in a rebalance cannot commit them, KIP-447).
-3. ``commit_transaction``: outputs, state and offsets become visible together, or not at all.
-   Only then are the state changes written to the store's backend and the batch's
-   after-commit hooks (metrics) run.
-4. A transaction that fails with an abortable error is aborted: the processors are dropped,
-   their stores keep only committed state, the consumer goes back to the committed offsets and
-   the partitions are restored again, so the batch is processed again from scratch. A fatal
-   error (another instance took over our transactional id: we are a zombie) stops the process
-   with :class:`FencedError`; a crash at any point leaves an open transaction that the broker
-   aborts, or that the next instance with the same id aborts at ``init_transactions``.
+1. ``consume(batch_size, batch_seconds)`` returns up to ``batch_size`` records of the partitions
+   in hand (read_committed); they are grouped by partition number and handed, in log order, to
+   the partition's processor, which changes its state (pending in its store) and adds output
+   records to its :class:`Effects`. Every ``tick_seconds`` each processor also gets a wall-clock
+   tick in the same batch (idle partitions finalize on wall time, R9).
+2. What the batch writes is kept per partition (a :class:`_Work`): outputs, the state changes as
+   records of the topology's compacted changelog (partition ``p`` for partition ``p``), the
+   consumed offsets. One transaction writes all of it and sends the offsets with the group's
+   metadata (a member that lost its partitions in a rebalance cannot commit them, KIP-447).
+3. Committed: the state changes are written to the stores' backends, the after-commit hooks run.
+   Not committed: the transaction is aborted (or, if the producer was fenced or failed fatally,
+   a new producer takes the transactional id over) and the *same* records are written again in a
+   new transaction, without the partitions that left this process meanwhile. The processors
+   already hold the batch's state, so nothing is processed again and nothing is rebuilt: a broker
+   outage is waited out with the batch in hand.
+4. A zombie (a stale instance whose transactional id and group membership another instance took
+   over) stops with :class:`FencedError`.
 
 Assignment: the group assigns the topologies' first input topics (cooperative-sticky, so a
-rebalance moves only the partitions that change owner); partition ``p`` of the other input
-topics follows partition ``p`` of the first. On assignment the committed offsets are read
-(stable: after any pending transaction of the previous owner is resolved), the changelog
-partitions are read to their end into the stores, the processors are built from them, and only
-then are the input partitions fetched. On revocation the processors are dropped: every batch
-before was committed.
+rebalance moves only the partitions that change owner, the others keep running); partition ``p``
+of the other input topics follows partition ``p`` of the first. A newly assigned partition is
+paused and restored by a thread of its own (``pipeline.runtime.restore``: stable committed
+offsets, then the changelog to its end); once restored, its processor is built and its inputs
+resume from the committed offsets. A revoked partition's processor is dropped: every batch of it
+was committed before the consumer could revoke it.
 """
 
 from __future__ import annotations
@@ -39,41 +38,56 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
-    Producer,
+    Message,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from pipeline import failpoints, metrics
-from pipeline.kafka import admin, consumer_config, producer_config
+from pipeline import metrics
+from pipeline.kafka import admin, consumer_config
 from pipeline.logs import fields
 from pipeline.runtime.processor import Effects, PartitionProcessor, Record, Topology
-from pipeline.runtime.restore import restore, watermarks
+from pipeline.runtime.restore import RestoreJob, Restorer
 from pipeline.runtime.state import Backend, MemoryBackend, PartitionStore, RocksBackend
+from pipeline.runtime.transactions import Transactor, Write, is_fatal
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COMMIT_ATTEMPTS: Final = 5
 #: A batch not committed after this long ends the process (its supervisor starts it again): a
-#: transaction call that librdkafka does not return from (seen after a broker outage longer than
-#: the group session) must not stall the partitions. The open transaction is aborted by the broker.
-STALLED_BATCH_SECONDS: Final = 60.0
+#: transactional call librdkafka does not return from must not hold the partitions for ever. A
+#: broker outage is waited out within it (the consumer leaves the group after as long anyway).
+STALLED_BATCH_SECONDS: Final = 300.0
 EXIT_STALLED: Final = 70
 LAG_EVERY_SECONDS: Final = 1.0
-#: How long an assignment waits for the previous owner's open transaction to be resolved.
-STABLE_OFFSETS_SECONDS: Final = 120.0
+#: A log end the broker gave is trusted for records sent this long before it was asked (producers'
+#: clocks may be behind ours).
+LOG_END_MARGIN_MS: Final = 2000
+#: Errors of ``send_offsets_to_transaction`` that the consumer resolves by serving the group
+#: (rejoining, revoking): after the abort the consumer is polled before the batch is written again.
+GROUP_ERRORS: Final = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+NOTHING: Final[frozenset[str]] = frozenset()
+
+Key = tuple[str, int]
 
 
 class FencedError(RuntimeError):
@@ -99,11 +113,6 @@ def _merged(records: list[Record]) -> list[Record]:
     return list(heapq.merge(*by_topic.values(), key=_sent))
 
 
-def _abortable(message: str) -> KafkaException:
-    """What a failing ``<role>.before_commit`` failpoint raises: an error that aborts the transaction."""
-    return KafkaException(KafkaError(KafkaError._STATE, message, txn_requires_abort=True))
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How one process runs its topologies."""
@@ -124,12 +133,13 @@ class RuntimeConfig:
     #: Largest record produced (changelog records of big states): the producer's message.max.bytes.
     max_record_bytes: int = 1 << 20
     transaction_timeout_ms: int = 60_000
+    linger_ms: int = 5
 
 
 class _Partition:
     """A topology's partition in this process: its store, its processor, and where each input is."""
 
-    __slots__ = ("next", "number", "processor", "store", "topology")
+    __slots__ = ("key", "next", "number", "processor", "store", "topology")
 
     def __init__(
         self,
@@ -141,22 +151,26 @@ class _Partition:
     ) -> None:
         self.topology = topology
         self.number = number
+        self.key: Key = (topology.name, number)
         self.store = store
         self.processor = processor
         #: The next offset to process per input topic.
         self.next = next_
 
-    def lagging(self, consumer: Consumer) -> tuple[set[str], list[str]]:
-        """Input topics whose log holds records not processed yet, by the consumer's last fetch (unknown: assumed
-        to), and the others: caught up as far as that fetch knew."""
-        lagging, caught_up = set(), []
-        for topic in self.topology.inputs:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, self.number), cached=True)
-            if high < 0 or high > self.next.get(topic, 0):
-                lagging.add(topic)
-            else:
-                caught_up.append(topic)
-        return lagging, caught_up
+
+class _Work:
+    """One partition's share of a batch: what its transaction writes, and what runs once it committed."""
+
+    __slots__ = ("changes", "effects", "offsets", "part")
+
+    def __init__(self, part: _Partition) -> None:
+        self.part = part
+        self.effects = Effects()
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.changes: dict[bytes, bytes | None] = {}
+
+    def writes(self) -> bool:
+        return bool(self.offsets or self.changes or self.effects.outputs)
 
 
 class StreamRuntime:
@@ -176,39 +190,47 @@ class StreamRuntime:
         self.topologies = list(topologies)
         self._by_input = {topic: t for t in self.topologies for topic in t.inputs}
         self._by_leader = {t.leader: t for t in self.topologies}
-        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._parts: dict[Key, _Partition] = {}
+        self._restoring: dict[Key, RestoreJob] = {}
+        #: Records consumed while the batch in hand was being committed again: the next batch's.
+        self._stash: list[Message] = []
+        #: Log ends the broker gave: (topic, partition) -> (last stable offset, wall ms it was asked at).
+        self._log_end: dict[tuple[str, int], tuple[int, int]] = {}
         self._on_batch = on_batch
         self._on_abort = on_abort
-        self.producer: Producer | None = None
         self.consumer: Consumer | None = None
+        self.transactor = Transactor(
+            settings,
+            transactional_id=config.transactional_id,
+            role=config.role,
+            transaction_timeout_ms=config.transaction_timeout_ms,
+            max_record_bytes=config.max_record_bytes,
+            linger_ms=config.linger_ms,
+        )
+        self._restorer: Restorer | None = None
         self.committed_batches = 0
+        self.aborts = 0
         self._next_tick = 0.0
         self._lag_observed_at = 0.0
         self._admin: AdminClient | None = None
+        self._batch_started: float | None = None
+        self._consumer_errors_logged_at = 0.0
+        self._heartbeat_ms = 3000
+        self._stop = threading.Event()
 
     # -- life cycle ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         c, s = self.config, self.settings
-        self.producer = Producer(
-            producer_config(
-                s,
-                **{
-                    "transactional.id": c.transactional_id,
-                    "client.id": c.transactional_id,
-                    "linger.ms": 5,
-                    "transaction.timeout.ms": c.transaction_timeout_ms,
-                    "message.max.bytes": c.max_record_bytes,
-                },
-            )
-        )
-        self.producer.init_transactions(60)  # fences an older instance with this id and aborts its transaction
+        self.transactor.open()  # fences an older instance with this id and aborts its transaction
+        self._restorer = Restorer(s, c.group, self._backend)
         config = consumer_config(s, c.group, **{"client.id": c.transactional_id, "enable.partition.eof": True})
         config.setdefault("session.timeout.ms", 15000)
         config.setdefault("fetch.message.max.bytes", 4 << 20)
         config.setdefault("queued.max.messages.kbytes", 16 << 10)  # prefetched records: bounded memory
         if c.static_member:
             config["group.instance.id"] = c.transactional_id
+        self._heartbeat_ms = int(config.get("heartbeat.interval.ms", 3000))
         self.consumer = Consumer(config)
         self.consumer.subscribe(
             sorted(self._by_leader), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -217,53 +239,51 @@ class StreamRuntime:
             f"{c.role} started",
             extra=fields(group=c.group, transactional_id=c.transactional_id, store=c.store),
         )
+        self._stop = stop
+        done = threading.Event()
+        watchdog = threading.Thread(target=self._watch, args=(done,), name="watchdog", daemon=True)
+        watchdog.start()
         try:
             while not stop.is_set():
                 self._step()
         finally:
+            done.set()
             self._close()
 
     def _close(self) -> None:
         if self.consumer is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
                 self.consumer.close()  # revokes (cooperative): processors and stores are closed
+        if self._restorer is not None:
+            self._restorer.close()
         for key in list(self._parts):
             self._drop(key)
-        if self.producer is not None:
-            self.producer.flush(10)
+        self.transactor.close()
+
+    def _watch(self, done: threading.Event) -> None:
+        while not done.wait(1.0):
+            started = self._batch_started
+            if started is not None and time.monotonic() - started > STALLED_BATCH_SECONDS:
+                log.error(
+                    "a batch has not committed in time: the process exits without it and starts again from the "
+                    "last commit",
+                    extra=fields(role=self.config.role, seconds=STALLED_BATCH_SECONDS),
+                )
+                logging.shutdown()
+                os._exit(EXIT_STALLED)
 
     # -- one batch -------------------------------------------------------------------------
 
     def _step(self) -> None:
         consumer = self.consumer
         assert consumer is not None
-        messages = consumer.consume(self.config.batch_size, timeout=self.config.batch_seconds)
+        self._adopt()
+        if self._stash:
+            messages, self._stash = self._stash, []
+        else:
+            messages = consumer.consume(self.config.batch_size, timeout=self.config.batch_seconds)
         now_ms = int(time.time() * 1000)
-        groups: dict[tuple[str, int], list[Record]] = {}
-        ends: list[tuple[str, int, int]] = []
-        by_input = self._by_input
-        for m in messages:
-            error = m.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    ends.append((m.topic() or "", m.partition() or 0, m.offset() or 0))
-                    continue
-                if error.fatal() or error.code() == KafkaError._FATAL:
-                    raise FencedError(
-                        f"the {self.config.role}'s consumer failed fatally ({error}): another instance "
-                        f"({self.config.transactional_id}) took over its group membership; this one stops"
-                    )
-                raise KafkaException(error)
-            topic = m.topic()
-            partition = m.partition()
-            assert topic is not None
-            assert partition is not None
-            key = (by_input[topic].name, partition)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = []
-            record = Record(topic, partition, m.offset(), m.value() or b"", key=m.key(), timestamp=m.timestamp()[1])  # type: ignore[arg-type]
-            group.append(record)
+        groups, offsets, ends = self._group(messages)
         monotonic = time.monotonic()
         tick = monotonic >= self._next_tick
         if tick:
@@ -273,265 +293,335 @@ class StreamRuntime:
             self._at_end(ends)
             return
         started = time.perf_counter()
-        watchdog = threading.Timer(STALLED_BATCH_SECONDS, self._stalled)
-        watchdog.daemon = True
-        watchdog.start()
+        self._batch_started = monotonic
         try:
-            wrote = self._transact(groups, now_ms, tick)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not isinstance(error, KafkaError):
-                raise
-            if error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
-                raise FencedError(
-                    f"the {self.config.role}'s transaction failed fatally ({error}): another instance with "
-                    f"transactional id {self.config.transactional_id} took over; this one stops"
-                ) from exc
-            log.warning(
-                "transaction aborted: processing again from the last commit",
-                extra=fields(role=self.config.role, error=str(error)),
-            )
-            self._abort_and_rewind()
-            return
+            works = self._process(groups, offsets, now_ms, tick)
+            self._at_end(ends)  # after the batch: the records before an end are in it
+            committed = self._commit(works)
         finally:
-            watchdog.cancel()
-        self._at_end(ends)  # after the batch: the records before an end are in it
-        if wrote:
-            self.committed_batches += 1
+            self._batch_started = None
+        for work in committed:
+            for hook in work.effects.on_commit:
+                hook()
         if self._on_batch is not None and groups:
             self._on_batch(sum(len(g) for g in groups.values()), time.perf_counter() - started)
 
-    def _stalled(self) -> None:
-        log.error(
-            "a batch has not committed in time: the process exits without it and starts again from the last commit",
-            extra=fields(role=self.config.role, seconds=STALLED_BATCH_SECONDS),
-        )
-        logging.shutdown()
-        os._exit(EXIT_STALLED)
-
-    def _transact(self, groups: dict[tuple[str, int], list[Record]], now_ms: int, tick: bool) -> bool:
-        """Process and commit one batch; False if it wrote nothing (no input, no output, no state change)."""
-        producer, consumer = self.producer, self.consumer
-        assert producer is not None
-        assert consumer is not None
-        effects = Effects()
+    def _group(
+        self, messages: list[Message]
+    ) -> tuple[dict[Key, list[Record]], dict[tuple[str, int], int], list[tuple[str, int, int]]]:
+        """Records by partition key (only partitions in hand), the next offset per input partition, partition ends."""
+        groups: dict[Key, list[Record]] = {}
         offsets: dict[tuple[str, int], int] = {}
-        keys = [key for key in groups if key in self._parts]  # others are not ours any more
-        lagging = self._lagging(keys, everywhere=False)
-        for key in keys:
-            records = groups[key]
-            if len(self._parts[key].topology.inputs) > 1:
-                records = _merged(records)
-            self._parts[key].processor.process(records, now_ms, lagging[key], effects)
-            for r in records:
-                offsets[(r.topic, r.partition)] = max(offsets.get((r.topic, r.partition), 0), r.offset + 1)
-        if tick:
-            lagging = self._lagging(list(self._parts), everywhere=True)
-            for key, part in self._parts.items():
-                part.processor.tick(now_ms, lagging[key], effects)
-        changes = {key: part.store.take_pending() for key, part in self._parts.items() if part.store.pending}
-        if not offsets and not changes and not effects.outputs:
-            for hook in effects.on_commit:
-                hook()
-            return False
-        producer.begin_transaction()
-        for topic, k, payload in effects.outputs:
-            self._produce(topic, k, payload)
-        ends: dict[tuple[str, int], int] = {}
+        ends: list[tuple[str, int, int]] = []
+        by_input = self._by_input
+        parts = self._parts
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ends.append((m.topic() or "", m.partition() or 0, m.offset() or 0))
+                else:
+                    self._consumer_error(error)
+                continue
+            topic: str = m.topic()  # type: ignore[assignment]
+            partition: int = m.partition()  # type: ignore[assignment]
+            offset: int = m.offset()  # type: ignore[assignment]
+            key = (by_input[topic].name, partition)
+            part = parts.get(key)
+            if part is None or offset < part.next[topic]:
+                continue  # not ours any more (or still restoring: fetched again once resumed), or fetched twice
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(Record(topic, partition, offset, m.value() or b"", key=m.key(), timestamp=m.timestamp()[1]))
+            offsets[(topic, partition)] = offset + 1
+        return groups, offsets, ends
 
-        def delivered(err: Any, msg: Any) -> None:
-            if err is None:
-                tp = (msg.topic(), msg.partition())
-                ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
-
-        for key, pending in changes.items():
-            part = self._parts[key]
-            changelog = part.topology.changelog
-            for name, value in pending.items():
-                self._produce(changelog, name, value, partition=part.number, on_delivery=delivered)
-        # Delivered before the offsets: an abort then has nothing in flight to purge (purged sends leave
-        # sequence gaps that fail the next transaction until the producer's epoch is bumped).
-        producer.flush(60)
-        if offsets:
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()], consumer.consumer_group_metadata(), 30
+    def _consumer_error(self, error: KafkaError) -> None:
+        """A fatal consumer error stops the process; the others (a broker away) are the client's to recover from."""
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            raise FencedError(
+                f"the {self.config.role}'s consumer failed fatally ({error}): another instance "
+                f"({self.config.transactional_id}) took over its group membership; this one stops"
             )
-        failpoints.hit(f"{self.config.role}.before_commit", _abortable)
-        self._commit()
-        producer.poll(0)
-        for key, pending in changes.items():
+        now = time.monotonic()
+        if now - self._consumer_errors_logged_at >= 10.0:
+            self._consumer_errors_logged_at = now
+            log.warning("consumer error: the client retries", extra=fields(role=self.config.role, error=str(error)))
+
+    def _process(
+        self, groups: dict[Key, list[Record]], offsets: dict[tuple[str, int], int], now_ms: int, tick: bool
+    ) -> list[_Work]:
+        """Hand each partition its records (and the tick): what each writes, its state changes taken from its store."""
+        works: dict[Key, _Work] = {}
+        lagging = self._lagging(groups)
+        by_input = self._by_input
+        for key, records in groups.items():
             part = self._parts[key]
-            part.store.backend.write(pending, ends.get((part.topology.changelog, part.number), 0))
+            work = works[key] = _Work(part)
+            ordered = _merged(records) if len(part.topology.inputs) > 1 else records
+            part.processor.process(ordered, now_ms, lagging.get(key, NOTHING), work.effects)
         for (topic, partition), offset in offsets.items():
-            self._parts[(self._by_input[topic].name, partition)].next[topic] = offset
-        for hook in effects.on_commit:
-            hook()
-        return True
+            work = works[(by_input[topic].name, partition)]
+            work.offsets[(topic, partition)] = offset
+            work.part.next[topic] = offset
+        if tick:
+            lagging = self._lagging_now()
+            for key, part in self._parts.items():
+                work = works.get(key) or works.setdefault(key, _Work(part))
+                part.processor.tick(now_ms, lagging.get(key, NOTHING), work.effects)
+        for work in works.values():
+            if work.part.store.pending:
+                work.changes = work.part.store.take_pending()
+        return list(works.values())
 
-    def _lagging(self, keys: list[tuple[str, int]], *, everywhere: bool) -> dict[tuple[str, int], frozenset[str]]:
-        """Per partition, the input topics with records not processed before this batch.
+    # -- the transaction -------------------------------------------------------------------
 
-        The consumer's cached log ends are those of its last fetch of each partition, which may
-        be older than records it already returned from another topic: a partition of several
-        inputs that knows nothing newer of one of them would let the other's event time run
-        ahead of records already in the log. So an input the cache calls caught up is asked
-        for its end from the broker (one request for all of them) wherever that matters: a
-        partition of several inputs, or, ``everywhere``, for the ticks that decide idleness.
+    def _commit(self, works: list[_Work]) -> list[_Work]:
+        """Write ``works`` in one transaction, again until it commits; the works committed (those still in hand)."""
+        attempt = 0
+        while True:
+            if attempt and self._stop.is_set():
+                log.warning("stopping with a batch not committed: it is done again from the last commit")
+                return []
+            live = [w for w in works if self._parts.get(w.part.key) is w.part]
+            if not any(w.writes() for w in live):
+                return live
+            consumer = self.consumer
+            assert consumer is not None
+            offsets = [TopicPartition(t, p, o) for w in live for (t, p), o in w.offsets.items()]
+            changelogs = {(w.part.topology.changelog, w.part.number) for w in live if w.changes}
+            try:
+                ends = self.transactor.write(self._writes(live), offsets, consumer.consumer_group_metadata, changelogs)
+            except KafkaException as exc:
+                attempt += 1
+                self._recover(exc, attempt)
+                continue
+            for w in live:
+                if w.changes:
+                    part = w.part
+                    part.store.backend.write(w.changes, ends.get((part.topology.changelog, part.number), 0))
+            self.committed_batches += 1
+            return live
+
+    @staticmethod
+    def _writes(works: list[_Work]) -> Iterator[Write]:
+        for w in works:
+            for topic, key, value in w.effects.outputs:
+                yield topic, key, value, None
+            if w.changes:
+                changelog, number = w.part.topology.changelog, w.part.number
+                for name, change in w.changes.items():
+                    yield changelog, name, change, number
+
+    def _recover(self, exc: KafkaException, attempt: int) -> None:
+        """After a failed transaction: abort it, or renew a producer that cannot go on (unless we are a zombie)."""
+        error = exc.args[0]
+        if not isinstance(error, KafkaError):
+            raise exc
+        self.aborts += 1
+        if self._on_abort is not None:
+            self._on_abort()
+        if is_fatal(error):
+            log.warning(
+                "the transactional producer failed: a new one takes its transactional id over and the batch is "
+                "written again",
+                extra=fields(role=self.config.role, error=str(error)),
+            )
+            self._renew()
+        else:
+            log.warning(
+                "transaction aborted: the batch is written again in a new transaction",
+                extra=fields(role=self.config.role, error=str(error), attempt=attempt),
+            )
+            if not self.transactor.abort():
+                self._renew()
+            if error.code() in GROUP_ERRORS:
+                self._serve_consumer(0.5)
+        if attempt > 1:
+            time.sleep(min(5.0, 0.05 * 2**attempt))
+
+    def _renew(self) -> None:
+        """A new producer for the transactional id, unless another instance has it (and our group membership)."""
+        if self.config.static_member:
+            # A successor started with our instance number fenced our producer and takes our static
+            # membership: our consumer hears of it at its next heartbeat. A producer fenced by the
+            # coordinator (a transaction that outlived its timeout in a broker outage) hears nothing.
+            self._serve_consumer(max(2.0, 3 * self._heartbeat_ms / 1000))
+        log.info("a new producer takes the transactional id over", extra=fields(role=self.config.role))
+        self.transactor.renew()
+
+    def _serve_consumer(self, seconds: float) -> None:
+        """Poll the consumer (rebalance callbacks, fatal errors) without processing: records go to the stash."""
+        consumer = self.consumer
+        assert consumer is not None
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            for m in consumer.consume(self.config.batch_size, min(remaining, 0.5)):
+                error = m.error()
+                if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
+                    self._consumer_error(error)
+                self._stash.append(m)
+
+    # -- what is waiting in the inputs --------------------------------------------------------
+
+    def _lagging(self, groups: dict[Key, list[Record]]) -> dict[Key, frozenset[str]]:
+        """Per partition of this batch, the input topics with records not processed before it.
+
+        The consumer's cached log ends are those of its last fetch of each partition, which may be
+        older than records it already returned from another topic: a partition of several inputs
+        that knows nothing newer of one of them would let the other's event time run ahead of
+        records already in the log. So an input the cache calls caught up counts as caught up only
+        if the broker said so after this batch's records were sent (one request for all that need
+        it: with a backlog read from the log, one at the start serves every batch).
         """
         consumer = self.consumer
         assert consumer is not None
-        out: dict[tuple[str, int], set[str]] = {}
-        unsure: list[tuple[tuple[str, int], str]] = []
-        for key in keys:
+        out: dict[Key, set[str]] = {}
+        unsure: list[tuple[Key, str]] = []
+        for key, records in groups.items():
             part = self._parts[key]
-            lagging, caught_up = part.lagging(consumer)
+            topology = part.topology
+            if not topology.watch_lag:
+                continue
+            lagging, caught_up = self._cached_lag(part)
             out[key] = lagging
-            if everywhere or len(part.topology.inputs) > 1:
-                unsure.extend((key, topic) for topic in caught_up)
-        if unsure:
-            ends = self._log_ends([(topic, key[1]) for key, topic in unsure])
-            for key, topic in unsure:
-                end = ends.get((topic, key[1]))
-                if end is None or end > self._parts[key].next.get(topic, 0):
-                    out[key].add(topic)
+            if len(topology.inputs) < 2 or not caught_up:
+                continue
+            newest = max(r.timestamp for r in records)
+            for topic in caught_up:
+                known = self._log_end.get((topic, part.number))
+                if known is not None and known[0] > part.next.get(topic, 0):
+                    lagging.add(topic)
+                elif known is None or known[1] < newest + LOG_END_MARGIN_MS:
+                    unsure.append((key, topic))
+        self._ask_log_ends(unsure, out)
         return {key: frozenset(topics) for key, topics in out.items()}
+
+    def _lagging_now(self) -> dict[Key, frozenset[str]]:
+        """Per partition in hand, the inputs with records not processed yet, as the broker has them now (ticks decide
+        idleness on it)."""
+        out: dict[Key, set[str]] = {}
+        unsure: list[tuple[Key, str]] = []
+        for key, part in self._parts.items():
+            if not part.topology.watch_lag:
+                continue
+            lagging, caught_up = self._cached_lag(part)
+            out[key] = lagging
+            unsure.extend((key, topic) for topic in caught_up)
+        self._ask_log_ends(unsure, out)
+        return {key: frozenset(topics) for key, topics in out.items()}
+
+    def _cached_lag(self, part: _Partition) -> tuple[set[str], list[str]]:
+        """Input topics whose log holds records not processed yet by the consumer's last fetch (unknown: assumed
+        to), and the others: caught up as far as that fetch knew."""
+        consumer = self.consumer
+        assert consumer is not None
+        lagging, caught_up = set(), []
+        for topic in part.topology.inputs:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, part.number), cached=True)
+            if high < 0 or high > part.next.get(topic, 0):
+                lagging.add(topic)
+            else:
+                caught_up.append(topic)
+        return lagging, caught_up
+
+    def _ask_log_ends(self, unsure: list[tuple[Key, str]], out: dict[Key, set[str]]) -> None:
+        if not unsure:
+            return
+        ends = self._log_ends([(topic, key[1]) for key, topic in unsure])
+        for key, topic in unsure:
+            end = ends.get((topic, key[1]))
+            if end is None or end > self._parts[key].next.get(topic, 0):
+                out[key].add(topic)
 
     def _log_ends(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The last stable offsets of ``tps`` as the broker has them now (one request); none on error (then
         every input counts as lagging: a partition does not go idle while the broker cannot say)."""
         if self._admin is None:
             self._admin = admin(self.settings)
+        asked = int(time.time() * 1000)
         try:
             futures = self._admin.list_offsets(
                 {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps},  # type: ignore[no-untyped-call]
                 isolation_level=IsolationLevel.READ_COMMITTED,
                 request_timeout=10,
             )
-            return {(tp.topic, tp.partition): f.result(timeout=15).offset for tp, f in futures.items()}
+            ends = {(tp.topic, tp.partition): f.result(timeout=15).offset for tp, f in futures.items()}
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
             log.warning("log ends not known: inputs counted as lagging", extra=fields(error=str(exc)))
             return {}
+        for tp, end in ends.items():
+            self._log_end[tp] = (end, asked)
+        return ends
 
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None = None,
-        on_delivery: Callable[[Any, Any], None] | None = None,
-    ) -> None:
-        producer = self.producer
-        assert producer is not None
-        while True:
-            try:
-                if partition is None:
-                    producer.produce(topic, value, key, on_delivery=on_delivery)
-                else:
-                    producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
-                return
-            except BufferError:
-                producer.poll(0.05)
-
-    def _commit(self) -> None:
-        assert self.producer is not None
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                self.producer.commit_transaction(60)
-                return
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if not error.retriable() or attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.warning("commit failed, retrying", extra=fields(error=str(error), attempt=attempt))
-
-    def _abort_and_rewind(self) -> None:
-        """Drop the batch: abort its transaction, rebuild the processors from committed state, rewind the inputs."""
-        producer, consumer = self.producer, self.consumer
-        assert producer is not None
-        assert consumer is not None
-        if self._on_abort is not None:
-            self._on_abort()
-        try:
-            producer.abort_transaction(60)
-        except KafkaException as exc:
-            if exc.args[0].fatal():
-                raise FencedError(f"cannot abort the {self.config.role}'s transaction: {exc.args[0]}") from exc
-        keys = sorted(self._parts)
-        for key in keys:
-            part = self._parts[key]
-            part.store.discard()
-            part.processor.close()
-        assignment = consumer.assignment()
-        committed = {(tp.topic, tp.partition): tp.offset for tp in self._committed(assignment)}
-        for (topic, partition), offset in committed.items():
-            consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
-        self._open([(self._parts[k].topology, k[1]) for k in keys], committed, reuse=True)
+    def _at_end(self, ends: list[tuple[str, int, int]]) -> None:
+        """The consumer reached the end of these input partitions: nothing waits there (transaction markers
+        included). Applied once the batch that came with them is processed."""
+        for topic, partition, offset in ends:
+            topology = self._by_input.get(topic)
+            part = None if topology is None else self._parts.get((topology.name, partition))
+            if part is not None and offset > part.next.get(topic, 0):
+                part.next[topic] = offset
 
     # -- assignment ------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        wanted = [(self._by_leader[tp.topic], tp.partition) for tp in partitions]
-        if not wanted:
-            consumer.incremental_assign([])
-            return
+        """Assign the new partitions paused; the restorer brings their state, ``_adopt`` resumes them."""
+        wanted = [(self._by_leader[tp.topic], tp.partition) for tp in partitions if tp.topic in self._by_leader]
         tps = [TopicPartition(topic, p) for t, p in wanted for topic in t.inputs]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in self._committed(tps)}
-        self._open(wanted, committed, reuse=False)
-        consumer.incremental_assign([TopicPartition(t, p, committed[(t, p)]) for t, p in committed])
+        consumer.incremental_assign(tps)
+        if not wanted:
+            return
+        consumer.pause(tps)
+        job = RestoreJob(wanted)
+        for key in job.keys():  # noqa: SIM118 - RestoreJob is no mapping
+            self._restoring[key] = job
+        assert self._restorer is not None
+        self._restorer.submit(job)
+        log.info(
+            "partitions assigned: restoring",
+            extra=fields(role=self.config.role, partitions=sorted({p for _, p in wanted})),
+        )
 
-    def _committed(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-        """The group's committed offsets of ``tps`` (the log start where none), once they are stable."""
+    def _adopt(self) -> None:
+        """Build the processors of restored partitions and resume their inputs from the committed offsets."""
+        assert self._restorer is not None
         consumer = self.consumer
         assert consumer is not None
-        deadline = time.monotonic() + STABLE_OFFSETS_SECONDS
-        while True:
-            try:
-                found = consumer.committed(tps, timeout=30)
-                break
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.info("waiting for stable committed offsets", extra=fields(error=str(exc.args[0])))
-                time.sleep(0.5)
-        out = []
-        for tp in found:
-            offset = tp.offset
-            if offset < 0:
-                offset, _ = watermarks(consumer, tp.topic, tp.partition)
-            out.append(TopicPartition(tp.topic, tp.partition, offset))
-        return out
-
-    def _open(
-        self, wanted: list[tuple[Topology, int]], committed: dict[tuple[str, int], int], *, reuse: bool
-    ) -> None:
-        """Restore the stores of ``wanted`` from their changelogs and build their processors."""
-        now_ms = int(time.time() * 1000)
-        stores: dict[tuple[str, int], PartitionStore] = {}
-        for topology, number in wanted:
-            old = self._parts.get((topology.name, number))
-            if reuse and old is not None:
-                store = old.store
-                if isinstance(store.backend, MemoryBackend) and not topology.retain:
-                    store.backend.wipe()
-            else:
-                store = PartitionStore(self._backend(topology, number))
-            stores[(topology.changelog, number)] = store
-        counts = restore(self.settings, {k: s.backend for k, s in stores.items()})
-        for topology, number in wanted:
-            store = stores[(topology.changelog, number)]
-            processor = topology.open(number, store, now_ms)
-            store.backend.loaded()
-            next_ = {topic: committed.get((topic, number), 0) for topic in topology.inputs}
-            self._parts[(topology.name, number)] = _Partition(topology, number, store, processor, next_)
-            log.info(
-                "partition restored",
-                extra=fields(
-                    role=self.config.role,
-                    topology=topology.name,
-                    partition=number,
-                    changelog_records=counts[(topology.changelog, number)],
-                ),
-            )
+        for job in self._restorer.finished():
+            if job.error is not None:
+                raise job.error
+            now_ms = int(time.time() * 1000)
+            resumed: list[TopicPartition] = []
+            for topology, number in job.wanted:
+                key = (topology.name, number)
+                store = job.stores.pop(key, None)
+                if self._restoring.get(key) is not job:  # revoked meanwhile
+                    if store is not None:
+                        store.backend.close()
+                    continue
+                del self._restoring[key]
+                assert store is not None
+                processor = topology.open(number, store, now_ms)
+                store.backend.loaded()
+                next_ = {topic: job.committed[(topic, number)] for topic in topology.inputs}
+                self._parts[key] = _Partition(topology, number, store, processor, next_)
+                for topic, offset in next_.items():
+                    with contextlib.suppress(KafkaException):  # not fetched yet: it starts at the committed offset
+                        consumer.seek(TopicPartition(topic, number, offset))
+                    resumed.append(TopicPartition(topic, number))
+                log.info(
+                    "partition restored",
+                    extra=fields(
+                        role=self.config.role,
+                        topology=topology.name,
+                        partition=number,
+                        changelog_records=job.records.get(key, 0),
+                    ),
+                )
+            if resumed:
+                consumer.resume(resumed)
 
     def _backend(self, topology: Topology, number: int) -> Backend:
         if self.config.store == "rocksdb":
@@ -550,34 +640,34 @@ class StreamRuntime:
             topology = self._by_leader.get(tp.topic)
             if topology is None:
                 continue
-            self._drop((topology.name, tp.partition))
+            key = (topology.name, tp.partition)
+            job = self._restoring.pop(key, None)
+            if job is not None:
+                assert self._restorer is not None
+                self._restorer.cancel(job, key)
+            self._drop(key)
             tps.extend(TopicPartition(topic, tp.partition) for topic in topology.inputs)
-        if tps:
-            log.info(
-                f"partitions {why}",
-                extra=fields(role=self.config.role, partitions=sorted({tp.partition for tp in partitions})),
-            )
+        if not tps:
+            return
+        gone = {(tp.topic, tp.partition) for tp in tps}
+        self._stash = [m for m in self._stash if (m.topic(), m.partition()) not in gone]
+        log.info(
+            f"partitions {why}",
+            extra=fields(role=self.config.role, partitions=sorted({tp.partition for tp in partitions})),
+        )
         with contextlib.suppress(KafkaException):
             consumer.incremental_unassign(tps)
 
-    def _drop(self, key: tuple[str, int]) -> None:
+    def _drop(self, key: Key) -> None:
         part = self._parts.pop(key, None)
         if part is None:
             return
         part.processor.close()
         part.store.backend.close()
         for topic in part.topology.inputs:
+            self._log_end.pop((topic, part.number), None)
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(self.config.group, topic, str(part.number))
-
-    def _at_end(self, ends: list[tuple[str, int, int]]) -> None:
-        """The consumer reached the end of these input partitions: nothing waits there (transaction markers
-        included). Applied once the batch that came with them is processed."""
-        for topic, partition, offset in ends:
-            topology = self._by_input.get(topic)
-            part = None if topology is None else self._parts.get((topology.name, partition))
-            if part is not None and offset > part.next.get(topic, 0):
-                part.next[topic] = offset
 
     # -- metrics ---------------------------------------------------------------------------
 

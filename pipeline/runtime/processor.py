@@ -113,6 +113,9 @@ class Topology:
     #: Keep the committed state in the store (memory or disk) for ``PartitionStore.get``; a
     #: processor that holds all of its state itself says False and the memory store keeps none.
     retain: bool = True
+    #: The processors use ``lagging`` (an event-time clock over several inputs, idleness on ticks).
+    #: False: they get an empty set and the runtime never asks the broker for log ends.
+    watch_lag: bool = True
 
     @property
     def leader(self) -> str:

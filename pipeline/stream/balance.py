@@ -243,7 +243,13 @@ def topology(settings: Settings, gauges: BalanceGauges) -> Topology:
         return BalanceProcessor(settings, partition, store, now_ms, gauges)
 
     topics = settings.topics
-    return Topology("balance", (topics.billing_sessions, topics.plans), changelog_topic(settings), open_partition)
+    return Topology(
+        "balance",
+        (topics.billing_sessions, topics.plans),
+        changelog_topic(settings),
+        open_partition,
+        watch_lag=False,  # no event-time clock: plans in force are looked for on the wall clock
+    )
 
 
 def _remove(remove: Callable[..., None], *labels: str) -> None:

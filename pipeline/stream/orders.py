@@ -136,7 +136,14 @@ def topology(settings: Settings, providers: Mapping[str, PaymentProvider] | None
 
     topics = settings.topics
     # The partition holds every account's book itself: the memory store keeps no copy.
-    return Topology("orders", (topics.orders, topics.accounts), changelog_topic(settings), open_partition, retain=False)
+    return Topology(
+        "orders",
+        (topics.orders, topics.accounts),
+        changelog_topic(settings),
+        open_partition,
+        retain=False,
+        watch_lag=False,
+    )
 
 
 def _observe(out: OrderOutputs) -> None:

@@ -2,9 +2,9 @@
 
 The ``worker.before_commit`` failpoint fails every commit for a few seconds from the 5th: the
 batch's billing sessions, changelog records and offsets are in the open transaction, which is
-aborted. The worker rebuilds its partitions from the committed state, reads the inputs again
-from the committed offsets and processes the batch again. The sink reads committed only, so
-it never sees an aborted session: not even a re-inserted row.
+aborted. The worker writes the same batch again in a new transaction (its partitions hold the
+batch's state already: nothing is processed twice) until one commits. The sink reads committed
+only, so it never sees an aborted session: not even a re-inserted row.
 """
 
 from __future__ import annotations
@@ -39,4 +39,4 @@ def test_transactions_aborted_before_commit_are_done_again_exactly_without_a_dup
     )
     assert worker.poll() is None or worker.returncode == 0, "the worker aborted and went on, it did not crash"
     assert stored.rows == stored.ids, "no aborted session reached the sink: no row was inserted twice"
-    assert "transaction aborted: processing again from the last commit" in pool.logs()
+    assert "transaction aborted: the batch is written again in a new transaction" in pool.logs()

@@ -21,6 +21,7 @@ from console.billing import billing_extras
 from console.context import ConsoleContext
 from console.deps import Audience, audience_of, reject_unknown_parameters
 from console.errors import install_handlers
+from console.headers import SecurityHeaders
 from console.limits import BodyLimit
 from console.pages import install_pages
 from console.routers import exports, health, operators, orders, plan_operators, plans, session, usage
@@ -60,6 +61,7 @@ def create_app(context: ConsoleContext, routers: Sequence[APIRouter] | None = No
     install_pages(app)
     install_handlers(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)  # outermost: a 413 gets the headers too
     check_audiences(app)
     return app
 

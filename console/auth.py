@@ -14,16 +14,22 @@ the HS256 tokens `metering token` prints for local use, demos and tests.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import httpx
 import jwt
 
 from console.settings import ConsoleSettings
+from pipeline.logs import fields
 
 __all__ = [
     "LEEWAY_SECONDS",
@@ -38,12 +44,28 @@ __all__ = [
 ]
 
 LEEWAY_SECONDS: Final = 30
+#: A JWKS URL's set is kept this long, then fetched again.
+JWKS_LIFESPAN_SECONDS: Final = 600.0
+#: At most one fetch per this many seconds for tokens naming a key id the set lacks.
+JWKS_REFETCH_INTERVAL_SECONDS: Final = 30.0
+#: A failed fetch is not tried again for this long (requests fail fast meanwhile).
+JWKS_FAILURE_TTL_SECONDS: Final = 10.0
 ROLES: Final = ("admin", "member")
 _REQUIRED: Final = ("sub", "account_id", "role", "shared", "exp")
 
+log = logging.getLogger(__name__)
+
 
 class AuthError(Exception):
-    """The token is missing, malformed, badly signed or expired: 401, with this message."""
+    """The token is missing, malformed, badly signed or expired: 401, with this message.
+
+    ``code`` names the kind for the login page, which shows only its own text for a code
+    (``token_expired``, ``signature``, ``invalid``), never text from a URL.
+    """
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class KeysUnavailableError(Exception):
@@ -84,30 +106,103 @@ class _JwksFile:
 
 
 class _JwksUrl:
-    """The keys served at a URL, fetched when first needed and cached (PyJWKClient)."""
+    """The keys served at a URL (https, or http on a loopback address), fetched when needed and cached.
 
-    def __init__(self, url: str) -> None:
-        self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=600, timeout=5)
+    - The set is fetched at the first token and kept ``lifespan`` seconds.
+    - A token naming a key id the set lacks (the provider rotated in a new key) fetches the set
+      again at once, but at most once per ``refetch_interval`` seconds: tokens with made-up key
+      ids cannot make the console hammer the provider.
+    - A failed fetch is remembered ``failure_ttl`` seconds (requests meanwhile fail fast, with
+      503, instead of each waiting for the provider's timeout). While the provider is down, the
+      set fetched last keeps verifying (a key it drops stops working at the next fetch).
+    - One fetch at a time (the others wait for its result). This blocks: the console calls
+      :meth:`Authenticator.verify` off the event loop when :attr:`Authenticator.fetches_keys`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lifespan: float = JWKS_LIFESPAN_SECONDS,
+        refetch_interval: float = JWKS_REFETCH_INTERVAL_SECONDS,
+        failure_ttl: float = JWKS_FAILURE_TTL_SECONDS,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._lifespan = lifespan
+        self._refetch_interval = refetch_interval
+        self._failure_ttl = failure_ttl
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: list[jwt.PyJWK] = []
+        self._fetched_at: float | None = None
+        self._refetched_at: float | None = None
+        self._failure: tuple[float, str] | None = None
+        self.fetches = 0
 
     def key_for(self, token: str) -> Any:
+        kid = _kid(token)
+        with self._lock:
+            now = self._clock()
+            if self._fetched_at is None or now - self._fetched_at >= self._lifespan:
+                self._fetch(now, keep_stale=self._fetched_at is not None)
+            found = _find(self._keys, kid)
+            if found is None and (self._refetched_at is None or now - self._refetched_at >= self._refetch_interval):
+                self._refetched_at = now
+                self._fetch(now, keep_stale=True)
+                found = _find(self._keys, kid)
+        if found is None:
+            raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys", "signature")
+        return found
+
+    def _fetch(self, now: float, *, keep_stale: bool) -> None:
+        """Fetch the set; on failure keep the last one if ``keep_stale``, else raise KeysUnavailableError."""
+        if self._failure is not None and now - self._failure[0] < self._failure_ttl:
+            if keep_stale:
+                return
+            raise KeysUnavailableError(f"{self._failure[1]} (will try again in a few seconds)")
+        self.fetches += 1
         try:
-            return _pick(self._client.get_jwk_set().keys, token)
-        except jwt.PyJWKClientConnectionError as exc:
-            raise KeysUnavailableError(f"cannot fetch the identity provider's keys: {exc}") from exc
+            answer = httpx.get(self._url, timeout=self._timeout, follow_redirects=False)  # proxies from the env
+            answer.raise_for_status()
+            keys = jwt.PyJWKSet.from_dict(answer.json()).keys
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError, jwt.PyJWTError) as exc:
+            reason = f"cannot fetch the identity provider's keys from {self._url}: {exc}"
+            self._failure = (now, reason)
+            log.warning("console: JWKS fetch failed", extra=fields(url=self._url, error=str(exc)))
+            if keep_stale and self._keys:
+                return
+            raise KeysUnavailableError(reason) from exc
+        self._keys, self._fetched_at, self._failure = keys, now, None
 
 
-def _pick(keys: list[jwt.PyJWK], token: str) -> Any:
-    """The key named by the token's ``kid``; without one, the set's only key."""
+def _kid(token: str) -> str | None:
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"the token is malformed ({exc})") from exc
+    return kid if isinstance(kid, str) or kid is None else str(kid)
+
+
+def _find(keys: list[jwt.PyJWK], kid: str | None) -> Any:
+    """The key named ``kid``; without one, the set's only key; None when there is no such key."""
     if kid is None and len(keys) == 1:
         return keys[0].key
     for key in keys:
         if key.key_id == kid:
             return key.key
-    raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys")
+    return None
+
+
+def _pick(keys: list[jwt.PyJWK], token: str) -> Any:
+    """The key named by the token's ``kid``; without one, the set's only key."""
+    kid = _kid(token)
+    found = _find(keys, kid)
+    if found is None:
+        raise AuthError(f"the token's key id {kid!r} is not one of the identity provider's keys", "signature")
+    return found
 
 
 class Authenticator:
@@ -126,6 +221,11 @@ class Authenticator:
             keys = _Secret(secret)
         self._keys = keys
 
+    @property
+    def fetches_keys(self) -> bool:
+        """Whether :meth:`verify` may wait on the network (a JWKS URL): call it off the event loop then."""
+        return isinstance(self._keys, _JwksUrl)
+
     def verify(self, token: str) -> Principal:
         """The token's principal; :class:`AuthError` says why it is refused."""
         if not token or token.count(".") != 2:
@@ -142,11 +242,12 @@ class Authenticator:
                 options={"require": list(_REQUIRED), "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise AuthError("the token has expired: sign in again") from exc
+            raise AuthError("the token has expired: sign in again", "token_expired") from exc
         except jwt.InvalidAlgorithmError as exc:
-            raise AuthError(f"the token is not signed with {self.algorithm}, this deployment's algorithm") from exc
+            message = f"the token is not signed with {self.algorithm}, this deployment's algorithm"
+            raise AuthError(message, "signature") from exc
         except jwt.InvalidSignatureError as exc:
-            raise AuthError("the token's signature does not verify") from exc
+            raise AuthError("the token's signature does not verify", "signature") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the token is not valid: {exc}") from exc
         return _principal(claims)

@@ -21,9 +21,10 @@ from console.errors import ApiError, forbidden
 from console.idempotency import Idempotency
 from console.tenancy import AccountScope
 from pipeline.balance.catalog import PlanCatalog, load_catalog
-from pipeline.balance.money import format_money
+from pipeline.balance.money import format_amount
 from pipeline.balance.notices import AppView, app_status, notices
 from pipeline.balance.periods import next_period_start, period_start
+from pipeline.balance.plans import DEFAULT_CURRENCY
 from pipeline.decode import to_ms
 from pipeline.events import ms_to_datetime
 from pipeline.orders.providers import BUILT_IN
@@ -141,13 +142,14 @@ class AppRow:
 
     def as_json(self) -> dict[str, Any]:
         v = self.view
+        currency = v.currency or DEFAULT_CURRENCY
         return {
             "app_id": self.app_id,
             "owner": self.owner,
             "plan": v.plan,
             "status": self.status,
-            "balance": v.balance if v.balance is not None else "0.00",
-            "currency": v.currency or "USD",
+            "balance": v.balance if v.balance is not None else format_amount(Decimal(0), currency),
+            "currency": currency,
             "threshold": v.threshold,
             "entitled": self.entitled,
             "month": self.month,
@@ -176,11 +178,12 @@ def views_of(scope: AccountScope) -> dict[str, Known]:
         (app_id, plan, currency, status, balance, threshold, entitled, owner, expires_at) = row[:9]
         scheduled_plan, scheduled_at, request_id, days, reason, requested_at, version = row[9:16]
         known = int(version or 0) > 0
+        money = str(currency or DEFAULT_CURRENCY)  # amounts as the currency writes them: JPY 100, KWD 1.500
         view = AppView(
             plan=(plan or None) if known else None,
             balance_status=str(status) if known else None,
-            balance=str(balance) if known else None,
-            threshold=str(threshold) if known else None,
+            balance=format_amount(Decimal(str(balance)), money) if known else None,
+            threshold=format_amount(Decimal(str(threshold)), money) if known else None,
             currency=str(currency) if known else None,
             expires_at=_aware(expires_at),
             scheduled_plan=scheduled_plan,
@@ -201,8 +204,9 @@ def apps_of(scope: AccountScope, now: datetime, catalog: PlanCatalog) -> list[Ap
     out: list[AppRow] = []
     for app_id, known in views_of(scope).items():
         view = known.view
+        currency = view.currency or DEFAULT_CURRENCY
         sessions, costs = usage.get(app_id, (_no_sessions(), {}))
-        cost = costs.get(view.currency or "USD", Decimal(0))
+        cost = costs.get(currency, Decimal(0))
         out.append(
             AppRow(
                 app_id=app_id,
@@ -212,7 +216,7 @@ def apps_of(scope: AccountScope, now: datetime, catalog: PlanCatalog) -> list[Ap
                 status=app_status(view, now),
                 month=ms_to_datetime(start_ms).strftime("%Y-%m"),
                 sessions=sessions,
-                cost=format_money(cost),
+                cost=format_amount(cost, currency),
                 notices=notices(view, now, catalog),
             )
         )

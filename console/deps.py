@@ -30,6 +30,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.dependencies.models import Dependant
+from starlette.concurrency import run_in_threadpool
 
 from console.auth import AuthError, KeysUnavailableError, Principal
 from console.context import ConsoleContext
@@ -54,6 +55,7 @@ __all__ = [
     "reject_unknown_parameters",
     "require_billing_admin",
     "require_operator",
+    "verify_token",
 ]
 
 SESSION_COOKIE: Final = "metering_session"
@@ -91,6 +93,14 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
+async def verify_token(context: ConsoleContext, token: str) -> Principal:
+    """The token's principal; in the thread pool when verifying may fetch the provider's keys (a JWKS URL), so a
+    slow identity provider never holds the event loop (every other request) up."""
+    if context.authenticator.fetches_keys:
+        return await run_in_threadpool(context.authenticator.verify, token)
+    return context.authenticator.verify(token)
+
+
 async def require_billing_admin(request: Request) -> Principal:
     """The account's own admin, or 401/403; a cookie-authenticated POST also needs its CSRF token."""
     context = console_context(request)
@@ -101,11 +111,11 @@ async def require_billing_admin(request: Request) -> Principal:
     if not token:
         raise unauthorized("no token: send Authorization: Bearer <token>, or sign in with POST /login")
     try:
-        principal = context.authenticator.verify(token)
+        principal = await verify_token(context, token)
     except AuthError as exc:
         raise unauthorized(str(exc)) from exc
     except KeysUnavailableError as exc:
-        raise ApiError(503, str(exc)) from exc
+        raise ApiError(503, str(exc), headers={"Retry-After": "10"}) from exc
     needed = BILLING_VIEW if request.method in _SAFE_METHODS else BILLING_MANAGE
     refused = refusal(principal, needed)
     if refused is not None:

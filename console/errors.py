@@ -2,14 +2,16 @@
 
 Raise :class:`ApiError` (or one of the helpers) anywhere in a route or dependency; the handlers
 installed by :func:`install_handlers` turn it, FastAPI's validation errors (400, never 422),
-Starlette's 404/405 and ClickHouse outages (503) into that JSON.
+Starlette's 404/405, ClickHouse outages (503) and a Manage action whose event Kafka did not
+acknowledge (503 with ``Retry-After``: it may or may not be written, and a retry with the same
+``Idempotency-Key`` is safe because every id it publishes is derived from the key) into that JSON.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consumers.clickhouse.errors import ClickHouseError
 from pipeline.logs import fields
+from pipeline.publish import PublishError
 
 __all__ = [
+    "PUBLISH_RETRY_AFTER_SECONDS",
     "ApiError",
     "bad_parameter",
     "conflict",
@@ -31,6 +35,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: When to try a Manage action again after Kafka did not acknowledge its event.
+PUBLISH_RETRY_AFTER_SECONDS: Final = 5
 
 
 class ApiError(Exception):
@@ -110,7 +117,20 @@ def install_handlers(app: FastAPI) -> None:
         log.warning("console: ClickHouse failed", extra=fields(path=request.url.path, error=str(exc)))
         return error_response(ApiError(503, f"the billing database did not answer: {exc}. Try again shortly."))
 
+    async def publish_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("console: Kafka did not acknowledge an event", extra=fields(path=request.url.path, error=str(exc)))
+        error = ApiError(
+            503,
+            f"the change could not be confirmed: {exc}. It may or may not have been recorded: send the same request "
+            f"again with the same Idempotency-Key in {PUBLISH_RETRY_AFTER_SECONDS} s or later (safe: what it records "
+            "is identified by that key, so it counts once)",
+            extra={"retry_safe_with": "Idempotency-Key"},
+            headers={"Retry-After": str(PUBLISH_RETRY_AFTER_SECONDS)},
+        )
+        return error_response(error)
+
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(PublishError, publish_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClickHouseError, clickhouse_error)

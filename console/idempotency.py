@@ -1,16 +1,24 @@
 """``Idempotency-Key`` for the console's mutating routes (console.md, "Who may see what").
 
 A key is scoped to the account and the route, and remembered durably (ClickHouse table
-``idempotency_keys``, migration 011, TTL two days: at least the 24 h the product promises, across
-restarts). The first successful answer under a key is stored with the SHA-256 of the request's
-body; a retry with the same body gets that answer again (header ``Idempotent-Replayed: true``)
-and changes nothing, a retry with another body is 409. Only successes are stored: a refused
-request changes nothing, so trying it again is safe anyway.
+``idempotency_keys``, migration 011; kept for good since migration 020, across restarts: the
+product promises at least 24 h). The first successful answer under a key is stored with the
+SHA-256 of the request's body; a retry with the same body gets that answer again (header
+``Idempotent-Replayed: true``) and changes nothing, a retry with another body is 409, however
+much later. Only successes are stored: a refused request changes nothing, so trying it again is
+safe anyway.
 
 Two guards make "changes nothing" hold even when two copies of a request race: in one process a
 lock per key lets the second wait for the first's answer; across processes (several console
-replicas) the ids of everything an action publishes are derived from the key (:class:`RequestIds`),
-so the processors apply a doubled event once.
+replicas) the ids of everything an action publishes are derived from the key and the body's
+digest (:class:`RequestIds`), so the processors apply a doubled event once.
+
+Why keys are kept for good, and why the digest is in the ids: the processors remember the ids
+they applied for good (an order, a plan change), so a key whose row were gone would have derived
+an old id for a new request, which the processor drops as a copy while the console answers
+"accepted". Kept, that cannot happen; and should the answer not be remembered (ClickHouse failed
+after the event was published), the same key with another body still derives new ids: a new
+request, never one silently dropped.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class RequestIds:
-    """Ids for what one request publishes: derived from its key when it has one, random otherwise."""
+    """Ids for what one request publishes: derived from its key and body when it has a key, random otherwise."""
 
     seed: str
 
@@ -81,7 +89,7 @@ class Idempotency:
                         "new request, or the same body to get the first answer again"
                     )
                 return Answer(int(status), json.loads(response)), True
-            answer = action(RequestIds(f"{scope.account_id}|{route}|{key}"))
+            answer = action(RequestIds(f"{scope.account_id}|{route}|{key}|{digest}"))
             self._remember(scope.account_id, route, key, digest, answer)
             return answer, False
 

@@ -11,6 +11,7 @@ the session first, so nobody but the account's own admins even gets the shell:
 
 ``/login`` is the sign-in form (it posts the platform token to ``POST /login``), and
 ``/login?once=CODE`` the one-time link ``metering run`` prints (:mod:`console.login_link`).
+``/login?error=CODE`` shows the text of a code of :data:`LOGIN_MESSAGES`, never text from the URL.
 
 The pages are on the open audience (``open_router``) because their refusals are pages, not the
 API's JSON: :func:`billing_viewer` applies the same permission check (``console.permissions``)
@@ -55,6 +56,18 @@ _NO_STORE: Final = {"Cache-Control": "no-store"}
 #: expired session cookie, this one still says there was a session, so the login page can say it ended.
 SIGNED_IN_COOKIE: Final = "metering_signed_in"
 SESSION_ENDED: Final = "Your session has ended. Log in again to continue."
+#: What ``/login?error=CODE`` shows: only these texts, chosen by code, so a link can never make the console's
+#: own page say something else (an unknown code shows nothing).
+LOGIN_MESSAGES: Final = {
+    "expired": SESSION_ENDED,
+    "session_invalid": "Your session is no longer valid here. Log in again.",
+    "token_expired": "That token has expired. Get a new one from your identity provider and log in again.",
+    "signature": "That token's signature does not verify: it was not issued for this console.",
+    "invalid": "That is not a valid token for this console. Paste the token your identity provider issued.",
+    "unavailable": "Sign-in is unavailable for a moment: the identity provider's keys could not be fetched. "
+    "Try again shortly.",
+    "cross_site": "Sign-in from another site was refused. Log in here, on this page.",
+}
 
 
 @dataclass(frozen=True)
@@ -72,11 +85,11 @@ NAV: Final = (
 
 
 class LoginRequired(Exception):
-    """No valid session: the page answers with a redirect to /login saying why."""
+    """No valid session: the page answers with a redirect to /login saying why (a code of ``LOGIN_MESSAGES``)."""
 
-    def __init__(self, message: str, next_path: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, code: str, next_path: str) -> None:
+        super().__init__(code)
+        self.code = code
         self.next_path = next_path
 
 
@@ -103,13 +116,13 @@ def billing_viewer(request: Request, context: Annotated[ConsoleContext, Depends(
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
-        raise LoginRequired(SESSION_ENDED if request.cookies.get(SIGNED_IN_COOKIE) else "", target)
+        raise LoginRequired("expired" if request.cookies.get(SIGNED_IN_COOKIE) else "", target)
     try:
-        principal = context.authenticator.verify(token)
+        principal = context.authenticator.verify(token)  # a sync dependency: FastAPI runs it in the thread pool
     except AuthError as exc:
-        raise LoginRequired(f"Your session has ended ({exc}). Log in again.", target) from exc
+        raise LoginRequired("expired" if exc.code == "token_expired" else "session_invalid", target) from exc
     except KeysUnavailableError as exc:
-        raise LoginRequired(f"Sign-in is unavailable for a moment: {exc}", target) from exc
+        raise LoginRequired("unavailable", target) from exc
     refused = refusal(principal, BILLING_VIEW)
     if refused is not None:
         raise PageForbidden(refused[1], principal)
@@ -218,18 +231,21 @@ def login_page(
     next: str = "",
     once: str = "",
 ) -> Response:
+    once_refused = ""  # the console's own text on a one-time link it refused
     if once:
         result = redeem(context, once)
         if isinstance(result, str):
-            error = result
+            once_refused = result
         else:
             token, principal = result
             signed_in = RedirectResponse("/console/usage", status_code=303)
             set_session_cookies(signed_in, request, token, principal)
             return signed_in
     message, kind = "", "info"
-    if error:
-        message, kind = error, "error"
+    if error in LOGIN_MESSAGES:
+        message, kind = LOGIN_MESSAGES[error], "error"
+    elif once_refused:
+        message, kind = once_refused, "error"
     elif expired:
         message = SESSION_ENDED
     landing = next if next.startswith("/") and not next.startswith("//") else ""
@@ -251,8 +267,8 @@ def install_pages(app: FastAPI) -> None:
     async def login_required(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LoginRequired)
         query = {"next": exc.next_path}
-        if exc.message:
-            query["error"] = exc.message
+        if exc.code:
+            query["error"] = exc.code
         return RedirectResponse(f"/login?{urlencode(query, quote_via=quote)}", status_code=303, headers=_NO_STORE)
 
     async def forbidden(request: Request, exc: Exception) -> Response:

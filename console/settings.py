@@ -7,6 +7,7 @@ stopping at the first. A secret's value never appears in a message.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 __all__ = ["MIN_SECRET_LENGTH", "ConsoleSettings", "read_console_settings"]
 
@@ -29,7 +31,7 @@ class ConsoleSettings:
     """``secret`` (HS256) and ``jwks`` (RS256) exclude each other; neither: a secret of the data directory."""
 
     secret: str = field(default="", repr=False)
-    jwks: str = ""  # a JWKS file, or an http(s) URL serving one
+    jwks: str = ""  # a JWKS file, or an https URL serving one (http only on a loopback address)
     issuer: str = ""  # checked when set
     audience: str = ""  # checked when set
     now: datetime | None = None  # METERING_CONSOLE_NOW: fixes "now" for the usage ranges (tests, demos)
@@ -104,12 +106,27 @@ def read_console_settings(env: Mapping[str, str]) -> tuple[ConsoleSettings, list
     return settings, errors
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _jwks_problem(value: str) -> str | None:
     """Why ``value`` is not a JWKS file or URL, or None (a URL is fetched when a token needs it)."""
     scheme, sep, rest = value.partition("://")
     if sep:
         if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
-            return "expected a JWKS file or an http(s):// URL with a host"
+            return "expected a JWKS file or an https:// URL with a host"
+        if scheme.lower() == "http" and not _loopback(urlsplit(value).hostname or ""):
+            return (
+                "a remote JWKS must be fetched over https: whoever can change the keys on the way signs any token "
+                "(an admin of every account); plain http is accepted only on a loopback address (127.0.0.1, ::1, "
+                "localhost)"
+            )
         return None
     path = Path(value)
     if not path.is_absolute():

@@ -3,8 +3,11 @@
 Each action is one event on a billing topic (``extension_granted``/``extension_declined`` on
 billing-plans, ``payment_updated`` on billing-orders), with an id derived from what it decides,
 so running a command twice decides once; the balance and order processors apply them. Finding an
-extension request reads ClickHouse (``extension_events``) as `metering plans` does: directly on a
-server, through the running store's operators' route when it holds the embedded database.
+extension request, or an order's state, reads ClickHouse (``extension_events``, ``orders``) as
+`metering plans` does: directly on a server, through the running store's operators' route when it
+holds the embedded database. A decision the processor would not apply (an order it does not know,
+a payment for an order that is not pending, a refund of an unpaid one) is refused here, saying
+what is wrong, rather than announced as recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -29,11 +32,17 @@ from pipeline.settings import Settings
 __all__ = [
     "ActionError",
     "ExtensionRequest",
+    "OrderView",
     "decide_extension",
     "extension_requests",
+    "order_state",
     "query_extension_requests",
+    "query_order_state",
     "record_payment",
 ]
+
+#: The state a payment of each status needs, as the order processor applies it (pipeline.orders.book).
+PAYMENT_NEEDS: Final[dict[str, str]] = {"paid": "pending", "failed": "pending", "refunded": "paid"}
 
 
 class ActionError(RuntimeError):
@@ -91,6 +100,63 @@ def extension_requests(
         return query_extension_requests(client, settings.clickhouse_database, request=request, account=account)
     finally:
         client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    """An order as the read model has it (``orders``): enough to say whether a payment applies."""
+
+    order_id: str
+    account_id: str
+    app_id: str
+    payment_status: str
+    invoice_id: str | None
+    credit_note_id: str | None
+    amount: str
+    currency: str
+
+
+def query_order_state(client: Any, database: str, *, account: str, order: str) -> OrderView | None:
+    """The order's latest state straight from ClickHouse, or None."""
+    from pipeline.balance.money import format_money  # noqa: PLC0415
+
+    rows = named_query(client, database, "order_state", account=account, order=order)
+    if not rows:
+        return None
+    order_id, account_id, app_id, status, invoice_id, credit_note_id, amount, currency = rows[0]
+    return OrderView(
+        str(order_id),
+        str(account_id),
+        str(app_id),
+        str(status),
+        invoice_id or None,
+        credit_note_id or None,
+        format_money(amount),
+        str(currency),
+    )
+
+
+def order_state(settings: Settings, *, account: str, order: str) -> OrderView | None:
+    """The order's state, asked of the running store when it holds the embedded database, else read here."""
+    settings = settings.with_clickhouse_default()
+    if settings.embedded_clickhouse:
+        api = running_store(settings)
+        if api is not None:
+            try:
+                text = store_client(settings, api).get_text("/orders/state", [("account", account), ("order", order)])
+            except (StoreHttpError, StoreUnreachableError) as exc:
+                raise StoreBusyError(f"the running metering service at {api} did not answer the lookup: {exc}") from exc
+            found = json.loads(text)["order"]
+            return None if found is None else OrderView(**found)
+    client = open_client(settings)
+    try:
+        return query_order_state(client, settings.clickhouse_database, account=account, order=order)
+    finally:
+        client.close()
+
+
+def order_json(order: OrderView | None) -> dict[str, Any]:
+    return {"order": None if order is None else asdict(order)}
 
 
 def requests_json(requests: Sequence[ExtensionRequest]) -> dict[str, Any]:
@@ -152,7 +218,25 @@ def record_payment(
     reason: str | None = None,
     now: datetime | None = None,
 ) -> PaymentUpdated:
-    """An operator's word on an order (money arrived, never will, or was paid back), on billing-orders."""
+    """An operator's word on an order (money arrived, never will, or was paid back), on billing-orders.
+
+    ActionError, publishing nothing, when the order processor would not apply it: an order of the account it
+    does not know, or one not in the state the payment needs (``PAYMENT_NEEDS``).
+    """
+    found = order_state(settings, account=account_id, order=order_id)
+    if found is None:
+        raise ActionError(
+            f"no order {order_id!r} in account {account_id!r}: check both (the account's admins see their orders on "
+            "Orders & invoices); an order created a moment ago appears once the order processor has applied it"
+        )
+    needed = PAYMENT_NEEDS[status]
+    if found.payment_status != needed:
+        done = f" (invoice {found.invoice_id})" if found.invoice_id and found.payment_status == "paid" else ""
+        rule = "a refund applies only to a paid order" if status == "refunded" else f"only a pending order is {status}"
+        raise ActionError(
+            f"order {order_id} of {account_id} is {found.payment_status}{done}: {rule}, so the order processor would "
+            "not apply this; nothing was recorded"
+        )
     event = PaymentUpdated(
         event_id=derived_id(f"operator|{account_id}|{order_id}|{status}"),
         occurred_at=now or datetime.now(UTC),

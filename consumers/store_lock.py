@@ -19,6 +19,10 @@ holder exits, even by SIGKILL:
    retries until the reader is done. Readers are short: a query or the migrations.
 
 The lock is exclusive for readers too: chDB itself lets one process open the database.
+
+A store killed by SIGKILL leaves its name in the lock file (the kernel drops only the flock). So a
+reader that takes the lock clears the file, and a name is believed only while a process with that
+pid *and the start time recorded beside it* runs: pids come round, start times do not.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "StoreLock",
     "holder",
     "lock_file",
+    "process_start_time",
     "try_reader_hold",
 ]
 
@@ -64,6 +69,9 @@ class Holder:
     pid: int
     command: str
     since: float
+    #: the process's start time (clock ticks after boot, ``/proc/<pid>/stat``): with it, a process that got
+    #: the pid of a dead holder is not taken for it (files written before it had none)
+    started: int | None = None
 
     def describe(self) -> str:
         return f"{self.command}, pid {self.pid}, since {time.strftime('%H:%M:%S', time.localtime(self.since))}"
@@ -77,10 +85,31 @@ def _intent_file(data_dir: Path) -> Path:
     return data_dir / "run" / INTENT_NAME
 
 
-def _pid_alive(pid: int) -> bool:
-    """Alive and, where /proc tells, a Python process (not an unrelated one that got a dead store's pid)."""
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot, field 22 of ``/proc/<pid>/stat``); None if unknown or gone.
+
+    A pid and its start time name one process for good, where a pid alone comes round again (quickly: pid_max
+    may be 32768), so a lock file naming a store that died by SIGKILL is not taken for a live holder.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": comm may hold spaces and parentheses
+    try:
+        return int(fields[19])  # starttime is field 22; state (field 3) is fields[0]
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int, started: int | None = None) -> bool:
+    """The holder still runs: the same start time when it recorded one; else alive and, where /proc tells, a
+    Python process (not an unrelated one that got a dead store's pid)."""
     if not pid_alive(pid):
         return False
+    if started is not None:
+        now = process_start_time(pid)
+        return now is None or now == started  # None: no /proc to tell (not Linux)
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -94,7 +123,7 @@ def _read_holder(path: Path) -> Holder | None:
         found = Holder(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
-    return found if _pid_alive(found.pid) else None
+    return found if _pid_alive(found.pid, found.started) else None
 
 
 def holder(data_dir: Path) -> Holder | None:
@@ -151,7 +180,7 @@ class StoreLock(ReaderHold):
     ) -> StoreLock:
         """Take the data directory for this process; DataDirBusyError if another store has it."""
         path = lock_file(data_dir)
-        me = Holder(os.getpid(), command, time.time())
+        me = Holder(os.getpid(), command, time.time(), process_start_time(os.getpid()))
         fd = _open(path)
         deadline = time.monotonic() + readers_wait
         intent = False
@@ -217,4 +246,6 @@ def try_reader_hold(data_dir: Path) -> ReaderHold | None:
     if _read_holder(_intent_file(data_dir)) is not None:  # a store announced itself meanwhile: it goes first
         os.close(fd)
         return None
+    with contextlib.suppress(OSError):  # whatever the file names held the lock no more (a store SIGKILLed)
+        os.ftruncate(fd, 0)
     return ReaderHold(fd)

@@ -206,7 +206,16 @@ class Rejection(Struct, frozen=True):
     """Why a payload is not a valid event: bad input is data, routed to the dead-letter topic."""
 
     code: Literal[
-        "too_large", "not_json", "not_an_object", "unknown_type", "schema", "out_of_range", "wrong_topic", "misrouted"
+        "too_large",
+        "not_json",
+        "not_an_object",
+        "unknown_type",
+        "schema",
+        "out_of_range",
+        "wrong_topic",
+        "misrouted",
+        "unmatched",  # a payment for an order the order processor does not know
+        "inapplicable",  # a payment the order's state does not allow (a refund of an unpaid order)
     ]
     detail: str
 

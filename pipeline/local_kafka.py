@@ -173,13 +173,32 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
-def _is_kafka_process(pid: int) -> bool:
-    """Whether ``pid`` is a live Kafka JVM, so a stale pid file whose pid was reused is not taken for one."""
+def _is_kafka_process(pid: int, config: Path | None = None) -> bool:
+    """Whether ``pid`` is a live Kafka JVM, so a stale pid file whose pid was reused is not taken for one.
+
+    With ``config``: the broker started with that ``server.properties`` (its argument after the main
+    class, resolved against the process's working directory), i.e. the broker of that data directory
+    and no other: pids come round quickly (pid_max may be 32768), and a stale pid file may name
+    another data directory's broker.
+    """
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return MAIN_CLASS.encode() in cmdline.split(b"\0")
+    if MAIN_CLASS.encode() not in argv:
+        return False
+    if config is None:
+        return True
+    after = argv.index(MAIN_CLASS.encode()) + 1
+    if after >= len(argv) or not argv[after]:
+        return False
+    given = Path(os.fsdecode(argv[after]))
+    try:
+        if not given.is_absolute():
+            given = Path(os.readlink(f"/proc/{pid}/cwd")) / given
+    except OSError:
+        return False
+    return os.path.realpath(given) == os.path.realpath(config)
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -254,7 +273,8 @@ class RunningBroker:
 
 
 def running_broker(data_dir: Path) -> RunningBroker | None:
-    """The broker of ``data_dir`` if one runs: its pid file names a live Kafka JVM (started by any process).
+    """The broker of ``data_dir`` if one runs: its pid file names a live Kafka JVM started with this data
+    directory's ``server.properties`` (by any process; a JVM of another data directory is not it).
 
     Its port and cluster id are those the data dir was last started with (``local-kafka.properties``),
     which is what `metering produce`, `usage` and the other commands connect to.
@@ -265,22 +285,23 @@ def running_broker(data_dir: Path) -> RunningBroker | None:
         return None
     state = _read_properties(data_dir / STATE_FILE)
     port = state.get("port", "")
-    if not _is_kafka_process(pid) or not port.isdigit():
+    if not _is_kafka_process(pid, data_dir / CONFIG_FILE) or not port.isdigit():
         return None
     return RunningBroker(data_dir, pid, int(port), state.get("cluster.id", ""))
 
 
 def stop_running_broker(broker: RunningBroker, timeout: float = 30.0) -> None:
     """Stop a broker this process did not start (SIGTERM, SIGKILL after ``timeout`` s) and wait until it is gone."""
+    config = broker.data_dir / CONFIG_FILE
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        if not _is_kafka_process(broker.pid, config):  # checked before every signal: never another one's
+            break
         with contextlib.suppress(ProcessLookupError):
             os.kill(broker.pid, sig)
         deadline = time.monotonic() + wait
-        while _is_kafka_process(broker.pid) and time.monotonic() < deadline:
+        while _is_kafka_process(broker.pid, config) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _is_kafka_process(broker.pid):
-            break
-    if _is_kafka_process(broker.pid):
+    if _is_kafka_process(broker.pid, config):
         raise LocalKafkaError(f"the Kafka broker (pid {broker.pid}) of {broker.data_dir} does not stop: kill it")
     _remove_pid_file(broker.data_dir / PID_FILE, broker.pid)
 
@@ -577,7 +598,7 @@ class LocalKafka:
             pid = int((self.data_dir / PID_FILE).read_text().strip())
         except (OSError, ValueError):
             return
-        if _is_kafka_process(pid):
+        if _is_kafka_process(pid, self.data_dir / CONFIG_FILE):
             raise LocalKafkaError(
                 f"A Kafka broker (pid {pid}) already runs on {self.data_dir}; stop it first "
                 f"({DEPLOY_DIR / 'stop.sh'} {self.data_dir}) or use another data dir."
@@ -672,7 +693,7 @@ class LocalKafka:
             "-XX:+ExitOnOutOfMemoryError",
             *self._jvm_args(self.heap_mb),
             MAIN_CLASS,
-            str(self.data_dir / CONFIG_FILE),
+            str((self.data_dir / CONFIG_FILE).resolve()),  # what running_broker recognises it by
         ]
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with (self.data_dir / OUT_FILE).open("ab") as out:

@@ -2,6 +2,14 @@
 
 `compute` and `usage --by day` print byte-identical CSV for the same figures, so the two can be
 compared line by line; both go through ``render``.
+
+CSV is opened in spreadsheets, and some cells hold text from end users' platforms (app, user and
+conversation ids): a text cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return would run as a formula there, so CSV writes it with a leading ``'`` (OWASP's advice on CSV
+injection, :func:`spreadsheet_safe`). A cell that is a plain decimal number (``-5.00``) stays as it
+is, and numbers stay numbers. The console's sessions export applies the same rule in SQL
+(``sql/queries/console_sessions_export.sql``), so `metering compute --sessions` stays its oracle.
+JSON and the terminal table keep the text as it is.
 """
 
 from __future__ import annotations
@@ -9,8 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Final, Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -20,13 +29,24 @@ FORMATS: tuple[Format, ...] = ("csv", "json", "table")
 
 Cell = str | int | float | None
 
+#: What a spreadsheet takes for the start of a formula (or, tab and CR, for a cell it then trims).
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER: Final = re.compile(r"[+-]?[0-9]+([.][0-9]+)?")
+
+
+def spreadsheet_safe(cell: Cell) -> Cell:
+    """``cell`` as a CSV cell that no spreadsheet runs: formula-like text gets a leading ``'``."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Cell]], fmt: Format, title: str = "") -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
         return out.getvalue()
     if fmt == "json":
         return json.dumps([dict(zip(columns, row, strict=True)) for row in rows], indent=1) + "\n"

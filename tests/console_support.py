@@ -203,6 +203,41 @@ def plan_snapshot(
     )
 
 
+def order_record(
+    order_id: str,
+    created: datetime,
+    status: str,
+    version: int = 1,
+    invoice: str | None = None,
+    *,
+    account: str = ACCOUNT,
+    app: str = "bot",
+) -> Any:
+    """An ``order_state`` record as the order processor writes it (the ``orders`` read model's row)."""
+    from pipeline.orders.events import OrderState  # noqa: PLC0415
+
+    return OrderState(
+        account_id=account,
+        order_id=order_id,
+        app_id=app,
+        description=f"Funds for app {app}",
+        amount="100.00",
+        currency="USD",
+        payment_method="manual",
+        payment_status=status,  # type: ignore[arg-type]
+        provider="manual",
+        provider_reference=None,
+        failure_reason=None,
+        billing_date=created.date() if status in ("paid", "refunded") else None,
+        invoice_id=invoice,
+        credit_note_id=None,
+        requested_by="u-admin",
+        created_at=created,
+        updated_at=created,
+        version=version,
+    )
+
+
 def issued_invoice(
     invoice_id: str, account: str = ACCOUNT, *, order_id: str = "ord-1", app: str = "acme-support"
 ) -> Any:

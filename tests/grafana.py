@@ -29,6 +29,18 @@ the same two steps, following their sources:
 
 A variable's options are what Grafana would list: a query variable's SQL run through the same
 two steps (with the other variables' current values), a custom variable's comma-separated list.
+Choosing a value re-validates every query variable whose query names the chosen one, as Grafana's
+dashboards (grafana/scenes) do: ``SceneVariableSet.addDependentVariablesToUpdateQueue``, then
+``MultiValueVariable.getStateUpdateGivenNewOptions`` keeps the current value if it is still an
+option ("All" too, with ``includeAll``) and else takes the first option.
+
+A Prometheus panel's ``expr`` goes through the same template service with the Prometheus data
+source's ``interpolateQueryExpr`` as the default format (grafana/grafana
+``packages/grafana-prometheus/src/datasource.ts``, ``applyTemplateVariables``); a format written in
+the expression wins over it (``const fmt = fmt2 || fmt3 || format`` in scenes'
+``sceneInterpolator.ts`` and grafana's ``template_srv.ts``), and ``raw`` is ``String(value)``
+(scenes ``formatRegistry.ts``). Only ``raw`` is emulated there: the dashboards paste values that
+ClickHouse made PromQL-ready, never Grafana's escaping of ids.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 #: grafana public/app/features/variables/utils.ts: variableRegex
 VARIABLE: Final = re.compile(r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^\}]+))?(?::([^\}]+))?\}")
@@ -62,6 +74,11 @@ def repeated_row(dashboard: Mapping[str, Any], panel: Mapping[str, Any]) -> str 
         if row["type"] == "row" and any(p is panel for p in row.get("panels", [])):
             return row.get("repeat")
     return None
+
+
+def _names(text: str) -> set[str]:
+    """The variables a text names (what scenes' ``VariableDependencyConfig`` reads from a query)."""
+    return {m.group(1) or m.group(2) or m.group(4) for m in VARIABLE.finditer(text)}
 
 
 def _singlequote(value: str) -> str:
@@ -109,6 +126,7 @@ class Grafana:
         if variable["type"] == "constant":  # edited in the dashboard's settings, not by a viewer
             variable["query"] = str(value)
             self.selected[name] = str(value)
+            self._update_dependents(name)
             return self
         values = value if isinstance(value, list) else [value]
         if values != [ALL]:
@@ -117,7 +135,33 @@ class Grafana:
         elif not variable.get("includeAll"):
             raise AssertionError(f"{name} has no All option")
         self.selected[name] = values if variable.get("multi") else values[0]
+        self._update_dependents(name)
         return self
+
+    def _update_dependents(self, name: str) -> None:
+        """Re-validate the query variables whose query names ``name``, and theirs in turn."""
+        for dependent in self.variables.values():
+            if dependent["type"] == "query" and name in _names(dependent["query"]):
+                self._validate(dependent["name"])
+                self._update_dependents(dependent["name"])  # unchanged values stay: doing it again changes nothing
+
+    def _validate(self, name: str) -> None:
+        """``getStateUpdateGivenNewOptions``: keep the current value(s) still among the options, else the first.
+
+        (Grafana also matches a single value by its text; the dashboards' values are unique, so by value.)
+        """
+        variable, options = self.variables[name], [v for v, _ in self.options(name)]
+        current = self.selected[name]
+        values = current if isinstance(current, list) else [current]
+        if not options:
+            kept = [ALL] if variable.get("includeAll") else []
+        elif values == [ALL]:
+            kept = [ALL] if variable.get("includeAll") else options[:1]
+        else:
+            kept = [v for v in values if v in options] or options[:1]
+            if not variable.get("multi"):
+                kept = kept[:1]
+        self.selected[name] = kept if variable.get("multi") else (kept[0] if kept else "")
 
     def _value(self, name: str, fmt: str | None, scoped: Mapping[str, Option]) -> str | None:
         if name in scoped:
@@ -202,6 +246,24 @@ class Grafana:
                 text = text[: found.start()] + expand(args) + text[found.end() :]
         return text
 
+    def promql(self, expr: str) -> str:
+        """A panel's PromQL as Prometheus receives it: Grafana's built-ins, variables in the ``raw`` format."""
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2) or match.group(4)
+            fmt = match.group(3) or match.group(6)
+            if name in PROMQL_BUILTINS:
+                return PROMQL_BUILTINS[name]
+            if name not in self.variables:
+                return match.group(0)  # not a variable: Prometheus will refuse it, and promtool says so
+            assert fmt == "raw", (f"${{{name}}} in PromQL without the raw format: the Prometheus data source's own "
+                                  f"escaping (interpolateQueryExpr) is not emulated: {expr}")  # fmt: skip
+            current = self.selected[name]
+            assert current not in (ALL, [ALL]), f"{name}: a custom all value in PromQL is not emulated"
+            return ",".join(current) if isinstance(current, list) else current  # String(value) of JS
+
+        return VARIABLE.sub(replace, expr)
+
     def sql(self, raw: str, scoped: Mapping[str, Option] | None = None) -> str:
         """What ClickHouse receives for ``raw``; fails on anything Grafana would leave unexpanded."""
         text = self.macros(self.interpolate(raw, scoped))
@@ -217,17 +279,6 @@ class Grafana:
 
 #: Grafana's interval variables in PromQL (``$__rate_interval`` is at least four scrape intervals).
 PROMQL_BUILTINS: Final = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h", "__range_s": "3600"}
-
-
-def promql(expr: str) -> str:
-    """A panel's PromQL with Grafana's built-ins replaced (the dashboards use no other variable there)."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2) or match.group(4)
-        assert name in PROMQL_BUILTINS, f"PromQL uses ${name}, which is not emulated: {expr}"
-        return PROMQL_BUILTINS[name]
-
-    return VARIABLE.sub(replace, expr)
 
 
 _PROMQL_KEYWORDS: Final = frozenset(
@@ -252,3 +303,75 @@ def promql_metric_names(expr: str) -> set[str]:
             continue
         names.add(found.group())
     return names
+
+
+# -- label matchers, as Prometheus reads and applies them ------------------------------------------------------
+
+_STRING: Final = r'"(?:\\.|[^"\\\n])*"'
+_MATCHER: Final = re.compile(rf"\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*({_STRING})\s*,?")
+_SELECTOR: Final = re.compile(rf'([A-Za-z_:][\w:]*)\s*\{{((?:[^{{}}"]|{_STRING})*)\}}')
+_ESCAPES: Final = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"'}
+
+Matcher = tuple[str, str, str]  # label, operator, value (unquoted)
+
+
+class Selector(NamedTuple):
+    metric: str
+    matchers: list[Matcher]
+    text: str  # as written: ``metric{...}``
+
+
+def promql_selectors(expr: str) -> list[Selector]:
+    """The ``metric{label op "value", ...}`` selectors of a (substituted) expression, their values unquoted."""
+    out = []
+    for selector in _SELECTOR.finditer(expr):
+        body = selector.group(2)
+        assert not _MATCHER.sub("", body).strip(), f"not a list of label matchers: {{{body}}}"
+        matchers = [(m[1], m[2], promql_unquote(m[3])) for m in _MATCHER.finditer(body)]
+        out.append(Selector(selector.group(1), matchers, selector.group(0)))
+    return out
+
+
+def promql_unquote(literal: str) -> str:
+    """A double-quoted PromQL string's value: Go's escapes (``\\n``, ``\\\\``, ``\\"``, ``\\xHH`` a byte...).
+
+    Prometheus's lexer accepts these and no other (promql/parser/lex.go ``lexEscape``: "unknown
+    escape sequence"); octal escapes are left out (the dashboards write none).
+    """
+    assert len(literal) >= 2, literal
+    assert literal[0] == literal[-1] == '"', literal
+    out, text, i = bytearray(), literal[1:-1], 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\":
+            out += char.encode()
+            i += 1
+            continue
+        kind = text[i + 1]
+        if kind in _ESCAPES:
+            out += _ESCAPES[kind].encode()
+            i += 2
+        elif kind in "xuU":
+            digits = {"x": 2, "u": 4, "U": 8}[kind]
+            code = int(text[i + 2 : i + 2 + digits], 16)
+            out += bytes([code]) if kind == "x" else chr(code).encode()
+            i += 2 + digits
+        else:
+            raise ValueError(f"unknown escape sequence \\{kind} in {literal}")
+    return out.decode()
+
+
+def promql_selects(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
+    """Whether a series with ``labels`` matches every matcher; a missing label is the empty string.
+
+    A regex matcher matches the whole value (Prometheus anchors it: ``^(?:re)$``); Python's ``re``
+    reads what the dashboards write (literals, ``\\xHH``, ``|``, ``(?s:.*)``) as Go's RE2 does.
+    """
+
+    def one(label: str, op: str, value: str) -> bool:
+        actual = labels.get(label, "")
+        if op in ("=", "!="):
+            return (actual == value) == (op == "=")
+        return (re.fullmatch(f"(?:{value})", actual) is not None) == (op == "=~")
+
+    return all(one(*m) for m in matchers)

@@ -4,7 +4,9 @@ Streamed as ClickHouse writes it (CSV from the query's row stream, 64 KiB at a t
 stays flat however many rows; on a database handle of the export's own (``own_handle``:
 embedded, another chDB connection to the same engine; a server, another client and connection
 pool), so a slow download never holds the sink's handle. At most three months (92 days) a
-request unless ``METERING_CONSOLE_EXPORT_MAX_DAYS`` raises it, and a few exports at a time.
+request unless ``METERING_CONSOLE_EXPORT_MAX_DAYS`` raises it, and a few exports at a time: three in
+the process, two of them at most for one account (:class:`ExportSlots`), so one account's slow
+downloads never lock the other accounts out; more get 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fastapi import Depends, Query
 from fastapi.responses import StreamingResponse
 
 import sql
+from console.attachments import attachment
 from console.context import ConsoleContext
 from console.deps import account_scope, billing_router, console_context
 from console.errors import ApiError, bad_parameter
@@ -39,12 +42,51 @@ from pipeline.sessions_export import SESSION_COLUMNS
 router = billing_router(prefix="/api/v1", tags=["exports"])
 
 CHUNK_BYTES: Final = 64 * 1024
-#: Exports running at once in this process; more get 429 (each holds a handle and a core).
-MAX_CONCURRENT_EXPORTS: Final = 2
-_running = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
+#: Exports running at once in this process; more get 429 (each holds a handle, a thread and some of a core).
+MAX_CONCURRENT_EXPORTS: Final = 3
+#: Of them, one account's: its slow downloads never take every slot, so other accounts' exports still start.
+MAX_EXPORTS_PER_ACCOUNT: Final = 2
 #: Long-lived reading threads, one per export that may run: a thread's allocator arena is reused
 #: by the next export instead of a new thread growing a new one.
 _PUMPS = ThreadPoolExecutor(MAX_CONCURRENT_EXPORTS, thread_name_prefix="sessions-export")
+
+
+class ExportSlots:
+    """Who runs exports now: at most ``per_account`` for an account and ``total`` in all."""
+
+    def __init__(self, total: int = MAX_CONCURRENT_EXPORTS, per_account: int = MAX_EXPORTS_PER_ACCOUNT) -> None:
+        self.total = total
+        self.per_account = per_account
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}
+
+    def take(self, account: str) -> str | None:
+        """A slot for ``account`` (None), or why there is none (the 429's message)."""
+        with self._lock:
+            if self._running.get(account, 0) >= self.per_account:
+                return (
+                    f"{self.per_account} exports of this account are already running: try again when one has finished"
+                )
+            if sum(self._running.values()) >= self.total:
+                return "the console is running as many exports as it can: try again in a few seconds"
+            self._running[account] = self._running.get(account, 0) + 1
+            return None
+
+    def running(self) -> dict[str, int]:
+        """Exports running now, by account."""
+        with self._lock:
+            return dict(self._running)
+
+    def give_back(self, account: str) -> None:
+        with self._lock:
+            left = self._running.get(account, 0) - 1
+            if left > 0:
+                self._running[account] = left
+            else:
+                self._running.pop(account, None)
+
+
+_slots = ExportSlots()
 _QUERY: Final = "console_sessions_export"
 _QUEUED: Final = 4
 _STALLED_SECONDS: Final = 300.0
@@ -88,19 +130,19 @@ def sessions_csv(
         if not app.strip():
             raise bad_parameter("app", "is empty: give an app id, or leave it out for all apps")
         scope.require_app(app)
-    if not _running.acquire(blocking=False):
-        busy = "exports are already running: try again when one has finished"
+    busy = _slots.take(scope.account_id)
+    if busy is not None:
         raise ApiError(429, busy, headers={"Retry-After": "10"})
     try:
         stream = _open(scope, context, app, local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz))
     except BaseException:
-        _running.release()
+        _slots.give_back(scope.account_id)
         raise
     name = f"sessions-{app or 'all-apps'}-{first}-{last}.csv"
     return StreamingResponse(
         stream,
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+        headers={"Content-Disposition": attachment(name), "Cache-Control": "no-store"},
     )
 
 
@@ -128,10 +170,10 @@ def _open(
     except BaseException:
         handles.close()
         raise
-    return _chunks(raw, handles)
+    return _chunks(raw, handles, scope.account_id)
 
 
-def _chunks(raw: io.IOBase, handles: contextlib.ExitStack) -> AsyncIterator[bytes]:
+def _chunks(raw: io.IOBase, handles: contextlib.ExitStack, account: str) -> AsyncIterator[bytes]:
     """The export's bytes, read from ClickHouse by one thread of its own (a pump) through a small queue.
 
     Reading in the server's thread pool would touch the stream from a different thread at every
@@ -165,7 +207,7 @@ def _chunks(raw: io.IOBase, handles: contextlib.ExitStack) -> AsyncIterator[byte
             put(exc)
         finally:
             handles.close()
-            _running.release()
+            _slots.give_back(account)
 
     _PUMPS.submit(pump)
 

@@ -1,7 +1,8 @@
-"""Operators' route for `metering plans requests|extend|decline`: extension requests across accounts.
+"""Operators' routes for `metering plans requests|extend|decline` (extension requests across accounts) and
+`metering orders paid|failed|refund` (an order's state, checked before a payment is recorded).
 
 Behind the store's operator token like the other operators' routes (``console.routers.operators``);
-the command asks it when the store holds the embedded database.
+the commands ask them when the store holds the embedded database.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from console.context import ConsoleContext
 from console.deps import console_context, operator_router
-from consumers.plan_actions import query_extension_requests, requests_json
+from consumers.plan_actions import order_json, query_extension_requests, query_order_state, requests_json
 
 router = operator_router(tags=["operators"])
 
@@ -26,3 +27,13 @@ def extension_requests(
 ) -> JSONResponse:
     found = query_extension_requests(context.client, context.database, request=request, account=account)
     return JSONResponse(requests_json(found), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/orders/state", summary="An order's latest state (operator token)")
+def order_state(
+    context: Annotated[ConsoleContext, Depends(console_context)],
+    account: Annotated[str, Query(min_length=1, description="the order's account")],
+    order: Annotated[str, Query(min_length=1, description="the order id")],
+) -> JSONResponse:
+    found = query_order_state(context.client, context.database, account=account, order=order)
+    return JSONResponse(order_json(found), headers={"Cache-Control": "no-store"})

@@ -40,8 +40,11 @@ from console.deps import billing_router, console_context, require_billing_admin
 from console.errors import bad_parameter, conflict
 from console.idempotency import HEADER, Answer, Idempotency, RequestIds, replayed_headers
 from console.tenancy import AccountScope
-from pipeline.balance.money import decimals_of, format_money, minor_units
+from pipeline.balance.catalog import CatalogPlan, PlanCatalog
+from pipeline.balance.money import decimals_of, format_amount, format_money, is_currency, minor_units
+from pipeline.balance.notices import AppView
 from pipeline.balance.periods import plan_change
+from pipeline.balance.plans import DEFAULT_CURRENCY
 from pipeline.decode import to_ms
 from pipeline.events import ExtensionRequested, OwnerChanged, ms_to_datetime
 from pipeline.orders.book import description_of
@@ -57,8 +60,8 @@ Key = Annotated[
     str | None,
     Header(
         alias=HEADER,
-        description="Makes a retry safe: the same key and body within 24 h returns the first answer and changes "
-        "nothing; the same key with another body is 409",
+        description="Makes a retry safe: the same key and body returns the first answer and changes nothing (keys "
+        "are kept); the same key with another body is 409",
     ),
 ]
 _ACCEPTED: dict[int | str, dict[str, Any]] = {
@@ -113,6 +116,12 @@ class _Body(BaseModel):
 class PlanChangeIn(_Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"plan": "growth"}]})
     plan: str = Field(min_length=1, max_length=128, description="a plan of the catalogue")
+    confirm_currency_change: bool = Field(
+        default=False,
+        description="required (true) to move an app that holds money to a plan in another currency: its balance "
+        "stays in the old currency and stops counting (currencies are never converted); without it such a change "
+        "is a 400 naming plan",
+    )
 
 
 class FundsIn(_Body):
@@ -121,7 +130,11 @@ class FundsIn(_Body):
         json_schema_extra={"examples": [{"amount": "100.00", "currency": "USD", "payment_method": "manual"}]},
     )
     amount: str | int | float = Field(description='a decimal amount above zero, as a string ("100.00")')
-    currency: str = Field(default="USD", description="ISO 4217 code; at most as many decimals as it has")
+    currency: str | None = Field(
+        default=None,
+        description="ISO 4217 code of the app's plan in force (the default), or of its scheduled plan; the amount "
+        "has at most as many decimals as the currency has. Any other currency is a 400: it would never count",
+    )
     payment_method: str = Field(default="manual", description="a payment provider: manual (paid at once), transfer")
 
 
@@ -174,6 +187,7 @@ def change_plan(app: str, body: PlanChangeIn, action: Action, catalog: Catalog) 
         known = views_of(action.scope).get(app)
         view = None if known is None else known.view
         current = None if view is None else view.plan
+        _check_currency_change(app, view, chosen, body.confirm_currency_change)
         kind, effective_ms = plan_change(
             current_rank=catalog.rank_of(current),
             current_name=current,
@@ -207,16 +221,32 @@ def change_plan(app: str, body: PlanChangeIn, action: Action, catalog: Catalog) 
 
 
 @router.post("/apps/{app}/funds", status_code=202, summary="Add funds: creates an order", responses=_ACCEPTED)
-def add_funds(app: str, body: FundsIn, action: Action) -> JSONResponse:
-    """The funds reach the balance only once the order's payment succeeded (``GET /api/v1/orders``)."""
+def add_funds(app: str, body: FundsIn, action: Action, catalog: Catalog) -> JSONResponse:
+    """The funds reach the balance only once the order's payment succeeded (``GET /api/v1/orders``).
+
+    Only in a currency the balance counts: the plan in force's, or a scheduled plan's (funds for
+    after the change, counting from its date).
+    """
     action.scope.require_app(app)
     require_prepaid(action.scope, "Adding funds")
-    amount = _amount(body.amount, body.currency)
+    if body.currency is not None:
+        _check_currency(body.currency)
+        _amount(body.amount, body.currency)
     providers = action.context.extras.get(PROVIDERS) or ["manual"]
     if body.payment_method not in providers:
         raise bad_parameter("payment_method", f"unknown payment method: use one of {', '.join(providers)}")
 
     def act(ids: RequestIds) -> Answer:
+        known = views_of(action.scope).get(app)
+        fundable = _fundable_currencies(None if known is None else known.view, catalog)
+        currency = body.currency or next(iter(fundable))
+        if currency not in fundable:
+            raise bad_parameter(
+                "currency",
+                f"{app}'s balance is kept in {' and, from its scheduled plan, '.join(fundable)}: funds in {currency} "
+                f"would never count (currencies are never converted); add funds in {next(iter(fundable))}",
+            )
+        amount = _amount(body.amount, currency)
         order = OrderCreated(
             event_id=ids.derive("order-created"),
             occurred_at=action.now(),
@@ -224,25 +254,27 @@ def add_funds(app: str, body: FundsIn, action: Action) -> JSONResponse:
             app_id=app,
             order_id=ids.derive("order"),
             amount=amount,
-            currency=body.currency,
+            currency=currency,
             payment_method=body.payment_method,
             requested_by=action.principal.user[:128] or None,
         )
         action.events.publish(action.topics.orders, action.scope.account_id, msgspec.json.encode(order))
-        return Answer(
-            202,
-            {
-                "order_id": order.order_id,
-                "app_id": app,
-                "description": description_of(order),
-                "cost": amount,
-                "amount": amount,
-                "currency": body.currency,
-                "payment_method": body.payment_method,
-                "payment_status": "pending",
-                "created_at": _iso(order.occurred_at),
-            },
-        )
+        shown = format_amount(Decimal(amount), currency)
+        answer: dict[str, Any] = {
+            "order_id": order.order_id,
+            "app_id": app,
+            "description": description_of(order),
+            "cost": shown,
+            "amount": shown,
+            "currency": currency,
+            "payment_method": body.payment_method,
+            "payment_status": "pending",
+            "created_at": _iso(order.occurred_at),
+        }
+        counts_from = fundable[currency]
+        if counts_from is not None:
+            answer["counts_from"] = _iso(counts_from)
+        return Answer(202, answer)
 
     return action.run(body, act)
 
@@ -311,10 +343,41 @@ def change_owner(app: str, body: OwnerIn, action: Action) -> JSONResponse:
     return action.run(body, act)
 
 
+def _check_currency(currency: str) -> None:
+    """400 naming ``currency`` unless it is an ISO 4217 currency in use."""
+    if not is_currency(currency):
+        raise bad_parameter(
+            "currency", f"{currency!r} is not an ISO 4217 currency: three capital letters in use, e.g. USD or EUR"
+        )
+
+
+def _fundable_currencies(view: AppView | None, catalog: PlanCatalog) -> dict[str, datetime | None]:
+    """The currencies the app's balance counts, first the plan in force's (None: from now), then a scheduled
+    plan's in another currency (from its date). Without a plan the ledger keeps USD, as it does."""
+    current = (view.currency if view is not None else None) or DEFAULT_CURRENCY
+    out: dict[str, datetime | None] = {current: None}
+    scheduled = None if view is None or view.scheduled_plan is None else catalog.get(view.scheduled_plan)
+    if scheduled is not None and view is not None and scheduled.currency not in out:
+        out[scheduled.currency] = view.scheduled_at
+    return out
+
+
+def _check_currency_change(app: str, view: AppView | None, chosen: CatalogPlan, confirmed: bool) -> None:
+    """400 naming ``plan`` for a move to another currency while the app holds money, unless it is confirmed."""
+    current = (view.currency if view is not None else None) or DEFAULT_CURRENCY
+    balance = Decimal(view.balance) if view is not None and view.balance is not None else Decimal(0)
+    if chosen.currency == current or balance.is_zero() or confirmed:
+        return
+    raise bad_parameter(
+        "plan",
+        f"{chosen.name} is priced in {chosen.currency}, and {app}'s balance of {format_amount(balance, current)} "
+        f"{current} would stay in {current} and stop counting (currencies are never converted): choose a plan in "
+        f"{current}, or send confirm_currency_change: true to change anyway",
+    )
+
+
 def _amount(value: str | int | float, currency: str) -> str:
-    """The amount as the contract's decimal string; 400 naming ``amount`` (or ``currency``) otherwise."""
-    if len(currency) != 3 or not currency.isascii() or not currency.isupper() or not currency.isalpha():
-        raise bad_parameter("currency", f"{currency!r} is not an ISO 4217 code: three capital letters, e.g. USD")
+    """The amount as the contract's decimal string; 400 naming ``amount`` otherwise (``currency`` is checked)."""
     if isinstance(value, bool):
         raise bad_parameter("amount", 'must be a decimal amount, e.g. "100.00"')
     try:

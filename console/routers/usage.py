@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Response
 from pydantic import BaseModel, Field
 
+from console.attachments import attachment
 from console.context import ConsoleContext
 from console.deps import account_scope, billing_router, console_context
 from console.errors import bad_parameter
@@ -103,7 +104,7 @@ def usage_csv(series: Series) -> Response:
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+        headers={"Content-Disposition": attachment(name), "Cache-Control": "no-store"},
     )
 
 

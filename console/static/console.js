@@ -39,13 +39,26 @@ const Console = (() => {
 
   function formatInteger(n) { return integer.format(n); }
 
+  // Amounts with the currency's own minor units (JPY 0, USD 2, KWD 3), and never rounded: a fraction of a
+  // minor unit the API reports (a balance after sessions priced at 0.005) keeps its digits.
+  function minorUnits(currency) {
+    try {
+      return new Intl.NumberFormat(locale, { style: "currency", currency }).resolvedOptions().maximumFractionDigits;
+    } catch {
+      return 2;
+    }
+  }
+
   function formatMoney(amount, currency) {
     if (amount === null || amount === undefined || amount === "") return "—";
     const value = Number(amount);
     try {
-      return new Intl.NumberFormat(locale, { style: "currency", currency }).format(value);
+      const minimum = minorUnits(currency);
+      return new Intl.NumberFormat(locale, {
+        style: "currency", currency, minimumFractionDigits: minimum, maximumFractionDigits: Math.max(minimum, 6),
+      }).format(value);
     } catch {
-      return `${integer.format(value)} ${currency}`;
+      return `${amount} ${currency}`;
     }
   }
 
@@ -62,6 +75,7 @@ const Console = (() => {
       if (value === undefined || value === null || value === false) continue;
       if (key === "class") node.className = value;
       else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key === "style") Object.assign(node.style, value); // CSSOM: the CSP allows no style attribute
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else node.setAttribute(key, value === true ? "" : value);
     }
@@ -81,5 +95,5 @@ const Console = (() => {
     box.textContent = text;
   }
 
-  return { api, ApiError, el, formatInteger, formatMoney, formatDate, showMessage, toLogin };
+  return { api, ApiError, el, formatInteger, formatMoney, minorUnits, formatDate, showMessage, toLogin };
 })();

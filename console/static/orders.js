@@ -1,4 +1,4 @@
-// /console/orders: the account's orders from /api/v1/orders, newest first as the API gives them.
+// /console/orders: the account's orders from /api/v1/orders, newest first as the API gives them, a page at a time.
 "use strict";
 
 (() => {
@@ -20,9 +20,30 @@
       el("td", { class: "nowrap" }, invoice));
   }
 
-  api("/api/v1/orders").then((data) => {
-    body.replaceChildren(...(data.orders.length ? data.orders.map(row)
-      : [el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No orders yet: add funds to an app on Plan & usage."))]));
-    document.body.dataset.loaded = "1";
-  }).catch((error) => { if (error.status !== 401) showMessage(document.getElementById("message"), error.message); });
+  // A page at a time: "Load more orders" follows the API's next link and adds the page below.
+  const more = document.getElementById("more-orders");
+  let next = null;
+
+  function load(path, first) {
+    more.disabled = true;
+    return api(path).then((data) => {
+      const rows = data.orders.map(row);
+      if (first) {
+        body.replaceChildren(...(rows.length ? rows
+          : [el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No orders yet: add funds to an app on Plan & usage."))]));
+      } else {
+        body.append(...rows);
+      }
+      next = data.next;
+      more.hidden = !next;
+      more.disabled = false;
+      document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
+    }).catch((error) => {
+      more.disabled = false;
+      if (error.status !== 401) showMessage(document.getElementById("message"), error.message);
+    });
+  }
+
+  more.addEventListener("click", () => { if (next) load(next, false); });
+  load("/api/v1/orders", true);
 })();

@@ -3,8 +3,9 @@
 "use strict";
 
 (() => {
-  const { api, el, formatInteger, formatMoney, formatDate, showMessage } = Console;
-  const page = window.CONSOLE_PAGE || { plans: [], enterprise: false };
+  const { api, el, formatInteger, formatMoney, formatDate, minorUnits, showMessage } = Console;
+  // the page's data is a JSON block, not a script: the CSP runs no inline script
+  const page = JSON.parse(document.getElementById("page-data")?.textContent || '{"plans": [], "enterprise": false}');
   const body = document.querySelector("#apps-table tbody");
   const message = document.getElementById("message");
   const manage = document.getElementById("manage");
@@ -139,6 +140,12 @@
     if (select) {
       select.replaceChildren(...page.plans.map((p) => el("option", { value: p.name, selected: p.name === app.plan },
         `${p.name}${p.description ? ` — ${p.description}` : ""}`)));
+    }
+    const amount = document.getElementById("amount");
+    if (amount) { // as many decimals as the app's currency has (JPY none, KWD three)
+      const digits = minorUnits(app.currency || "USD");
+      amount.pattern = digits ? `[0-9]+([.][0-9]{1,${digits}})?` : "[0-9]+";
+      amount.placeholder = digits ? `100.${"0".repeat(digits)}` : "100";
     }
     for (const result of manage.querySelectorAll(".result")) result.replaceChildren();
     manage.showModal();

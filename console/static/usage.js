@@ -12,6 +12,7 @@
   const color = (name) => css.getPropertyValue(name).trim();
 
   const form = document.getElementById("filters");
+  form.addEventListener("submit", (event) => event.preventDefault()); // the controls apply at once
   const appSelect = document.getElementById("app");
   const rangeButtons = [...form.querySelectorAll("[data-range]")];
   const customBox = document.getElementById("custom-dates");
@@ -220,7 +221,7 @@
     const point = series[index];
     if (!point) return;
     const row = (label, key, swatch) => [
-      el("dt", {}, swatch ? el("span", { class: "swatch", style: `background:${color(swatch)}` }) : null, label),
+      el("dt", {}, swatch ? el("span", { class: "swatch", style: { background: color(swatch) } }) : null, label),
       el("dd", { "data-metric": key, "data-value": point[key] }, formatInteger(point[key])),
     ];
     tooltip.replaceChildren(

@@ -1,10 +1,11 @@
 """Dashboard "Metering balances": balances and status per app, balance alerts, entitlement, webhooks.
 
 The per-app tables read ClickHouse with the product's queries (the balance read model
-``balance_latest.sql`` and ``cost_by_app.sql``, what ``metering plans`` shows) and honour the
-account and app variables. The Prometheus panels show every app: the balance processor, the
-entitlement endpoint and the notifier as on-call watches them (the alert rules in
-``deploy/prometheus/alerts.yml`` read the same series).
+``balance_latest.sql`` and ``cost_by_app.sql``, what ``metering plans`` shows). Every panel over a
+per-app series (labels ``account_id``, ``app_id``: the balances and statuses) honours the account
+and app variables too, through their hidden PromQL companions (``consumers/grafana/variables.py``);
+the other Prometheus panels are the balance processor, the entitlement endpoint and the notifier
+as on-call watches them (the alert rules in ``deploy/prometheus/alerts.yml`` read the same series).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ __all__ = ["UID", "balances_dashboard"]
 UID: Final = "metering-balances"
 _RATE: Final = "[$__rate_interval]"
 _ID_TABLES: Final = ("balance_snapshots", "plan_changes")
+#: The label matchers of the account and app selection, for series labelled by app.
+_APPS: Final = variables.PROMQL_SELECTION
 _STATUS_COLOURS: Final = {"active": "green", "low": "orange", "depleted": "red"}
 
 
@@ -62,13 +65,14 @@ def _alerts() -> list[Panel]:
                    [promql(f"sum by (state) (increase(metering_balance_alerts_total{_RATE}))", "{{state}}")],
                    bars=True, stacked=True, w=8),
         timeseries("Apps low or depleted",
-                   "Apps whose balance status is low or depleted now (every app; MeteringAppBalanceLow and "
-                   "MeteringAppBalanceDepleted fire on the same series).",
-                   [promql('count by (status) (metering_app_balance_status{status=~"low|depleted"} == 1)',
+                   "Apps of the selection whose balance status is low or depleted now (MeteringAppBalanceLow "
+                   "and MeteringAppBalanceDepleted fire on the same series, for every app).",
+                   [promql(f'count by (status) (metering_app_balance_status{{status=~"low|depleted", {_APPS}}} == 1)',
                            "{{status}}")], w=8),
-        timeseries("Lowest balances", "The ten lowest app balances, in the currency of each app's plan.",
-                   [promql("bottomk(10, metering_app_balance)", "{{account_id}} / {{app_id}} ({{currency}})")],
-                   w=8),
+        timeseries("Lowest balances",
+                   "The ten lowest balances of the selected apps, in the currency of each app's plan.",
+                   [promql(f"bottomk(10, metering_app_balance{{{_APPS}}})",
+                           "{{account_id}} / {{app_id}} ({{currency}})")], w=8),
         timeseries("Cost booked per minute",
                    "Cost the balance processor booked for final billing sessions, and cost taken back by "
                    "plans that re-priced sessions lower, by kind and currency.",
@@ -120,7 +124,7 @@ def balances_dashboard() -> dict[str, Any]:
         "Metering balances",
         "Prepaid balances (R12): balance and status per app, cost, balance alerts, entitlement answers, "
         "webhook deliveries. Per-app tables from ClickHouse (as `metering plans`), the rest from Prometheus.",
-        variables.common(_ID_TABLES),
+        [*variables.common(_ID_TABLES), *variables.promql_regexes()],
         [
             row("Balances per app (ClickHouse)", _clickhouse()),
             row("Balance alerts and cost (Prometheus: metering balance)", _alerts()),

@@ -20,7 +20,7 @@ from typing import Final
 
 import sql
 
-__all__ = ["ALL_APPS", "ALL_VALUE", "BindingError", "Bound", "account_filter", "app_filter", "bind"]
+__all__ = ["ALL_APPS", "ALL_VALUE", "BindingError", "Bound", "account_filter", "app_filter", "bind", "selection"]
 
 #: ``{name:Type}``: a ClickHouse query parameter.
 PARAMETER: Final = re.compile(r"\{(\w+):([^{}]+)\}")
@@ -28,8 +28,15 @@ PARAMETER: Final = re.compile(r"\{(\w+):([^{}]+)\}")
 #: The custom "All" value of the account and app variables: Grafana pastes it as it is (without
 #: formatting), so it must be SQL: the empty string, which no id is (ids have 1 to 128 characters).
 ALL_VALUE: Final = "''"
+
+
+def selection(variable: str) -> str:
+    """An account or app variable as an ``Array(String)`` of the chosen ids: empty for "All"."""
+    return f"arrayFilter(a -> a != {ALL_VALUE}, [${{{variable}:singlequote}}])"
+
+
 #: The app variable as the ``Array(String)`` the queries take: empty (all apps) for "All".
-ALL_APPS: Final = "arrayFilter(a -> a != '', [${app:singlequote}])"
+ALL_APPS: Final = selection("app")
 
 _TZ: Final = "${tz:singlequote}"
 

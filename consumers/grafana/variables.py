@@ -13,17 +13,29 @@ refuse values outside their options (``allowCustomValue: false``). The options a
 
 "All" of account and app is the custom value ``''`` (pasted as it is): the queries read it as
 "no filter", as ``metering usage`` without ``--account``/``--app``, however many ids there are.
+
+PromQL cannot take that value (nor Grafana's ``regex`` format, ``escapeRegex`` of grafana
+``packages/grafana-data/src/text/string.ts``, whose ``\\.`` is no escape a PromQL string accepts
+and which leaves ``"`` as it is), so each of the two has a hidden companion,
+``account_regex`` and ``app_regex``: ClickHouse turns the selection into the body of a PromQL regex
+matcher, ``(?s:.*)`` for "All", else the ids joined by ``|``, every byte outside ``[A-Za-z0-9_-]``
+and ASCII written ``\\\\xHH`` in the PromQL string (``\\xHH`` in the regex): one literal character
+whatever the id holds (quotes, backslashes, regex metacharacters, newlines). Grafana refreshes a
+query variable whenever a variable its query names changes, so they follow the selection, and the
+panels paste them with the ``raw`` format (``label=~"${app_regex:raw}"``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from consumers.grafana.bind import ALL_VALUE, account_filter
+from consumers.grafana.bind import ALL_VALUE, account_filter, selection
 from consumers.grafana.panels import CLICKHOUSE
 
 __all__ = [
     "DATABASE",
+    "MATCH_ALL",
+    "PROMQL_SELECTION",
     "ZONE_NAME",
     "account",
     "app",
@@ -32,6 +44,7 @@ __all__ = [
     "common",
     "database",
     "prometheus_source",
+    "promql_regexes",
     "tz",
 ]
 
@@ -39,6 +52,10 @@ __all__ = [
 DATABASE: Final = "metering"
 #: What an option of ``tz`` may be: IANA zone names are made of these (``America/Argentina/Salta``).
 ZONE_NAME: Final = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"
+#: The PromQL regex of "All": any label value, newlines too (Prometheus 2 lets ``.`` stop at them).
+MATCH_ALL: Final = "(?s:.*)"
+#: The label matchers of a per-app Prometheus series (labels ``account_id``, ``app_id``) for the selection.
+PROMQL_SELECTION: Final = 'account_id=~"${account_regex:raw}", app_id=~"${app_regex:raw}"'
 
 
 def _source(name: str, plugin: str, label: str) -> dict[str, Any]:
@@ -138,6 +155,30 @@ def tz() -> dict[str, Any]:
 def common(id_tables: tuple[str, ...]) -> list[dict[str, Any]]:
     """The variables of every dashboard; ``id_tables`` list the accounts and apps to pick from."""
     return [clickhouse_source(), prometheus_source(), database(), account(id_tables), app(id_tables), tz()]
+
+
+def _promql_regex(of: str) -> dict[str, Any]:
+    """Hidden: the selection of variable ``of`` as a PromQL regex body (see the module's docstring).
+
+    Bytes of 0x80 and above (the rest of a UTF-8 character) are kept: no metacharacter, nothing a
+    PromQL string escapes; the others outside ``[A-Za-z0-9_-]`` become ``\\\\xHH``.
+    """
+    sql = (
+        f"SELECT if(empty(ids), '{MATCH_ALL}', arrayStringConcat(arrayMap(id -> arrayStringConcat(arrayMap(\n"
+        r"    b -> if(match(b, '^[A-Za-z0-9_-]$') OR b >= '\x80', b, concat('\\\\x', hex(b))),"
+        "\n    splitByString('', id))), ids), '|')) AS regex\n"
+        f"FROM (SELECT {selection(of)} AS ids)"
+    )
+    variable = _query(f"{of}_regex", f"{of.capitalize()} (PromQL regex)", sql, multi=False, include_all=False,
+                      current={"selected": True, "text": MATCH_ALL, "value": MATCH_ALL})  # fmt: skip
+    variable["hide"] = 2
+    variable["description"] = f"The {of} variable for PromQL label matchers (follows it; not for editing)."
+    return variable
+
+
+def promql_regexes() -> list[dict[str, Any]]:
+    """The hidden companions of account and app for dashboards with per-app Prometheus panels."""
+    return [_promql_regex("account"), _promql_regex("app")]
 
 
 def by() -> dict[str, Any]:

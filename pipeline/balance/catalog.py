@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta, Struct
 
+from pipeline.balance.money import is_currency
 from pipeline.events import (
     Currency,
     DecimalString,
@@ -142,6 +143,8 @@ _PRICES: Final = (
 
 
 def _money_problem(plan: CatalogPlan) -> str:
+    if not is_currency(plan.currency):
+        return f"currency {plan.currency!r} is not an ISO 4217 currency in use (e.g. USD, EUR, JPY)"
     for field in _PRICES:
         if Decimal(getattr(plan, field)) < 0:
             return f"{field} must not be negative"

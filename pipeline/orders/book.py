@@ -6,8 +6,10 @@ in the same Kafka transaction as the consumed offsets. So:
 
 - an order is created once (by ``order_id``); a copy of its message changes nothing;
 - a payment moves an order from ``pending`` to ``paid`` or ``failed``, and a refund from ``paid``
-  to ``refunded``; anything else (a second confirmation, a refund of an unpaid order) changes
-  nothing: a provider's confirmation is idempotent;
+  to ``refunded``; a second confirmation of the order's state changes nothing (a provider's
+  confirmation is idempotent); a payment for an unknown order (``unmatched``) or one the order's
+  state does not allow (``inapplicable``: a refund of an unpaid order) changes nothing and says
+  why, for its dead letter;
 - a paid order gets the next number of its account (``INV-000001``, ...), an invoice that never
   changes, and a ``funds_added`` whose ``event_id`` is derived from the order, so the balance
   counts it once however often it is produced; a failed payment adds nothing;
@@ -26,7 +28,7 @@ from typing import Final, Literal
 from msgspec import Struct
 from msgspec import field as struct_field
 
-from pipeline.balance.money import ZERO, format_money, sub
+from pipeline.balance.money import ZERO, format_amount, format_money, sub
 from pipeline.decode import to_ms
 from pipeline.events import AccountChanged, BillingType, FundsAdded, FundsRefunded, ms_to_datetime, parse_decimal
 from pipeline.orders.events import (
@@ -40,7 +42,7 @@ from pipeline.orders.events import (
 from pipeline.orders.providers import PaymentOutcome
 from pipeline.rules.billing import derived_id
 
-Outcome = Literal["applied", "duplicate", "unmatched", "refused"]
+Outcome = Literal["applied", "duplicate", "unmatched", "inapplicable", "refused"]
 
 ENTERPRISE_REFUSAL: Final = "enterprise accounts are billed by contract: contact support to add funds"
 
@@ -83,6 +85,8 @@ class Step:
     states: list[OrderState] = field(default_factory=list)
     documents: list[InvoiceIssued] = field(default_factory=list)
     money: list[FundsAdded | FundsRefunded] = field(default_factory=list)
+    #: why an ``unmatched`` or ``inapplicable`` payment changes nothing (its dead letter says so)
+    reason: str = ""
 
 
 def funds_event_id(account_id: str, order_id: str) -> str:
@@ -154,12 +158,18 @@ def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> S
         return Step("duplicate")
     order = book.orders.get(event.order_id)
     if order is None:
-        return Step("unmatched")
+        return Step("unmatched", reason=f"no order {event.order_id!r} in account {book.account_id!r}")
     book.payments_seen.add(event.event_id)
     t = to_ms(event.occurred_at)
     allowed = {("pending", "paid"), ("pending", "failed"), ("paid", "refunded")}
     if (order.status, event.status) not in allowed:
-        return Step("duplicate")
+        if order.status == event.status:
+            return Step("duplicate")  # a second confirmation of what is so: idempotent
+        return Step(
+            "inapplicable",
+            reason=f"order {event.order_id!r} is {order.status}: a payment {event.status!r} applies only to a "
+            f"{'paid' if event.status == 'refunded' else 'pending'} order",
+        )
     if event.status != "refunded":  # a refund goes back the way the payment came
         order.provider = event.provider
     if event.payment_method:
@@ -209,7 +219,8 @@ def _document(
     book.next_number += 1
     created = order.created
     amount = parse_decimal(created.amount)
-    signed = format_money(amount if kind == "invoice" else sub(ZERO, amount))
+    # as the currency writes it (JPY 100, KWD 1.500); an issued document keeps the text it was issued with
+    signed = format_amount(amount if kind == "invoice" else sub(ZERO, amount), created.currency)
     description = (
         description_of(created) if kind == "invoice" else f"Refund of {order.invoice_id}: {description_of(created)}"
     )

@@ -118,6 +118,8 @@ class OrderPartition:
             step = create_order(book, order_message, started, self.seller)
         else:
             step = update_payment(book, order_message, self.seller)
+            if step.outcome in ("unmatched", "inapplicable"):  # nothing silent: its dead letter says why
+                self._dead(message, Rejection(step.outcome, step.reason), now_ms, out)
         self._collect(book, step, out)
 
     def take_changes(self) -> list[tuple[bytes, bytes | None]]:

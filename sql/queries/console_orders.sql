@@ -1,6 +1,9 @@
--- Orders & invoices: the account's orders, newest first (the latest state of each: FINAL by version).
+-- Orders & invoices: the account's orders, newest first (the latest state of each: FINAL by version),
+-- a page at a time: those before the cursor (created_at, order_id) in that order, one more than the
+-- page to know whether there is a next one. Without a cursor the route binds one after any order.
 --
--- Parameters: database Identifier; account String; limit UInt32.
+-- Parameters: database Identifier; account String; limit UInt32; before_at DateTime64(3, 'UTC');
+-- before_id String.
 SELECT
     order_id,
     billing_date,
@@ -15,5 +18,6 @@ SELECT
     created_at
 FROM {database:Identifier}.orders FINAL
 WHERE account_id = {account:String}
+    AND (created_at, order_id) < ({before_at:DateTime64(3, 'UTC')}, {before_id:String})
 ORDER BY created_at DESC, order_id DESC
 LIMIT {limit:UInt32}

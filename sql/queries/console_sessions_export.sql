@@ -9,12 +9,23 @@
 -- sorting key's order, so ORDER BY app_id, billing_session_id needs no sort of its own, only a
 -- merge of the sorted parts; one thread, small blocks and no parallel formatting (its buffers
 -- cost about 12 MiB) keep memory flat and leave the other core to the sink. A void takes a session out of the 15-minute bucket it names.
+--
+-- Text from end users' platforms (ids, channel) is made spreadsheet-safe as `metering compute
+-- --sessions` writes it (pipeline.report.spreadsheet_safe): a cell starting with = + - @, a tab
+-- or a CR gets a leading ' unless it is a plain decimal number. Row by row: streaming stays flat.
+-- (Named *_cell, not as the columns: ORDER BY and WHERE keep meaning the stored columns, the
+-- sorting key; the CSV carries no names, its header is the route's.)
 SELECT
-    app_id,
-    channel,
-    user_id,
+    if(match(app_id, '^[=+@\t\r-]') AND NOT match(app_id, '^[+-]?[0-9]+([.][0-9]+)?$'),
+       concat('\'', app_id), app_id) AS app_id_cell,
+    if(match(channel, '^[=+@\t\r-]') AND NOT match(channel, '^[+-]?[0-9]+([.][0-9]+)?$'),
+       concat('\'', channel), channel) AS channel_cell,
+    if(match(user_id, '^[=+@\t\r-]') AND NOT match(user_id, '^[+-]?[0-9]+([.][0-9]+)?$'),
+       concat('\'', user_id), user_id) AS user_id_cell,
     kind AS billing_session_type,
-    conversation_session_id,
+    if(match(conversation_session_id, '^[=+@\t\r-]')
+           AND NOT match(conversation_session_id, '^[+-]?[0-9]+([.][0-9]+)?$'),
+       concat('\'', conversation_session_id), conversation_session_id) AS conversation_session_id_cell,
     if(isNull(conversation_started_at), NULL,
        concat(formatDateTime(assumeNotNull(conversation_started_at), '%Y-%m-%dT%H:%i:%S', 'UTC'), '.',
               leftPad(toString(toUnixTimestamp64Milli(assumeNotNull(conversation_started_at)) % 1000), 3, '0'), 'Z'))
@@ -23,14 +34,16 @@ SELECT
        concat(formatDateTime(assumeNotNull(conversation_ended_at), '%Y-%m-%dT%H:%i:%S', 'UTC'), '.',
               leftPad(toString(toUnixTimestamp64Milli(assumeNotNull(conversation_ended_at)) % 1000), 3, '0'), 'Z'))
         AS conversation_ended_at,
-    billing_session_id,
+    if(match(billing_session_id, '^[=+@\t\r-]') AND NOT match(billing_session_id, '^[+-]?[0-9]+([.][0-9]+)?$'),
+       concat('\'', billing_session_id), billing_session_id) AS billing_session_id_cell,
     concat(formatDateTime(started_at, '%Y-%m-%dT%H:%i:%S', 'UTC'), '.',
            leftPad(toString(toUnixTimestamp64Milli(started_at) % 1000), 3, '0'), 'Z') AS billing_session_started_at,
     concat(formatDateTime(ended_at, '%Y-%m-%dT%H:%i:%S', 'UTC'), '.',
            leftPad(toString(toUnixTimestamp64Milli(ended_at) % 1000), 3, '0'), 'Z') AS billing_session_ended_at,
     bot_ms,
     agent_ms,
-    alert_id
+    if(match(alert_id, '^[=+@\t\r-]') AND NOT match(alert_id, '^[+-]?[0-9]+([.][0-9]+)?$'),
+       concat('\'', alert_id), alert_id) AS alert_id_cell
 FROM {database:Identifier}.billing_sessions FINAL
 WHERE account_id = {account:String}
     AND started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}

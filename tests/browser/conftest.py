@@ -203,12 +203,17 @@ def wait_for_ingest(stack: Stack) -> None:
 
 @pytest.fixture
 def context(browser: Browser, stack: Stack) -> Iterator[BrowserContext]:
+    """A fresh browser context; the test fails if a page of it broke the Content-Security-Policy (console.headers):
+    a refused inline script, style attribute or foreign source means the page does not work as served."""
     ctx = browser.new_context(viewport=LAPTOP, locale="en-US", timezone_id="UTC", accept_downloads=True)
     ctx.set_default_timeout(20_000)
+    refused: list[str] = []
+    ctx.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     try:
         yield ctx
     finally:
         ctx.close()
+    assert not refused, f"the pages broke their Content-Security-Policy: {refused}"
 
 
 @pytest.fixture

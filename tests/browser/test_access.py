@@ -6,7 +6,9 @@
   when a page is opened and when a page's script finds the session gone;
 - a member and a shared account's admin get a 403 page on every Billing URL, with no navigation,
   and no billing figure or app of the account anywhere (the page's text and every API answer);
-- an Enterprise account's navigation has no Orders & invoices, and its URL answers 403.
+- an Enterprise account's navigation has no Orders & invoices, and its URL answers 403;
+- the pages run under their Content-Security-Policy, which Chromium enforces (every test's context
+  fails on a violation: tests/browser/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from console import login_link
 from tests.browser.conftest import ADMIN_ACCOUNT, ENTERPRISE_ACCOUNT, Stack
@@ -39,6 +41,31 @@ def test_login_form_signs_an_admin_in(page: Page, stack: Stack, shoot: Callable[
     nav = page.get_by_role("navigation", name="Billing")
     expect(nav.get_by_role("link")).to_have_text(["Usage", "Plan & usage", "Orders & invoices"])
     expect(nav.get_by_role("link", name="Plan & usage")).to_have_attribute("aria-current", "page")
+
+
+def test_chromium_enforces_the_pages_policy(browser: Browser, stack: Stack) -> None:
+    """What makes the other tests' "no violation" meaningful: an inline script (as an injected one would be) is
+    refused and reported, a framed page is not shown."""
+    context = browser.new_context()
+    try:
+        stack.sign_in(context)
+        page = context.new_page()
+        reports: list[str] = []
+        page.on("console", lambda m: reports.append(m.text))
+        page.goto(f"{stack.url}/console/plans")
+        page.evaluate(
+            "() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1';"
+            " document.body.append(s); }"
+        )
+        assert page.evaluate("window.injected") is None
+        expect(page.locator("#apps-table tbody tr").first).not_to_have_text("Loading…")  # its own script ran
+        page.set_content(f'<iframe id="f" src="{stack.url}/console/plans"></iframe>')
+        page.wait_for_timeout(1000)
+        framed = page.frame_locator("#f").get_by_role("heading", name="Plan & usage")
+        expect(framed).to_have_count(0)
+        assert any("Content Security Policy" in r for r in reports), reports
+    finally:
+        context.close()
 
 
 def test_a_refused_token_says_why(page: Page, stack: Stack) -> None:

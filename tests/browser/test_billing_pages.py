@@ -24,6 +24,7 @@ from pypdf import PdfReader
 
 from tests.browser.browser import PHONE
 from tests.browser.conftest import Stack
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.integration
 def open_plans(page: Page, stack: Stack) -> None:
     page.goto(f"{stack.url}/console/plans")
     expect(page.get_by_role("heading", name="Plan & usage")).to_be_visible()
-    page.wait_for_function("Number(document.body.dataset.loaded) > 0")
+    # (selectors, not wait_for_function: the page's CSP refuses the eval that one needs)
+    page.locator("body[data-loaded]").wait_for(state="attached")
 
 
 def app_row(page: Page, app: str) -> Locator:
@@ -137,7 +139,7 @@ def test_a_lower_plan_is_scheduled_and_shown_as_a_notice(
     row.get_by_role("button", name="Manage").click()
     dialog = page.get_by_role("dialog", name=f"Manage {app}")
     options = dialog.get_by_label("Plan", exact=True).locator("option").evaluate_all("os => os.map(o => o.value)")
-    plans = page.evaluate("window.CONSOLE_PAGE.plans")
+    plans = page.evaluate("JSON.parse(document.getElementById('page-data').textContent).plans")
     rank = {p["name"]: p["rank"] for p in plans}
     lower = [name for name in options if rank[name] < rank.get(current["plan"], 10**6)]
     assert lower, f"the catalogue has a plan below {current['plan']}: {plans}"
@@ -199,3 +201,24 @@ def test_plans_page_at_phone_width(admin_page: Page, stack: Stack, shoot: Callab
     shoot(page, "plans-phone")
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, "the page scrolls sideways at phone width"
+
+
+def test_the_orders_page_loads_more_orders_a_page_at_a_time(admin_page: Page, stack: Stack) -> None:
+    """The API answers a page of orders and a `next` link; the page shows the first and adds the next ones on
+    "Load more orders". (The page's first request is given limit=1 here, so two orders make two pages.)"""
+    for amount in ("11.00", "12.00"):
+        answer = stack.post("/api/v1/apps/app-00-1/funds", {"amount": amount, "payment_method": "transfer"})
+        assert answer.status_code == 202, answer.text
+    wait_until(lambda: len(stack.api("/api/v1/orders").json()["orders"]) >= 2, 60, "two orders")
+    everything = [o["order_id"] for o in stack.api("/api/v1/orders?limit=1000").json()["orders"]]
+    page = admin_page
+    page.route(re.compile(r".*/api/v1/orders$"), lambda route: route.continue_(url=route.request.url + "?limit=1"))
+    page.goto(f"{stack.url}/console/orders")
+    rows = page.locator("#orders-table tbody tr")
+    expect(rows).to_have_count(1)
+    more = page.get_by_role("button", name="Load more orders")
+    for shown in range(2, len(everything) + 1):
+        more.click()
+        expect(rows).to_have_count(shown)
+    expect(more).to_be_hidden()
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.orderId)") == everything

@@ -38,7 +38,8 @@ def open_usage(page: Page, stack: Stack, query: str = "") -> None:
 
 def wait_loaded(page: Page) -> None:
     """Until the page drew its latest answer (the script marks the body when it has)."""
-    page.wait_for_function("document.body.dataset.loaded && !document.body.hasAttribute('aria-busy')")
+    # (selectors, not wait_for_function: the page's CSP refuses the eval that one needs)
+    page.locator("body[data-loaded]:not([aria-busy])").wait_for(state="attached")
 
 
 def table_rows(page: Page) -> list[list[str]]:
@@ -62,17 +63,13 @@ def as_rows(series: list[dict[str, Any]]) -> list[list[str]]:
 def click_and_wait(page: Page, name: str) -> None:
     before = page.evaluate("document.body.dataset.loaded")
     page.get_by_role("button", name=name, exact=True).click()
-    page.wait_for_function(
-        "before => document.body.dataset.loaded !== before && !document.body.hasAttribute('aria-busy')", arg=before
-    )
+    page.locator(f'body[data-loaded]:not([data-loaded="{before}"]):not([aria-busy])').wait_for(state="attached")
 
 
 def select_and_wait(page: Page, label: str, value: str) -> None:
     before = page.evaluate("document.body.dataset.loaded")
     page.get_by_label(label, exact=True).select_option(value)
-    page.wait_for_function(
-        "before => document.body.dataset.loaded !== before && !document.body.hasAttribute('aria-busy')", arg=before
-    )
+    page.locator(f'body[data-loaded]:not([data-loaded="{before}"]):not([aria-busy])').wait_for(state="attached")
 
 
 @pytest.mark.parametrize("app", ["", "app-00-0"], ids=["all-apps", "one-app"])

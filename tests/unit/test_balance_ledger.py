@@ -18,6 +18,7 @@ from pipeline.balance.ledger import (
     BalanceConfig,
     BalanceConfigError,
     Ledger,
+    advance,
     alert_event_id,
     apply_funds,
     apply_plan,
@@ -406,3 +407,26 @@ def test_ledger_stats_add_up_every_input() -> None:
     }
     assert ledger.plan_at(APP, T0) is not None
     assert ledger.plan_at("unknown", T0) is None
+
+
+def test_funds_in_a_scheduled_plans_currency_count_from_its_date_and_nothing_before() -> None:
+    """What the console accepts (docs/balances.md, "Money"): funds in the currency of the plan in force, or of a
+    plan scheduled for later. Funds for a scheduled EUR plan are kept beside the USD balance and count from the
+    plan's date; until then the USD balance alone decides status and entitlement. (An order in any other
+    currency is refused by the console: it would never count.)"""
+    state = AppBalance(app_id=APP)
+    switch = T0 + 10 * DAY
+    apply_plan(state, plan(T0, currency="USD"))
+    apply_funds(state, funds("60.00", T0 + MINUTE))
+    scheduled = msgspec.structs.replace(
+        plan(T0 + HOUR, currency="EUR", event_id="plan-eur", name="basic-eur", threshold="10.00"),
+        effective_at=ms_to_datetime(switch),
+    )
+    apply_plan(state, scheduled)
+    apply_funds(state, funds("80.00", T0 + 2 * HOUR, event_id="funds-eur", currency="EUR"))
+    assert (state.currency, state.balance, state.status) == ("USD", Decimal("60.00"), "active")
+    assert str(state.tallies["EUR"].funds) == "80.00", "kept, not counted yet"
+    assert entitled(state, T0 + 3 * HOUR)
+    advance(state, switch)  # the processor moves the app's clock at the plan's instant
+    assert (state.currency, state.balance, state.status) == ("EUR", Decimal("80.00"), "active")
+    assert entitled(state, switch + MINUTE), "the app is not depleted at the switch"

@@ -25,7 +25,7 @@ from pipeline.balance.ledger import (
     charge,
     entitled,
 )
-from pipeline.balance.money import decimals_of, minor_units
+from pipeline.balance.money import decimals_of, format_amount, is_currency, minor_units
 from pipeline.balance.notices import AppView, app_status, notices
 from pipeline.balance.periods import add_months, next_period_start, period_start, plan_change
 from pipeline.balance.plans import TimeoutSchedule
@@ -394,10 +394,42 @@ def test_a_catalogue_file_that_does_not_exist_names_the_path(tmp_path: Path) -> 
 
 
 def test_currencies_have_their_own_decimals() -> None:
-    assert (minor_units("USD"), minor_units("JPY"), minor_units("KWD")) == (2, 0, 3)
+    assert (minor_units("USD"), minor_units("JPY"), minor_units("KWD"), minor_units("CLF")) == (2, 0, 3, 4)
     assert decimals_of(Decimal("10.50")) == 1
     assert decimals_of(Decimal("10.125")) == 3
     assert decimals_of(Decimal("100")) == 0
+
+
+def test_currencies_are_iso_4217_codes_in_use() -> None:
+    assert all(is_currency(c) for c in ("USD", "EUR", "JPY", "KWD", "CHF", "INR"))
+    assert not any(is_currency(c) for c in ("ZZZ", "usd", "US", "XAU", "XXX", "XTS", ""))
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "written"),
+    [
+        ("12000", "JPY", "12000"),
+        ("1E+2", "JPY", "100"),
+        ("0.5", "JPY", "0.5"),
+        ("250.5", "USD", "250.50"),
+        ("49.995", "USD", "49.995"),
+        ("-5", "USD", "-5.00"),
+        ("-0.00", "USD", "0.00"),
+        ("0", "JPY", "0"),
+        ("1.5", "KWD", "1.500"),
+        ("1.5", "CLF", "1.5000"),
+    ],
+)
+def test_amounts_are_written_with_the_currencys_minor_units_and_never_rounded(
+    amount: str, currency: str, written: str
+) -> None:
+    assert format_amount(Decimal(amount), currency) == written
+
+
+def test_a_catalogue_plan_in_a_currency_not_in_iso_4217_is_refused() -> None:
+    plan = {"rank": 1, **{f"price_per_{k}_session": "1" for k in ("usage", "alert", "voice")}, "currency": "ZZZ"}
+    with pytest.raises(CatalogError, match="ISO 4217"):
+        parse_catalog({"plans": {"a": plan}}, "test.toml")
 
 
 # -- idle timeouts of replaced plans (the rules engine's view) --------------------------------------------------

@@ -52,14 +52,15 @@ def test_shipped_migrations_are_numbered_and_parse() -> None:
         "006_usage_1h.sql",
         "010_console_plans.sql",
         "011_orders_invoices.sql",
+        "020_idempotency_keys_kept.sql",
     ]
-    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3]
+    assert [len(m.statements) for m in migrations] == [1, 1, 1, 5, 5, 7, 6, 3, 1]
     assert all(len(m.checksum) == 64 for m in migrations)
 
 
 def test_migrate_creates_the_database_and_tables_and_tracks_them(chdb_client: Client, fresh_database: str) -> None:
     applied = migrate(chdb_client, fresh_database)
-    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 10, 11, 20]
     assert engines(chdb_client, fresh_database) == {
         "billing_sessions": "ReplacingMergeTree",
         "usage_15m": "AggregatingMergeTree",

@@ -370,3 +370,17 @@ def test_sessions_export_formats(tmp_path: Path) -> None:
     assert got[0]["conversation_started_at"] == "2026-11-01T10:00:00.000Z"
     assert got[0]["conversation_ended_at"] == got[2]["billing_session_ended_at"] == "2026-11-01T10:20:00.000Z"
     assert "sub-1" in run("--events", str(path), "--sessions", "--format", "table").stdout
+
+
+def test_csv_neutralises_formulas_and_keeps_numbers_json_keeps_the_text() -> None:
+    """CSV (compute, usage, the sessions export) is opened in spreadsheets: text that would run as a formula gets
+    a leading ' (OWASP); numbers, and text that is a plain decimal number (a balance of -5.00), stay as they are."""
+    from pipeline.report import render, spreadsheet_safe  # noqa: PLC0415
+
+    cells = ["=1+1", "+33 1 23", "-1+2", "@SUM(A1)", "\tx", "\rx", "ok", "-5.00", "+7", "", None, -3, 2.5]
+    assert [spreadsheet_safe(c) for c in cells] == [
+        "'=1+1", "'+33 1 23", "'-1+2", "'@SUM(A1)", "'\tx", "'\rx", "ok", "-5.00", "+7", "", None, -3, 2.5,
+    ]  # fmt: skip
+    csv_text = render(("a", "b", "c"), [("=cmd|' /C calc'!A0", -3, "-5.00")], "csv")
+    assert csv_text == "a,b,c\n'=cmd|' /C calc'!A0,-3,-5.00\n"
+    assert json.loads(render(("a",), [("=1+1",)], "json")) == [{"a": "=1+1"}]

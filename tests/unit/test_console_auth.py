@@ -30,7 +30,17 @@ from console.deps import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, billing_route
 from console.settings import read_console_settings
 from consumers.clickhouse import Client, migrate
 from pipeline.cli import main
-from tests.console_support import ACCOUNT, SECRET, bearer, claims_token, console_settings, http, make_app, token
+from tests.console_support import (
+    ACCOUNT,
+    OPERATOR_TOKEN,
+    SECRET,
+    bearer,
+    claims_token,
+    console_settings,
+    http,
+    make_app,
+    token,
+)
 
 poke = billing_router(prefix="/api/v1/test")
 
@@ -111,6 +121,93 @@ def test_form_login_redirects_and_a_refused_token_goes_back_to_login_with_the_re
         bad = c.post("/login", data={"token": "nope"}, follow_redirects=False)
         assert bad.status_code == 303
         assert bad.headers["location"].startswith("/login?error=")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+def test_a_sign_in_from_another_site_is_refused(app: FastAPI, headers: dict[str, str]) -> None:
+    """Login CSRF: another site's page auto-submitting its owner's token to POST /login would leave the visitor
+    signed in to the attacker's account (what they then enter, they enter there). Browsers say where a POST
+    comes from (Sec-Fetch-Site, Origin): anything but this site is refused, and no cookie is set."""
+    with http(app) as c:
+        attacker = token("attacker-account")
+        form = c.post(
+            "/login", data={"token": attacker, "next": "/console/plans"}, headers=headers, follow_redirects=False
+        )
+        assert form.status_code == 403, form.text
+        assert form.json()["reason"] == "cross_site"
+        assert "set-cookie" not in form.headers
+        as_json = c.post("/login", json={"token": attacker}, headers=headers)
+        assert as_json.status_code == 403
+
+
+def test_a_sign_in_from_this_site_or_without_browser_headers_is_accepted(app: FastAPI) -> None:
+    with http(app) as c:
+        same = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+        answer = c.post("/login", data={"token": token()}, headers=same, follow_redirects=False)
+        assert answer.status_code == 303, answer.text
+        typed = c.post("/login", data={"token": token()}, headers={"Sec-Fetch-Site": "none"}, follow_redirects=False)
+        assert typed.status_code == 303, "typed or bookmarked: no site sent it"
+        assert c.post("/login", json={"token": token()}).status_code == 200, "curl, scripts: no browser headers"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "", "application/x-json-ish"])
+def test_json_sign_in_only_with_a_json_content_type(app: FastAPI, content_type: str) -> None:
+    """A text/plain POST is what another site can send without asking (no CORS preflight): only JSON typed as
+    JSON, or the login form, is read."""
+    with http(app) as c:
+        body = json.dumps({"token": token()}).encode()
+        answer = c.post("/login", content=body, headers={"Content-Type": content_type} if content_type else {})
+        assert answer.status_code == 415, answer.text
+        assert answer.json()["parameter"] == "Content-Type"
+        assert "set-cookie" not in answer.headers
+        charset = c.post("/login", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+        assert charset.status_code == 200
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example", "/\t/evil.example", "/%2F%2Fevil.example", "/%5Cevil.example"])
+def test_login_next_is_never_an_off_site_redirect(app: FastAPI, target: str) -> None:
+    """Starlette percent-encodes what browsers would normalise to //host."""
+    with http(app) as c:
+        answer = c.post("/login", data={"token": token(), "next": target}, follow_redirects=False)
+    assert answer.status_code == 303
+    location = answer.headers["location"]
+    assert location.startswith("/"), location
+    assert not location.startswith(("//", "/\\")), location
+    assert "\t" not in location, location
+    assert "\\" not in location, location
+
+
+def test_the_login_page_shows_only_its_own_texts_for_a_code(app: FastAPI) -> None:
+    """Content spoofing: /login?error=... used to print any sentence of the link as the console's own error."""
+    text = "Your account is suspended. Call +1 555 0100 and read out your token to restore access."
+    with http(app) as c:
+        spoofed = c.get("/login", params={"error": text})
+        assert spoofed.status_code == 200
+        assert "suspended" not in spoofed.text
+        assert 'role="alert"' not in spoofed.text, "an unknown code shows nothing"
+        known = c.get("/login", params={"error": "token_expired"})
+        assert "That token has expired" in known.text
+        assert 'role="alert"' in known.text
+        refused = c.post("/login", data={"token": token()[:-4] + "AAAA"}, follow_redirects=False)
+        assert refused.headers["location"] == "/login?error=signature"
+        assert "signature does not verify" in c.get(refused.headers["location"]).text
+
+
+def test_operator_token_never_opens_billing_and_console_token_never_opens_operators(
+    chdb_client: Client, auth_db: str
+) -> None:
+    with http(make_app(chdb_client, auth_db)) as c:
+        assert c.get("/usage", headers=bearer(token())).status_code == 401
+        assert c.get("/api/v1/apps", headers=bearer(OPERATOR_TOKEN)).status_code == 401
 
 
 def test_logout_clears_the_cookies(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from pypdf import PdfReader
 
 from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
+from pipeline.balance.catalog import parse_catalog
 from pipeline.events import AccountChanged, format_ms
 from pipeline.orders.events import OrderState
 from tests.console_support import (
@@ -34,6 +36,7 @@ from tests.console_support import (
     http,
     issued_invoice,
     make_app,
+    order_record,
     plan_snapshot,
     token,
 )
@@ -227,6 +230,113 @@ def test_add_funds_creates_an_order_and_credits_nothing_itself(
     assert publisher.sent[0][1] == ACCOUNT, "orders are keyed by account"
 
 
+# -- currencies: funds only in one the balance counts, a currency switch of a funded app only when confirmed ----------
+
+EURO_CATALOG = parse_catalog(
+    {
+        "plans": {
+            "starter": {"rank": 1, **{f"price_per_{k}_session": "0.05" for k in ("usage", "alert", "voice")}},
+            "growth": {"rank": 2, **{f"price_per_{k}_session": "0.03" for k in ("usage", "alert", "voice")}},
+            "basic-eur": {
+                "rank": 0,
+                "currency": "EUR",
+                **{f"price_per_{k}_session": "0.04" for k in ("usage", "alert", "voice")},
+            },
+            "pro-jpy": {
+                "rank": 9,
+                "currency": "JPY",
+                **{f"price_per_{k}_session": "5" for k in ("usage", "alert", "voice")},
+            },
+        }
+    },
+    "test",
+)
+
+
+@pytest.fixture
+def euro_client(chdb_client: Client, database: str, publisher: RecordingPublisher) -> Iterator[TestClient]:
+    """The console over a catalogue with a plan in EUR and one in JPY; acme-bot on growth (USD) with 30.00."""
+    store(chdb_client, database, [plan_snapshot("acme-bot", plan="growth", balance="30.00", term=False)])
+    extras = {"publisher": publisher, "catalog": EURO_CATALOG}
+    with http(make_app(chdb_client, database, console_settings(now=NOW), extras=extras)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("currency", ["EUR", "ZZZ", "XAU", "usd", "US"])
+def test_add_funds_only_in_the_currency_the_balance_counts(
+    euro_client: TestClient, publisher: RecordingPublisher, currency: str
+) -> None:
+    """The app is priced in USD: an order in EUR would be paid and invoiced, and the funds land in a tally the
+    balance, status and entitlement never look at (currencies are never converted); a made-up code (ZZZ), a
+    metal (XAU) or a malformed one is no currency at all."""
+    answer = euro_client.post(
+        "/api/v1/apps/acme-bot/funds",
+        json={"amount": "100.00", "currency": currency, "payment_method": "manual"},
+        headers=ADMIN,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["parameter"] == "currency"
+    assert publisher.sent == []
+
+
+def test_add_funds_defaults_to_the_plans_currency(euro_client: TestClient, publisher: RecordingPublisher) -> None:
+    answer = euro_client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100"}, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    assert (answer.json()["currency"], answer.json()["amount"]) == ("USD", "100.00")
+    assert "counts_from" not in answer.json()
+    [order] = publisher.events("billing-orders")
+    assert order["currency"] == "USD"
+
+
+def test_funds_in_a_scheduled_plans_currency_count_from_its_date(
+    chdb_client: Client, database: str, euro_client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """A downgrade to a EUR plan is scheduled for 1 December: funds in EUR are taken (they count from then, so
+    the app is not left depleted at the switch), and the answer says from when."""
+    december = datetime(2026, 12, 1, tzinfo=UTC)
+    store(
+        chdb_client,
+        database,
+        [plan_snapshot("acme-bot", plan="growth", balance="30.00", term=False, version=2,
+                       scheduled_plan="basic-eur", scheduled_at=december)],
+    )  # fmt: skip
+    answer = euro_client.post("/api/v1/apps/acme-bot/funds", json={"amount": "80", "currency": "EUR"}, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    assert (answer.json()["currency"], answer.json()["counts_from"]) == ("EUR", "2026-12-01T00:00:00.000Z")
+    still = euro_client.post("/api/v1/apps/acme-bot/funds", json={"amount": "5", "currency": "JPY"}, headers=ADMIN)
+    assert (still.status_code, still.json()["parameter"]) == (400, "currency")
+    assert [o["currency"] for o in publisher.events("billing-orders")] == ["EUR"]
+
+
+def test_moving_a_funded_app_to_another_currency_needs_a_confirmation(
+    chdb_client: Client, database: str, euro_client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """acme-bot holds 30.00 USD: a plan in JPY would leave them in a tally that no longer counts. A 400 naming plan
+    says so; confirm_currency_change: true does it anyway. An app without money moves freely."""
+    refused = euro_client.post("/api/v1/apps/acme-bot/plan", json={"plan": "pro-jpy"}, headers=ADMIN)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["parameter"] == "plan"
+    assert "30.00 USD" in refused.json()["error"]
+    assert "confirm_currency_change" in refused.json()["error"]
+    assert publisher.sent == []
+    same = euro_client.post("/api/v1/apps/acme-bot/plan", json={"plan": "starter"}, headers=ADMIN)
+    assert same.status_code == 202, "a plan in the same currency needs nothing"
+    confirmed = euro_client.post(
+        "/api/v1/apps/acme-bot/plan", json={"plan": "pro-jpy", "confirm_currency_change": True}, headers=ADMIN
+    )
+    assert confirmed.status_code == 202, confirmed.text
+    assert [e["currency"] for e in publisher.events("billing-plans")] == ["USD", "JPY"]
+    store(chdb_client, database, [plan_snapshot("acme-empty", plan="growth", balance="0.00", term=False)])
+    empty = euro_client.post("/api/v1/apps/acme-empty/plan", json={"plan": "basic-eur"}, headers=ADMIN)
+    assert empty.status_code == 202, empty.text
+
+
+def test_the_openapi_document_describes_the_confirmation_and_the_currency(euro_client: TestClient) -> None:
+    schemas = euro_client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    assert "confirm_currency_change" in schemas["PlanChangeIn"]["properties"]
+    assert "never count" in schemas["FundsIn"]["properties"]["currency"]["description"]
+
+
 @pytest.mark.usefixtures("account")
 def test_extension_requests_and_owner_changes_are_events(client: TestClient, publisher: RecordingPublisher) -> None:
     asked = client.post(
@@ -329,6 +439,56 @@ def test_a_replayed_key_returns_the_first_answer_and_changes_nothing(
 
 
 @pytest.mark.usefixtures("account")
+def test_a_key_is_remembered_for_good_so_a_late_reuse_never_names_an_old_order(
+    chdb_client: Client, database: str, client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """The order processor remembers order ids for good, and they are derived from the key: a key forgotten after
+    two days (as it used to be) and used again got 202 "pending" for a new request under the old order's id, which
+    the processor dropped as a copy. Keys are kept (migration 020): a month later the key still replays or 409s."""
+    headers = {**ADMIN, "Idempotency-Key": "monthly-top-up"}
+    first = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    assert first.status_code == 202, first.text
+    db = {"db": database}
+    table = chdb_client.query("SELECT * FROM {db:Identifier}.idempotency_keys", parameters=db)
+    [row] = [list(r) for r in table.result_rows]
+    row[table.column_names.index("created_at")] = NOW - timedelta(days=30)  # a month later
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters=db)
+    chdb_client.insert("idempotency_keys", [row], column_names=list(table.column_names), database=database)
+    chdb_client.command("OPTIMIZE TABLE {db:Identifier}.idempotency_keys FINAL", parameters=db)  # a TTL drops rows
+    ddl = chdb_client.command("SHOW CREATE TABLE {db:Identifier}.idempotency_keys", parameters=db)
+    assert "TTL" not in str(ddl)
+    assert chdb_client.command("SELECT count() FROM {db:Identifier}.idempotency_keys", parameters=db) == 1
+    other = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "500.00"}, headers=headers)
+    assert other.status_code == 409, other.text
+    same = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    assert same.headers["idempotent-replayed"] == "true"
+    assert same.json() == first.json()
+    assert len(publisher.events("billing-orders")) == 1
+
+
+@pytest.mark.usefixtures("account")
+def test_ids_derive_from_the_key_and_the_body_so_a_lost_answer_never_maps_a_new_request_to_an_old_id(
+    chdb_client: Client, database: str, client: TestClient, publisher: RecordingPublisher
+) -> None:
+    """Should the answer not be remembered (ClickHouse failed after the event was published), the same key with
+    another body is a new order with an id of its own, and the same body derives the same id (a true retry,
+    which the processor applies once)."""
+    headers = {**ADMIN, "Idempotency-Key": "k-lost"}
+    first = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters={"db": database})
+    second = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "500.00"}, headers=headers)
+    assert second.status_code == 202, second.text
+    assert second.headers.get("Idempotent-Replayed") is None, "a new request, not a replay"
+    chdb_client.command("TRUNCATE TABLE {db:Identifier}.idempotency_keys", parameters={"db": database})
+    retry = client.post("/api/v1/apps/acme-bot/funds", json={"amount": "100.00"}, headers=headers)
+    orders = publisher.events("billing-orders")
+    assert [o["amount"] for o in orders] == ["100.00", "500.00", "100.00"]
+    assert orders[0]["order_id"] != orders[1]["order_id"], "another body: another order"
+    assert orders[0]["order_id"] == orders[2]["order_id"] == first.json()["order_id"] == retry.json()["order_id"]
+    assert orders[0]["event_id"] == orders[2]["event_id"]
+
+
+@pytest.mark.usefixtures("account")
 def test_concurrent_retries_with_one_key_publish_once(client: TestClient, publisher: RecordingPublisher) -> None:
     key = {**ADMIN, "Idempotency-Key": "concurrent"}
     body = {"amount": "5.00", "currency": "USD", "payment_method": "manual"}
@@ -396,26 +556,7 @@ def test_enterprise_accounts_cannot_change_plans_add_funds_or_see_orders(
 
 
 def order_state(order_id: str, created: datetime, status: str, version: int, invoice: str | None = None) -> OrderState:
-    return OrderState(
-        account_id=ACCOUNT,
-        order_id=order_id,
-        app_id="acme-bot",
-        description="Funds for app acme-bot",
-        amount="100.00",
-        currency="USD",
-        payment_method="manual",
-        payment_status=status,  # type: ignore[arg-type]
-        provider="manual",
-        provider_reference=None,
-        failure_reason=None,
-        billing_date=created.date() if status == "paid" else None,
-        invoice_id=invoice,
-        credit_note_id=None,
-        requested_by="u-admin",
-        created_at=created,
-        updated_at=created,
-        version=version,
-    )
+    return order_record(order_id, created, status, version, invoice, app="acme-bot")
 
 
 def test_orders_newest_first_in_their_latest_state_and_the_invoice_as_pdf(
@@ -463,5 +604,105 @@ def test_orders_newest_first_in_their_latest_state_and_the_invoice_as_pdf(
     assert client.get("/api/v1/orders?limit=0", headers=ADMIN).status_code == 400
 
 
+def test_orders_come_a_page_at_a_time_past_a_thousand(chdb_client: Client, database: str, client: TestClient) -> None:
+    """`limit` is at most 1,000: the answer's `next` link (a cursor, before=<order_id>) reads the rest, newest
+    first, each order once, even where orders share a created_at."""
+    start = NOW - timedelta(days=30)
+    states = [order_state(f"o-{n:04d}", start + timedelta(minutes=n // 2), "pending", 1) for n in range(1203)]
+    store(chdb_client, database, states)
+    expected = [s.order_id for s in sorted(states, key=lambda s: (s.created_at, s.order_id), reverse=True)]
+    seen: list[str] = []
+    path: str | None = "/api/v1/orders?limit=1000"
+    pages = 0
+    while path is not None:
+        answer = client.get(path, headers=ADMIN)
+        assert answer.status_code == 200, answer.text
+        seen += [o["order_id"] for o in answer.json()["orders"]]
+        path = answer.json()["next"]
+        pages += 1
+    assert seen == expected
+    assert pages == 2
+    small = client.get("/api/v1/orders?limit=2", headers=ADMIN).json()
+    assert small["next"] == f"/api/v1/orders?limit=2&before={expected[1]}"
+    following = client.get(small["next"], headers=ADMIN).json()["orders"]
+    assert [o["order_id"] for o in following] == expected[2:4]
+    unknown = client.get("/api/v1/orders?before=o-nope", headers=ADMIN)
+    assert (unknown.status_code, unknown.json()["parameter"]) == (400, "before")
+    theirs = client.get(f"/api/v1/orders?before={expected[0]}", headers=bearer(token(OTHER_ACCOUNT)))
+    assert theirs.status_code == 400, "another account's order is no cursor"
+
+
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+# -- Kafka unavailable ----------------------------------------------------------------------------------------------
+
+
+class _BrokersDown:
+    """A publisher whose brokers never acknowledge (what KafkaPublisher raises after its delivery timeout)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def publish(self, topic: str, key: str, value: bytes) -> None:
+        from pipeline.publish import PublishError  # noqa: PLC0415
+
+        self.tries += 1
+        raise PublishError(f"no acknowledgement for an event for {topic} in 30 s")
+
+
+@pytest.mark.usefixtures("account")
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("funds", {"amount": "100.00"}), ("plan", {"plan": "business"}), ("owner", {"user_id": "bob"})],
+)
+def test_a_kafka_outage_on_a_manage_action_is_a_json_503_that_says_a_keyed_retry_is_safe(
+    chdb_client: Client, database: str, publisher: RecordingPublisher, path: str, body: dict[str, Any]
+) -> None:
+    """The route cannot tell whether the event was written: 503 in the product's error shape, Retry-After, and the
+    advice to retry with the same Idempotency-Key; nothing is remembered, so that retry does the work (with the
+    same ids: the processors count it once even if the first attempt did get through)."""
+    down = _BrokersDown()
+    headers = {**ADMIN, "Idempotency-Key": f"k-{path}"}
+    with TestClient(make_app(chdb_client, database, console_settings(now=NOW), extras={"publisher": down})) as c:
+        answer = c.post(f"/api/v1/apps/acme-bot/{path}", json=body, headers=headers)
+    assert answer.status_code == 503, (answer.status_code, answer.headers.get("content-type"), answer.text)
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["retry-after"] == "5"
+    assert "same Idempotency-Key" in answer.json()["error"]
+    assert answer.json()["retry_safe_with"] == "Idempotency-Key"
+    assert down.tries == 1
+    with http(make_app(chdb_client, database, console_settings(now=NOW), extras={"publisher": publisher})) as c:
+        retried = c.post(f"/api/v1/apps/acme-bot/{path}", json=body, headers=headers)
+    assert retried.status_code == 202, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert len(publisher.sent) == 1
+
+
+# -- money as each currency writes it ---------------------------------------------------------------------------------
+
+
+def test_amounts_follow_the_currencys_minor_units(chdb_client: Client, database: str, client: TestClient) -> None:
+    """JPY 0 decimals, USD 2, KWD 3, in every amount the console API formats (apps, orders, add funds); a fraction
+    of a minor unit the balance really has is kept (never rounded)."""
+    snapshots = [
+        msgspec.structs.replace(
+            plan_snapshot("yen-bot", plan="pro", balance="12000.000000", term=False), currency="JPY", threshold="5000"
+        ),
+        msgspec.structs.replace(plan_snapshot("dinar-bot", plan="pro", balance="1.5", term=False), currency="KWD"),
+        plan_snapshot("cent-bot", plan="growth", balance="49.995", term=False),
+    ]
+    store(chdb_client, database, snapshots)
+    yen = msgspec.structs.replace(order_state("o-yen", NOW, "paid", 2, "INV-000001"), amount="12000", currency="JPY")
+    store(chdb_client, database, [yen])
+    apps = apps_by_id(client)
+    assert (apps["yen-bot"]["balance"], apps["yen-bot"]["threshold"], apps["yen-bot"]["cost"]) == ("12000", "5000", "0")
+    assert apps["dinar-bot"]["balance"] == "1.500"
+    assert apps["cent-bot"]["balance"] == "49.995"
+    [order] = client.get("/api/v1/orders", headers=ADMIN).json()["orders"]
+    assert (order["cost"], order["currency"]) == ("12000", "JPY")
+    funds = client.post("/api/v1/apps/yen-bot/funds", json={"amount": "3000"}, headers=ADMIN)
+    assert (funds.status_code, funds.json()["amount"], funds.json()["currency"]) == (202, "3000", "JPY")
+    decimals = client.post("/api/v1/apps/dinar-bot/funds", json={"amount": "2.0001"}, headers=ADMIN)
+    assert (decimals.status_code, decimals.json()["parameter"]) == (400, "amount")

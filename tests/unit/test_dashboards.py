@@ -11,8 +11,11 @@ ClickHouse panel and variable query of both dashboards is run, and
 - the time series and the per-app drill-down add up to the same figures;
 - no variable lets free text into SQL (the time zone is one of the server's zone names, ids are
   quoted whatever characters they hold);
-- every PromQL expression parses (``promtool check rules``) and names only metrics the
-  processes register.
+- every PromQL expression parses (``promtool check rules``) for several selections, odd ids
+  included, and names only metrics the processes register;
+- every Prometheus panel over a per-app series (a metric with ``account_id``/``app_id`` labels in
+  the registry) selects exactly the chosen apps, "All" included: its expanded matchers applied to
+  look-alike label values, and asked of a real Prometheus scraping those values.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, start_http_server
 
 import sql
 from consumers.clickhouse import Client, SessionStore, migrate
@@ -38,7 +43,7 @@ from consumers.clickhouse.plans import PlanStore
 from consumers.clickhouse.usage import named_query
 from consumers.grafana import DASHBOARDS, render
 from consumers.grafana.bind import BindingError, bind
-from consumers.grafana.variables import ZONE_NAME
+from consumers.grafana.variables import MATCH_ALL, ZONE_NAME
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
@@ -47,7 +52,17 @@ from pipeline.records import billing_session_record
 from pipeline.rules.attribution import USAGE_COLUMNS, zone
 from pipeline.rules.config import DAY, HOUR
 from pipeline.settings import Settings
-from tests.grafana import ALL, Grafana, panels, promql, promql_metric_names, repeated_row
+from tests.grafana import (
+    ALL,
+    Grafana,
+    Selector,
+    panels,
+    promql_metric_names,
+    promql_selectors,
+    promql_selects,
+    repeated_row,
+)
+from tests.integration.prometheus_server import PrometheusServer
 from tests.late_traffic import late_scenarios, stream_run, write_stream
 from tests.metric_names import exported_series
 from tests.support import T0, Conversation, in_time_order
@@ -55,8 +70,9 @@ from tests.support import T0, Conversation, in_time_order
 DIRECTORY = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 FIRST, LAST = date(2026, 11, 1), date(2026, 11, 2)
 NOW = T0 + 30 * DAY
-#: Ids with a quote and backslashes: what the event contract allows, and what SQL quoting must survive.
-ODD_ACCOUNT, ODD_APPS = "o'neil\\co", ("bot\\", "it's \\'quoted\\'")
+#: Ids with quotes, backslashes, regex metacharacters, a newline and UTF-8: what the event contract
+#: allows, and what SQL quoting and PromQL regexes must survive.
+ODD_ACCOUNT, ODD_APPS = "o'neil\\co", ("bot\\", "it's \\'quoted\\'", 'a.b|c*(d) "é"\n2')
 USAGE = "usage_by_period"
 
 
@@ -158,6 +174,11 @@ def _plan_events() -> list[dict[str, Any]]:
     return out
 
 
+def _balance_apps() -> list[tuple[str, str]]:
+    """The (account, app) pairs with a balance: the traffic's and the odd ids."""
+    return [*traffic.apps(), *((ODD_ACCOUNT, app) for app in ODD_APPS)]
+
+
 def _snapshots() -> list[BalanceSnapshot]:
     statuses = ("active", "low", "depleted")
     return [
@@ -168,7 +189,7 @@ def _snapshots() -> list[BalanceSnapshot]:
             entitled=statuses[i % 3] != "depleted", agents=3, version=version,
             updated_at=ms_to_datetime(T0 + version * 1000),
         )
-        for i, (account, app) in enumerate(traffic.apps())
+        for i, (account, app) in enumerate(_balance_apps())
         for version in (1, 2)  # the read model keeps the highest version
     ]  # fmt: skip
 
@@ -537,28 +558,209 @@ def test_the_emulated_macros_expand_as_the_plugin_documents() -> None:
     # Grafana's template service: "All" with a custom value pastes it unformatted; singlequote escapes '
     g.selected.update(app=[ALL], account="it's")
     assert g.interpolate("[${app:singlequote}] ${account:singlequote} $__interval") == "[''] 'it\\'s' 20s"
+    # the Prometheus data source: a format in the expression wins over its own escaping; raw is the value as is
+    board = dashboard(BALANCES)
+    g = Grafana(board, lambda text: [], start, end)
+    g.selected.update(app_regex="a\\\\x2Eb|c", account_regex=MATCH_ALL)
+    assert g.promql('x{a=~"${account_regex:raw}", b=~"${app_regex:raw}"}[$__rate_interval]') == (
+        'x{a=~"(?s:.*)", b=~"a\\\\x2Eb|c"}[1m]'
+    )
+    with pytest.raises(AssertionError, match="raw format"):
+        g.promql('x{a=~"${app_regex}"}')
 
 
 # -- Prometheus ----------------------------------------------------------------------------------------------
 
 
-def _promql_targets() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    for name in DASHBOARDS:
+def _promql_targets(names: Sequence[str] = tuple(DASHBOARDS)) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for name in names:
         board = dashboard(name)
         for p in panels(board):
             for target in p["targets"]:
                 if "expr" in target:
-                    yield board["uid"], p, target
+                    yield name, p, target
 
 
-def test_every_promql_expression_parses(tmp_path: Path) -> None:
-    """Each expression, its Grafana variables substituted, as a recording rule that promtool must accept."""
+def per_app_series() -> dict[str, frozenset[str]]:
+    """Series names whose metric has an ``account_id`` or ``app_id`` label, with its labels.
+
+    Read from the registry every process serves, once every module has registered its metrics
+    (``exported_series``); prometheus_client keeps a metric's label names in ``_labelnames``.
+    """
+    exported_series()
+    out = {}
+    for name, collector in REGISTRY._names_to_collectors.items():
+        labels = frozenset(getattr(collector, "_labelnames", ()))
+        if labels & {"account_id", "app_id"}:
+            out[name] = labels
+    return out
+
+
+#: (account, apps) by their text; None is "All".
+Selection = tuple[str | None, list[str] | None]
+SELECTIONS: list[Selection] = [
+    (None, None),
+    ("acct-02", None),
+    ("acct-02", ["app-02-1", "app-02-3"]),
+    (ODD_ACCOUNT, list(ODD_APPS)),  # quotes, backslashes, regex metacharacters, a newline, UTF-8
+    (None, [ODD_APPS[2], "app-05-0"]),  # apps of any account
+]
+
+
+def choose(g: Grafana, selection: Selection) -> Grafana:
+    account, apps = selection
+    g.select("account", ALL if account is None else next(v for v, t in g.options("account") if t == account))
+    g.select("app", [ALL] if apps is None else [v for v, t in g.options("app") if t in apps])
+    return g
+
+
+def chosen(pairs: Sequence[tuple[str, str]], selection: Selection) -> set[tuple[str, str]]:
+    """What the selection means, as the SQL reads it: the account (or every one), the apps (or every one)."""
+    account, apps = selection
+    return {(a, b) for a, b in pairs if account in (None, a) and (apps is None or b in apps)}
+
+
+def _series_pairs(chdb_client: Client, database: str) -> list[tuple[str, str]]:
+    """Every app with a balance, and look-alikes: a prefix, a suffix, metacharacters read as such, other accounts."""
+    pairs = [tuple(r) for r in chdb_client.query(
+        "SELECT DISTINCT account_id, app_id FROM {db:Identifier}.balance_snapshots", parameters={"db": database}
+    ).result_rows]  # fmt: skip
+    assert len(pairs) == len(_balance_apps())
+    decoys = {(a, variant) for a, b in pairs for variant in (b + "x", "x" + b, b.replace(".", "X"), b + "\n")}
+    decoys |= {("acct-07", b) for _, b in pairs} | {(a + "x", b) for a, b in pairs}
+    return sorted({*pairs, *decoys})
+
+
+def _per_app_selectors(expr: str, per_app: dict[str, frozenset[str]]) -> list[Selector]:
+    return [s for s in promql_selectors(expr) if s.metric in per_app]
+
+
+def test_every_prometheus_panel_over_a_per_app_series_takes_the_account_and_app_variables() -> None:
+    """Every selector of a per-app series carries both matchers; a bare name (no selector) would not."""
+    per_app = per_app_series()
+    assert {"metering_app_balance", "metering_app_balance_status"} <= per_app.keys()
+    wanted = {("account_id", "=~", "${account_regex:raw}"), ("app_id", "=~", "${app_regex:raw}")}
+    seen = set()
+    for name, p, t in _promql_targets():
+        for metric in promql_metric_names(t["expr"]) & per_app.keys():
+            seen.add(metric)
+            selectors = [s for s in promql_selectors(t["expr"]) if s.metric == metric]
+            named = len(re.findall(rf"\b{metric}\b", t["expr"]))
+            assert len(selectors) == named, f"{p['title']}: {metric} without label matchers"
+            for selector in selectors:
+                assert wanted <= set(selector.matchers), f"{p['title']}: {selector.text} ignores the selection"
+        if "${account_regex" in t["expr"] or "${app_regex" in t["expr"]:
+            variables = {v["name"]: v for v in dashboard(name)["templating"]["list"]}
+            assert {"account_regex", "app_regex"} <= variables.keys(), f"{name} lacks the PromQL variables"
+    assert seen >= {"metering_app_balance", "metering_app_balance_status"}
+
+
+@pytest.mark.parametrize("name", list(DASHBOARDS))
+def test_the_promql_variables_are_hidden_and_computed_from_the_selection(name: str) -> None:
+    variables = {v["name"]: v for v in dashboard(name)["templating"]["list"]}
+    if name == BALANCES:
+        assert {"account_regex", "app_regex"} <= variables.keys()
+    for regex in ("account_regex", "app_regex"):
+        if regex not in variables:
+            continue
+        v = variables[regex]
+        assert (v["type"], v["hide"], v["multi"], v["includeAll"]) == ("query", 2, False, False), regex
+        assert v["current"]["value"] == MATCH_ALL, "its value for the default selection, All"
+        assert re.findall(r"\$\{(\w+):(\w+)\}", v["query"]) == [(regex.removesuffix("_regex"), "singlequote")]
+
+
+def test_the_promql_variables_follow_the_selection_as_grafana_refreshes(chdb_client: Client, replayed: str) -> None:
+    """A changed variable re-validates the query variables naming it (and theirs): MultiValueVariable's rules."""
+    g = grafana(chdb_client, BALANCES, replayed, *local_days(FIRST, LAST, "UTC"))
+    assert (g.selected["account_regex"], g.selected["app_regex"]) == (MATCH_ALL, MATCH_ALL)
+    choose(g, ("acct-02", ["app-02-1", "app-02-3"]))
+    assert (g.selected["account_regex"], g.selected["app_regex"]) == ("acct-02", "app-02-1|app-02-3")
+    # another account: the chosen apps are no options any more, so Grafana takes the first option
+    g.select("account", next(v for v, t in g.options("account") if t == "acct-03"))
+    assert g.selected["app"] == [g.options("app")[0][0]] == ["app-03-0"]
+    assert (g.selected["account_regex"], g.selected["app_regex"]) == ("acct-03", "app-03-0")
+    g.select("app", [ALL])
+    assert g.selected["app_regex"] == MATCH_ALL
+
+
+@pytest.mark.parametrize("selection", SELECTIONS, ids=range(len(SELECTIONS)))
+def test_the_per_app_prometheus_panels_select_exactly_the_chosen_apps(
+    chdb_client: Client, replayed: str, selection: Selection
+) -> None:
+    """The matchers Prometheus would receive, applied (anchored, as Prometheus does) to look-alike label values."""
+    per_app = per_app_series()
+    pairs = _series_pairs(chdb_client, replayed)
+    g = choose(grafana(chdb_client, BALANCES, replayed, *local_days(FIRST, LAST, "UTC")), selection)
+    expected = chosen(pairs, selection)
+    assert expected, "the selection has apps"
+    checked = 0
+    for _, p, t in _promql_targets([BALANCES]):
+        for selector in _per_app_selectors(g.promql(t["expr"]), per_app):
+            matchers = [m for m in selector.matchers if m[0] in ("account_id", "app_id")]
+            selected = {(a, b) for a, b in pairs if promql_selects(matchers, {"account_id": a, "app_id": b})}
+            assert selected == expected, f"{p['title']}: {selector.text}"
+            checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.integration
+def test_a_real_prometheus_returns_exactly_the_chosen_apps(chdb_client: Client, replayed: str, tmp_path: Path) -> None:
+    """The balance gauges of every look-alike app, scraped by Debian's prometheus; each panel asked as Grafana would."""
+    registry = CollectorRegistry()
+    balance = Gauge("metering_app_balance", "stand-in", ["account_id", "app_id", "currency"], registry=registry)
+    status = Gauge("metering_app_balance_status", "stand-in", ["account_id", "app_id", "status"], registry=registry)
+    pairs = _series_pairs(chdb_client, replayed)
+    for i, (account, app) in enumerate(pairs):
+        balance.labels(account, app, "USD").set(i - 100)
+        for j, name in enumerate(("active", "low", "depleted")):
+            status.labels(account, app, name).set(int(i % 3 == j))
+    http, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    server = PrometheusServer(tmp_path / "prometheus", {"metering-balance": [f"127.0.0.1:{http.server_port}"]})
+    try:
+        server.wait_ready()
+        deadline = monotonic() + 60
+        while not _scraped(server, len(pairs)):
+            assert monotonic() < deadline, f"not scraped: {server.target_health()}\n{server.logs()}"
+            sleep(0.5)
+        g = grafana(chdb_client, BALANCES, replayed, *local_days(FIRST, LAST, "UTC"))
+        per_app = per_app_series()
+        for selection in SELECTIONS:
+            choose(g, selection)
+            expected = chosen(pairs, selection)
+            for _, p, t in _promql_targets([BALANCES]):
+                expr = g.promql(t["expr"])
+                shown = server.query(expr)  # the panel's own expression runs
+                for selector in _per_app_selectors(expr, per_app):
+                    found = server.query(f"group by (account_id, app_id) ({selector.text})")
+                    got = {(r["metric"]["account_id"], r["metric"]["app_id"]) for r in found}
+                    assert got == expected, f"{p['title']}, {selection}: {selector.text}"
+                if expr.startswith("bottomk"):
+                    assert len(shown) == min(10, len(expected))
+    finally:
+        server.stop()
+        http.shutdown()
+        http.server_close()
+        thread.join(timeout=5)
+
+
+def _scraped(server: PrometheusServer, series: int) -> bool:
+    result = server.query("count(metering_app_balance)")
+    return bool(result) and int(float(result[0]["value"][1])) == series
+
+
+def test_every_promql_expression_parses(chdb_client: Client, replayed: str, tmp_path: Path) -> None:
+    """Each expression, variables substituted for every selection, as a recording rule promtool must accept."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not on PATH: run `make prometheus-tools` (installs Debian's prometheus package)")
-    rules = [{"record": f"dashboard:{uid.replace('-', '_')}:panel_{p['id']}_{t['refId']}", "expr": promql(t["expr"])}
-             for uid, p, t in _promql_targets()]  # fmt: skip
-    assert len(rules) > 20
+    rules = []
+    for name in DASHBOARDS:
+        g = grafana(chdb_client, name, replayed, *local_days(FIRST, LAST, "UTC"))
+        for i, selection in enumerate(SELECTIONS):
+            choose(g, selection)
+            rules += [{"record": f"dashboard:{g.dashboard['uid'].replace('-', '_')}:panel_{p['id']}_{t['refId']}:{i}",
+                       "expr": g.promql(t["expr"])} for _, p, t in _promql_targets([name])]  # fmt: skip
+    assert len(rules) > 20 * len(SELECTIONS)
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=120,
@@ -570,8 +772,9 @@ def test_every_promql_expression_parses(tmp_path: Path) -> None:
 def test_every_metric_the_dashboards_name_is_exported() -> None:
     exported = exported_series()
     used: dict[str, str] = {}
-    for _, p, t in _promql_targets():
-        for metric in promql_metric_names(promql(t["expr"])):
+    for name, p, t in _promql_targets():
+        g = Grafana(dashboard(name), lambda text: [], datetime.now(UTC), datetime.now(UTC))  # the saved selection
+        for metric in promql_metric_names(g.promql(t["expr"])):
             used[metric] = p["title"]
     assert "metering_entitlement_answers_total" in used
     missing = {m: title for m, title in used.items() if m not in exported}
@@ -582,3 +785,14 @@ def test_the_metric_name_reader_finds_names_and_only_names() -> None:
     expr = ('histogram_quantile(0.99, sum by (le) (rate(a_bucket{job=~"x|y"}[5m]))) / on (job) group_left '
             'b_total offset 1m + count by (status) (c == 1) and bottomk(10, d) * 1e3')  # fmt: skip
     assert promql_metric_names(expr) == {"a_bucket", "b_total", "c", "d"}
+
+
+def test_the_matcher_reader_unquotes_and_anchors_as_prometheus_does() -> None:
+    (selector,) = promql_selectors('x{a="q\\"\\\\\\n", b=~"b\\\\x2E|c", c!~"d"}')
+    assert selector.matchers == [("a", "=", 'q"\\\n'), ("b", "=~", "b\\x2E|c"), ("c", "!~", "d")]
+    assert promql_selects(selector.matchers, {"a": 'q"\\\n', "b": "b.", "c": "dd"})
+    assert not promql_selects(selector.matchers, {"a": 'q"\\\n', "b": "bX", "c": "dd"}), "\\x2E is a dot, no wildcard"
+    assert not promql_selects(selector.matchers, {"a": 'q"\\\n', "b": "cc", "c": "dd"}), "anchored at both ends"
+    assert not promql_selects(selector.matchers, {"a": 'q"\\\n', "b": "c", "c": "d"})
+    with pytest.raises(ValueError, match="unknown escape"):
+        promql_selectors('x{a=~"a\\.b"}')  # what Grafana's regex format writes: PromQL refuses it

@@ -95,8 +95,10 @@ def test_a_confirmation_is_idempotent_and_a_failed_payment_adds_nothing() -> Non
     assert (failed.documents, failed.money) == ([], [])
     assert failed.states[-1].payment_status == "failed"
     late = update_payment(book, payment("b", "paid", event_id="late-paid"), SELLER)
-    assert (late.outcome, late.money) == ("duplicate", []), "a failed order is not paid afterwards"
-    assert update_payment(book, payment("nope", "paid"), SELLER).outcome == "unmatched"
+    assert (late.outcome, late.money) == ("inapplicable", []), "a failed order is not paid afterwards"
+    assert late.reason == "order 'b' is failed: a payment 'paid' applies only to a pending order"
+    unknown = update_payment(book, payment("nope", "paid"), SELLER)
+    assert (unknown.outcome, unknown.reason) == ("unmatched", "no order 'nope' in account 'acme'")
 
 
 def test_invoice_numbers_increase_per_account_and_a_refund_is_a_credit_note_with_its_own() -> None:
@@ -215,6 +217,33 @@ def test_own_outputs_are_skipped_and_bad_messages_dead_lettered() -> None:
     assert "bitcoin" in next(d.reason for d in out.dead if d.code == "schema")
 
 
+def test_payments_the_processor_cannot_apply_are_dead_lettered_with_the_reason() -> None:
+    """Nothing disappears silently: a payment for an unknown order, or one the order's state does not allow (a
+    refund of an unpaid order, a failure after the payment), goes to the dead-letter topic saying why; a second
+    confirmation of what is so stays a quiet duplicate."""
+    feed = Feed()
+    part = partition()
+    out = run(
+        part,
+        [
+            feed.message(order("t1", method="transfer")),
+            feed.message(payment("t1", "refunded")),
+            feed.message(payment("nope", "paid")),
+            feed.message(payment("t1", "paid")),
+            feed.message(payment("t1", "paid", event_id="confirmed-again")),
+            feed.message(payment("t1", "failed", t=T0 + 120_000)),
+        ],
+    )
+    assert [(d.code, d.source_offset) for d in out.dead] == [("inapplicable", 2), ("unmatched", 3), ("inapplicable", 6)]
+    reasons = [d.reason for d in out.dead]
+    assert reasons[0] == "inapplicable: order 't1' is pending: a payment 'refunded' applies only to a paid order"
+    assert reasons[1] == "unmatched: no order 'nope' in account 'acme'"
+    assert reasons[2] == "inapplicable: order 't1' is paid: a payment 'failed' applies only to a pending order"
+    assert out.outcomes == {"applied": 2, "inapplicable": 2, "unmatched": 1, "duplicate": 1}
+    assert out.invalid == {(ORDERS, "inapplicable"): 2, (ORDERS, "unmatched"): 1}
+    assert [s.payment_status for s in out.states] == ["pending", "paid"]
+
+
 def test_an_account_turned_enterprise_gets_no_order_through() -> None:
     feed = Feed()
     part = partition()
@@ -255,6 +284,39 @@ def test_the_invoice_pdf_holds_what_an_invoice_must_and_never_changes() -> None:
     text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
     for expected in (SELLER, ACCOUNT, "INV-000001", "ord-7f3a", "250.50 USD", "manual", "paid", "2026-11-01"):
         assert expected in text, expected
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "written", "refunded"),
+    [("JPY", "12000", "12000", "-12000"), ("USD", "250.5", "250.50", "-250.50"), ("KWD", "1.5", "1.500", "-1.500")],
+)
+def test_invoices_write_amounts_with_the_currencys_minor_units(
+    currency: str, amount: str, written: str, refunded: str
+) -> None:
+    """JPY has no minor unit, KWD three: an invoice says 12000 JPY and 1.500 KWD, not 12000.00 and 1.50."""
+    book = AccountOrders(account_id=ACCOUNT)
+    created = msgspec.structs.replace(order("o-1", method="transfer"), amount=amount, currency=currency)
+    create_order(book, created, None, SELLER)
+    [invoice] = update_payment(book, payment("o-1", "paid"), SELLER).documents
+    assert (invoice.total, invoice.lines[0].unit_price, invoice.lines[0].amount) == (written, written, written)
+    [note] = update_payment(book, payment("o-1", "refunded", t=T0 + 120_000), SELLER).documents
+    assert note.total == refunded
+    text = PdfReader(io.BytesIO(render_invoice(invoice))).pages[0].extract_text()
+    assert f"{written} {currency}" in text
+
+
+def test_an_invoice_issued_before_keeps_its_text_and_its_bytes() -> None:
+    """An invoice never changes once issued: one issued as 12000.00 JPY (before amounts followed the currency)
+    renders from its stored record, as it was, to the same bytes."""
+    book = AccountOrders(account_id=ACCOUNT)
+    created = msgspec.structs.replace(order("o-1"), amount="12000", currency="JPY")
+    [invoice] = create_order(book, created, BUILT_IN["manual"].start(created), SELLER).documents
+    lines = [msgspec.structs.replace(line, unit_price="12000.00", amount="12000.00") for line in invoice.lines]
+    issued_before = msgspec.structs.replace(invoice, total="12000.00", lines=lines)
+    stored = msgspec.json.decode(msgspec.json.encode(issued_before), type=InvoiceIssued)
+    pdf = render_invoice(stored)
+    assert pdf == render_invoice(issued_before)
+    assert "12000.00 JPY" in PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
 
 
 @pytest.mark.parametrize("app", ["bot-ü", "ボット"])

@@ -11,10 +11,18 @@ import pytest
 
 from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
-from consumers.plan_actions import ActionError, decide_extension, query_extension_requests, record_payment
+from consumers.plan_actions import (
+    ActionError,
+    OrderView,
+    decide_extension,
+    query_extension_requests,
+    query_order_state,
+    record_payment,
+)
 from pipeline.events import ExtensionDeclined, ExtensionGranted, ExtensionRequested
+from pipeline.orders.events import OrderState
 from pipeline.settings import Settings
-from tests.console_support import RecordingPublisher
+from tests.console_support import OPERATOR_TOKEN, RecordingPublisher, bearer, http, make_app, order_record, token
 
 T = datetime(2026, 11, 17, 10, tzinfo=UTC)
 
@@ -81,8 +89,73 @@ def test_a_request_is_decided_once_and_payments_are_keyed_by_account(
         decide_extension(settings, publisher, "r1", grant=True)
     with pytest.raises(ActionError, match="no extension request"):
         decide_extension(settings, publisher, "nope", grant=True)
+    monkeypatch.setattr(
+        "consumers.plan_actions.order_state",
+        lambda _settings, account, order: query_order_state(chdb_client, database, account=account, order=order),
+    )
+    PlanStore(chdb_client, database).insert([order_state("o-1", "pending")], "test:order")
     record_payment(settings, publisher, account_id="acme", order_id="o-1", status="paid", reference="TX")
     record_payment(settings, publisher, account_id="acme", order_id="o-1", status="paid", reference="TX")
     first, again = (json.loads(v) for t, k, v in publisher.sent if t == settings.topics.orders)
-    assert first["event_id"] == again["event_id"], "running the command twice records one payment"
+    assert first["event_id"] == again["event_id"], "running the command twice (before it was applied) records one"
     assert [k for t, k, _ in publisher.sent if t == settings.topics.orders] == ["acme", "acme"]
+
+
+def order_state(order_id: str, status: str, account: str = "acme", version: int = 1) -> OrderState:
+    invoice = "INV-000001" if status in ("paid", "refunded") else None
+    record: OrderState = order_record(order_id, T, status, version, invoice, account=account)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("order_id", "status", "refusal"),
+    [
+        ("o-unknown", "paid", "no order 'o-unknown' in account 'acme'"),
+        ("o-globex", "paid", "no order 'o-globex' in account 'acme'"),
+        ("o-paid", "paid", "order o-paid of acme is paid (invoice INV-000001): only a pending order is paid"),
+        ("o-paid", "failed", "order o-paid of acme is paid (invoice INV-000001): only a pending order is failed"),
+        ("o-pending", "refunded", "order o-pending of acme is pending: a refund applies only to a paid order"),
+        ("o-failed", "refunded", "order o-failed of acme is failed: a refund applies only to a paid order"),
+    ],
+)
+def test_a_payment_the_processor_would_not_apply_is_refused_saying_why(  # noqa: PLR0917 - fixtures and cases
+    monkeypatch: pytest.MonkeyPatch, chdb_client: Client, database: str, order_id: str, status: str, refusal: str
+) -> None:
+    """`metering orders paid|failed|refund` used to print "recorded" for an unknown order or a state change the
+    processor drops; it checks the order's state first, says what is wrong and publishes nothing."""
+    PlanStore(chdb_client, database).insert(
+        [
+            order_state("o-paid", "pending"),
+            order_state("o-paid", "paid", version=2),
+            order_state("o-pending", "pending"),
+            order_state("o-failed", "failed"),
+            order_state("o-globex", "pending", account="globex"),
+        ],
+        "test:orders",
+    )
+    monkeypatch.setattr(
+        "consumers.plan_actions.order_state",
+        lambda _settings, account, order: query_order_state(chdb_client, database, account=account, order=order),
+    )
+    publisher = RecordingPublisher()
+    with pytest.raises(ActionError) as refused:
+        record_payment(Settings(), publisher, account_id="acme", order_id=order_id, status=status)  # type: ignore[arg-type]
+    assert refusal in str(refused.value)
+    assert publisher.sent == []
+    record_payment(Settings(), publisher, account_id="acme", order_id="o-pending", status="failed")
+    record_payment(Settings(), publisher, account_id="acme", order_id="o-paid", status="refunded")
+    assert [json.loads(v)["status"] for _, _, v in publisher.sent] == ["failed", "refunded"]
+
+
+def test_the_store_answers_an_orders_state_to_the_operator_token_only(chdb_client: Client, database: str) -> None:
+    """What the command asks when the running store holds the embedded database."""
+    PlanStore(chdb_client, database).insert([order_state("o-1", "pending")], "test:route")
+    with http(make_app(chdb_client, database)) as c:
+        params = {"account": "acme", "order": "o-1"}
+        assert c.get("/orders/state", params=params, headers=bearer(token())).status_code == 401
+        answer = c.get("/orders/state", params=params, headers=bearer(OPERATOR_TOKEN))
+        missing = c.get("/orders/state", params={"account": "acme", "order": "nope"}, headers=bearer(OPERATOR_TOKEN))
+    assert answer.status_code == 200
+    assert OrderView(**answer.json()["order"]) == query_order_state(chdb_client, database, account="acme", order="o-1")
+    assert answer.json()["order"]["payment_status"] == "pending"
+    assert missing.json() == {"order": None}

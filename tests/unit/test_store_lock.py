@@ -21,7 +21,16 @@ from pathlib import Path
 import pytest
 
 from consumers.service import StoreEndpoints, discovery_file
-from consumers.store_lock import DataDirBusyError, ReaderHold, StoreLock, holder, lock_file, try_reader_hold
+from consumers.store_lock import (
+    DataDirBusyError,
+    Holder,
+    ReaderHold,
+    StoreLock,
+    holder,
+    lock_file,
+    process_start_time,
+    try_reader_hold,
+)
 from consumers.usage_command import StoreBusyError, reach_store
 from pipeline.settings import Settings
 
@@ -156,3 +165,55 @@ def test_without_a_store_a_reader_opens_the_database_itself(tmp_path: Path) -> N
     reached.release()
     StoreLock.acquire(tmp_path, "metering run", readers_wait=0).release()
     assert os.listdir(tmp_path / "run") == ["store.lock"]
+
+
+# -- a store SIGKILLed, its pid reused ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def impostor() -> Iterator[subprocess.Popen[bytes]]:
+    """A Python process that got the pid a dead store had (this machine's pid_max may be 32768)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_store_starts_after_a_sigkilled_one_whose_pid_was_reused(
+    tmp_path: Path, impostor: subprocess.Popen[bytes]
+) -> None:
+    """The store was SIGKILLed: the kernel dropped its flock but store.lock still names it (here in the format
+    before start times were recorded). A reader holds the lock for a moment (metering usage) and clears the stale
+    name as it takes it; the new store waits for the reader instead of refusing at once, naming a store that does
+    not exist."""
+    path = lock_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"pid": impostor.pid, "command": "metering run", "since": time.time() - 3600}))
+    hold = try_reader_hold(tmp_path)
+    assert hold is not None, "the reader gets the lock: the kernel released the dead store's flock"
+    assert path.read_text() == "", "the reader cleared the dead store's name"
+    threading.Timer(0.5, hold.release).start()  # a short read
+    owned = StoreLock.acquire(tmp_path, "metering run", readers_wait=10)
+    try:
+        found = holder(tmp_path)
+        assert found is not None
+        assert (found.pid, found.started) == (os.getpid(), process_start_time(os.getpid()))
+    finally:
+        owned.release()
+
+
+def test_a_holder_is_believed_only_with_its_own_start_time(
+    tmp_path: Path, impostor: subprocess.Popen[bytes]
+) -> None:
+    """No reader came by: the lock file still names the dead store, whose pid a live Python process now has. The
+    recorded start time is not that process's: nobody holds the data directory, and the next store starts."""
+    started = process_start_time(impostor.pid)
+    assert started is not None
+    path = lock_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    dead = Holder(impostor.pid, "metering run", time.time() - 3600, started - 500)
+    path.write_text(json.dumps(asdict(dead)))
+    assert holder(tmp_path) is None
+    StoreLock.acquire(tmp_path, "metering run", readers_wait=1).release()
+    path.write_text(json.dumps(asdict(Holder(impostor.pid, "metering run", time.time(), started))))
+    assert holder(tmp_path) == Holder(impostor.pid, "metering run", json.loads(path.read_text())["since"], started)

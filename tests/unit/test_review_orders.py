@@ -1,0 +1,101 @@
+"""Review reproductions (branch `review`): the order processor and the money it moves.
+
+Driven as the processor drives its partition (``OrderPartition`` + ``take_changes``), and the
+changelog records produced with the producer settings ``pipeline.stream.orders`` uses (no broker
+needed: librdkafka refuses an oversized record before sending it). Marked ``xfail(strict=True)``
+while open; ``pytest --runxfail`` shows them failing on main.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import pytest
+from confluent_kafka import Producer
+
+from pipeline.events import ms_to_datetime
+from pipeline.kafka import partition_of, producer_config
+from pipeline.orders.events import OrderCreated
+from pipeline.orders.providers import BUILT_IN, PaymentOutcome
+from pipeline.rules.billing import derived_id
+from pipeline.settings import Settings
+from pipeline.stream.balance_partition import Input
+from pipeline.stream.orders_partition import OrderOutputs, OrderPartition
+from tests.support import T0
+
+ACCOUNT = "acct-7f3c2a"
+PARTITIONS = 6
+P = partition_of(ACCOUNT.encode(), PARTITIONS)
+
+
+def _order(n: int) -> OrderCreated:
+    """An order as the console publishes it (ids derived from a fresh Idempotency-Key)."""
+    seed = f"{ACCOUNT}|POST /api/v1/apps/support-bot-eu/funds|{uuid.uuid4()}"
+    return OrderCreated(
+        event_id=derived_id(seed + "|order-created"),
+        occurred_at=ms_to_datetime(T0 + n * 3_600_000),
+        account_id=ACCOUNT,
+        app_id="support-bot-eu",
+        order_id=derived_id(seed + "|order"),
+        amount="100.00",
+        currency="USD",
+        payment_method="manual",
+        requested_by="auth0|6543a1b2c3d4e5f6a7b8c9d0",
+    )
+
+
+def _partition(providers: dict[str, object] | None = None) -> OrderPartition:
+    return OrderPartition(
+        P,
+        PARTITIONS,
+        orders_topic="billing-orders",
+        accounts_topic="billing-accounts",
+        providers=providers or BUILT_IN,  # type: ignore[arg-type]
+        seller="Metering Ltd",
+    )
+
+
+@pytest.mark.xfail(strict=True, reason="review: one changelog record per account grows without bound")
+def test_an_account_with_two_thousand_paid_orders_still_gets_its_funds() -> None:
+    """The changelog holds an account's whole book (every order, every payment id) in one record. Past about
+    1,700 paid orders it is over librdkafka's message.max.bytes (1,000,000; the order processor sets no
+    other): produce() raises MSG_SIZE_TOO_LARGE, which is not fatal, so OrderProcessor._step aborts, rewinds
+    and tries the same batch again, for ever. Every account on that partition stops getting funds.
+    (A daily top-up reaches it in under 5 years, an hourly auto-recharge in about 10 weeks.)"""
+    part = _partition()
+    out = OrderOutputs()
+    for n in range(2000):
+        part.apply(Input("billing-orders", P, n, msgspec.json.encode(_order(n))), T0 + 10**11, out)
+    assert out.outcomes == {"applied": 2000}, (out.outcomes, out.dead[:1])
+    [(key, value)] = part.take_changes()
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    # the order processor's producer (pipeline/stream/orders.py: OrderProcessor.run), minus the transaction
+    producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+    try:
+        producer.produce("metering-orders-changelog", value, key, partition=P)
+    finally:
+        producer.purge()
+    assert len(value) < 1_000_000
+
+
+def test_a_copy_of_an_order_asks_the_payment_provider_again() -> None:
+    """provider.start() runs before create_order() sees the order_id is known (orders_partition.apply): a copy
+    of order_created (a console retry without a key reaching Kafka twice, a re-delivery after an aborted
+    transaction) charges again unless the provider itself deduplicates by order_id."""
+    calls: list[str] = []
+
+    class Card:
+        name = "card"
+
+        def start(self, order: OrderCreated) -> PaymentOutcome | None:
+            calls.append(order.order_id)
+            return None
+
+    part = _partition({"card": Card()})
+    created = msgspec.structs.replace(_order(1), payment_method="card")
+    out = OrderOutputs()
+    for offset in (1, 2):
+        part.apply(Input("billing-orders", P, offset, msgspec.json.encode(created)), T0 + 10**9, out)
+    assert out.outcomes == {"applied": 1, "duplicate": 1}
+    assert calls == [created.order_id, created.order_id], "asked to collect the same order twice"

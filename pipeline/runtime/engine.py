@@ -59,7 +59,7 @@ from pipeline.logs import fields
 from pipeline.runtime.processor import Effects, PartitionProcessor, Record, Topology
 from pipeline.runtime.restore import RestoreJob, Restorer
 from pipeline.runtime.state import Backend, MemoryBackend, PartitionStore, RocksBackend
-from pipeline.runtime.transactions import Transactor, Write, is_fatal
+from pipeline.runtime.transactions import StuckCall, Transactor, Write, is_fatal
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ class StreamRuntime:
             changelogs = {(w.part.topology.changelog, w.part.number) for w in live if w.changes}
             try:
                 ends = self.transactor.write(self._writes(live), offsets, consumer.consumer_group_metadata, changelogs)
-            except KafkaException as exc:
+            except (KafkaException, StuckCall) as exc:
                 attempt += 1
                 self._recover(exc, attempt)
                 continue
@@ -414,19 +414,19 @@ class StreamRuntime:
                 for name, change in w.changes.items():
                     yield changelog, name, change, number
 
-    def _recover(self, exc: KafkaException, attempt: int) -> None:
+    def _recover(self, exc: KafkaException | StuckCall, attempt: int) -> None:
         """After a failed transaction: abort it, or renew a producer that cannot go on (unless we are a zombie)."""
-        error = exc.args[0]
-        if not isinstance(error, KafkaError):
+        error = exc.args[0] if isinstance(exc, KafkaException) else None
+        if isinstance(exc, KafkaException) and not isinstance(error, KafkaError):
             raise exc
         self.aborts += 1
         if self._on_abort is not None:
             self._on_abort()
-        if is_fatal(error):
+        if error is None or is_fatal(error):
             log.warning(
                 "the transactional producer failed: a new one takes its transactional id over and the batch is "
                 "written again",
-                extra=fields(role=self.config.role, error=str(error)),
+                extra=fields(role=self.config.role, error=str(exc)),
             )
             self._renew()
         else:
@@ -449,7 +449,17 @@ class StreamRuntime:
             # coordinator (a transaction that outlived its timeout in a broker outage) hears nothing.
             self._serve_consumer(max(2.0, 3 * self._heartbeat_ms / 1000))
         log.info("a new producer takes the transactional id over", extra=fields(role=self.config.role))
-        self.transactor.renew()
+        while True:
+            try:
+                self.transactor.renew()
+                return
+            except StuckCall as exc:
+                log.warning("the new producer is stuck too: another", extra=fields(error=str(exc)))
+            except KafkaException as exc:
+                if is_fatal(exc.args[0]):
+                    raise FencedError(f"the {self.config.role} cannot take its transactional id: {exc}") from exc
+                log.warning("a new producer failed: another", extra=fields(error=str(exc)))
+            time.sleep(1.0)
 
     def _serve_consumer(self, seconds: float) -> None:
         """Poll the consumer (rebalance callbacks, fatal errors) without processing: records go to the stash."""
@@ -549,6 +559,8 @@ class StreamRuntime:
             )
             ends = {(tp.topic, tp.partition): f.result(timeout=15).offset for tp, f in futures.items()}
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
+            # A new client next time: after a broker restart this one may keep stale leader epochs for good.
+            self._admin = None
             log.warning("log ends not known: inputs counted as lagging", extra=fields(error=str(exc)))
             return {}
         for tp, end in ends.items():

@@ -12,6 +12,12 @@ librdkafka's transactional calls fail in three ways (docs/stream-runtime.md, "Fa
   do nothing more. :meth:`Transactor.renew` replaces it by a new one with the same id, whose
   ``init_transactions`` aborts whatever the old one left open.
 
+And one more: a call that does not return. ``send_offsets_to_transaction`` can block past its
+timeout when the group coordinator went away (confluentinc/librdkafka#5456, seen here after a
+broker restart). So every transactional call runs on a thread of its own and is waited for with a
+deadline; a call stuck past it raises :class:`StuckCall`, and the engine renews the
+producer (the stuck one is abandoned to its thread; the new one's epoch fences it).
+
 Which of these to do, and whether a fenced process is a zombie that must stop instead, is the
 engine's decision (``pipeline.runtime.engine``); this module only talks to the producer.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -40,9 +47,39 @@ CALL_TIMEOUT_SECONDS: Final = 30.0
 ABORT_FLUSH_SECONDS: Final = 10.0
 #: How often a producer waiting for its coordinator says so.
 WAITING_LOG_SECONDS: Final = 30.0
+#: A call that has not returned this long after its own timeout is stuck (librdkafka#5456).
+STUCK_AFTER_SECONDS: Final = CALL_TIMEOUT_SECONDS + 15.0
 
 #: ``(topic, key, value, partition or None)``; ``on_delivery`` only where a caller needs the offset.
 Write = tuple[str, bytes | None, bytes | None, int | None]
+
+
+class StuckCall(RuntimeError):
+    """A transactional call did not return in time: the producer is given up and a new one takes over."""
+
+
+def _within(call: Callable[[], None], seconds: float, what: str) -> None:
+    """Run ``call`` on a daemon thread and wait ``seconds`` for it; :class:`StuckCall` if it has not returned.
+
+    A daemon thread, not an executor's: a call that never returns must not keep the process from
+    exiting (executor threads are joined at exit).
+    """
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the waiting thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="transaction-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise StuckCall(f"{what} has not returned in {seconds:.0f} s")
+    if failed:
+        raise failed[0]
 
 
 def abortable(message: str) -> KafkaException:
@@ -93,28 +130,13 @@ class Transactor:
     def open(self) -> None:
         """A producer whose ``init_transactions`` fenced any older one with this id and aborted its transaction."""
         producer = Producer(self._config)
-        waited = 0.0
-        started = time.monotonic()
-        while True:
-            try:
-                producer.init_transactions(CALL_TIMEOUT_SECONDS)
-                break
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if not _resumable(error):
-                    raise
-                if time.monotonic() - started - waited >= WAITING_LOG_SECONDS:
-                    waited = time.monotonic() - started
-                    log.warning(
-                        "waiting for the transaction coordinator",
-                        extra=fields(role=self.role, seconds=round(waited), error=str(error)),
-                    )
         self.producer = producer
+        self._call(lambda: producer.init_transactions(CALL_TIMEOUT_SECONDS))
         self.generations += 1
 
     def renew(self) -> None:
         """Replace a producer that failed fatally: the new one takes the id over (its epoch is the newest)."""
-        old = self.producer
+        old = self.producer  # a call stuck on it keeps its thread; nothing waits for it
         self.producer = None
         if old is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
@@ -156,7 +178,12 @@ class Transactor:
         for write in last.values():  # the last record of each changelog partition reports its offset
             self._produce(write, delivered)
         if offsets:
-            self._call(lambda: producer.send_offsets_to_transaction(offsets, group_metadata(), CALL_TIMEOUT_SECONDS))
+            # Not resumed on a timeout: a call made again while the coordinator is away may never return
+            # (librdkafka#5456); the transaction is aborted and written again once the broker answers.
+            self._call(
+                lambda: producer.send_offsets_to_transaction(offsets, group_metadata(), CALL_TIMEOUT_SECONDS),
+                resume=False,
+            )
         failpoints.hit(f"{self.role}.before_commit", abortable)
         self._call(lambda: producer.commit_transaction(CALL_TIMEOUT_SECONDS))
         producer.poll(0)
@@ -171,7 +198,7 @@ class Transactor:
             producer.flush(ABORT_FLUSH_SECONDS)
             self._call(lambda: producer.abort_transaction(CALL_TIMEOUT_SECONDS))
             return True
-        except KafkaException as exc:
+        except (KafkaException, StuckCall) as exc:
             log.warning("the abort failed", extra=fields(role=self.role, error=str(exc.args[0])))
             return False
 
@@ -179,17 +206,18 @@ class Transactor:
         if self.producer is not None:
             self.producer.flush(timeout)
 
-    def _call(self, call: Callable[[], None]) -> None:
-        """Make a transactional call, again as long as it fails with a resumable error (a broker away)."""
+    def _call(self, call: Callable[[], None], *, resume: bool = True) -> None:
+        """Make a transactional call on a thread of its own; again while it fails with a resumable error (a
+        broker away), unless ``resume`` is False. Raises :class:`StuckCall` if it does not return in time."""
         started = time.monotonic()
         logged = started
         while True:
             try:
-                call()
+                _within(call, STUCK_AFTER_SECONDS, f"a transactional call of the {self.role}")
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if not _resumable(error):
+                if not resume or not _resumable(error):
                     raise
                 if time.monotonic() - logged >= WAITING_LOG_SECONDS:
                     logged = time.monotonic()

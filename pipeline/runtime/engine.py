@@ -1,4 +1,4 @@
-"""The stream runtime: a consumer group, per-partition processors and one Kafka transaction per batch.
+"""The stream runtime: a consumer group, per-partition processors and Kafka transactions of whole batches.
 
 One loop per process (docs/stream-runtime.md has the whole design). Per batch:
 
@@ -9,15 +9,20 @@ One loop per process (docs/stream-runtime.md has the whole design). Per batch:
    tick in the same batch (idle partitions finalize on wall time, R9).
 2. What the batch writes is kept per partition (a :class:`_Work`): outputs, the state changes as
    records of the topology's compacted changelog (partition ``p`` for partition ``p``), the
-   consumed offsets. One transaction writes all of it and sends the offsets with the group's
-   metadata (a member that lost its partitions in a rebalance cannot commit them, KIP-447).
-3. Committed: the state changes are written to the stores' backends, the after-commit hooks run.
+   consumed offsets. Its records are sent at once in the open transaction (one is begun if none
+   is), so librdkafka delivers them while the next batch is consumed and processed.
+3. The transaction commits, with the offsets of all its batches and the group's metadata (a
+   member that lost its partitions in a rebalance cannot commit them, KIP-447), when a batch was
+   not full (the consumer caught up: no waiting for more), or it is ``transaction_seconds`` old
+   or holds ``transaction_records`` records (a backlog is read in few, large transactions: the
+   commit's round trips are paid once per transaction, not per batch).
+4. Committed: the state changes are written to the stores' backends, the after-commit hooks run.
    Not committed: the transaction is aborted (or, if the producer was fenced or failed fatally,
    a new producer takes the transactional id over) and the *same* records are written again in a
    new transaction, without the partitions that left this process meanwhile. The processors
-   already hold the batch's state, so nothing is processed again and nothing is rebuilt: a broker
-   outage is waited out with the batch in hand.
-4. A zombie (a stale instance whose transactional id and group membership another instance took
+   already hold the batches' state, so nothing is processed again and nothing is rebuilt: a broker
+   outage is waited out with the batches in hand.
+5. A zombie (a stale instance whose transactional id and group membership another instance took
    over) stops with :class:`FencedError`.
 
 Assignment: the group assigns the topologies' first input topics (cooperative-sticky, so a
@@ -25,8 +30,9 @@ rebalance moves only the partitions that change owner, the others keep running);
 of the other input topics follows partition ``p`` of the first. A newly assigned partition is
 paused and restored by a thread of its own (``pipeline.runtime.restore``: stable committed
 offsets, then the changelog to its end); once restored, its processor is built and its inputs
-resume from the committed offsets. A revoked partition's processor is dropped: every batch of it
-was committed before the consumer could revoke it.
+resume from the committed offsets. A revoked partition's processor is dropped; if the open
+transaction holds records of it, that transaction is aborted at once and the other partitions'
+batches are written again without it (its new owner does its uncommitted batches again).
 """
 
 from __future__ import annotations
@@ -134,6 +140,10 @@ class RuntimeConfig:
     max_record_bytes: int = 1 << 20
     transaction_timeout_ms: int = 60_000
     linger_ms: int = 5
+    #: With a backlog (full batches), batches join the open transaction until it is this old ...
+    transaction_seconds: float = 1.0
+    #: ... or holds this many records; a batch that is not full (caught up) commits at once.
+    transaction_records: int = 100_000
 
 
 class _Partition:
@@ -214,6 +224,13 @@ class StreamRuntime:
         self._lag_observed_at = 0.0
         self._admin: AdminClient | None = None
         self._batch_started: float | None = None
+        #: The works of the open transaction (batches processed, their records sent, not committed yet).
+        self._works: list[_Work] = []
+        self._records_in_hand = 0
+        #: A Kafka transaction is open (records of ``_works`` sent in it).
+        self._in_transaction = False
+        #: Sending records into the open transaction failed: it is aborted and written again at commit.
+        self._send_failed: KafkaException | StuckCall | None = None
         self._consumer_errors_logged_at = 0.0
         self._heartbeat_ms = 3000
         self._stop = threading.Event()
@@ -246,6 +263,8 @@ class StreamRuntime:
         try:
             while not stop.is_set():
                 self._step()
+            if self._works:
+                self._finish(time.perf_counter(), 0)
         finally:
             done.set()
             self._close()
@@ -280,8 +299,10 @@ class StreamRuntime:
         self._adopt()
         if self._stash:
             messages, self._stash = self._stash, []
+            full = False
         else:
             messages = consumer.consume(self.config.batch_size, timeout=self.config.batch_seconds)
+            full = len(messages) >= self.config.batch_size
         now_ms = int(time.time() * 1000)
         groups, offsets, ends = self._group(messages)
         monotonic = time.monotonic()
@@ -289,22 +310,43 @@ class StreamRuntime:
         if tick:
             self._next_tick = monotonic + self.config.tick_seconds
         self._observe_lag(monotonic)
-        if not groups and not tick:
-            self._at_end(ends)
-            return
         started = time.perf_counter()
-        self._batch_started = monotonic
-        try:
+        if groups or tick:
+            if self._batch_started is None:
+                self._batch_started = monotonic
             works = self._process(groups, offsets, now_ms, tick)
             self._at_end(ends)  # after the batch: the records before an end are in it
-            committed = self._commit(works)
+            self._send(works)
+        else:
+            self._at_end(ends)
+        if self._works and (not full or self._due(monotonic)):
+            self._finish(started, sum(len(g) for g in groups.values()))
+        elif self._on_batch is not None and groups:
+            self._on_batch(sum(len(g) for g in groups.values()), time.perf_counter() - started)
+
+    def _due(self, monotonic: float) -> bool:
+        """The open transaction ends now: old or large enough, stopping, failed, or a partition of it left."""
+        c = self.config
+        started = self._batch_started
+        return (
+            (started is not None and monotonic - started >= c.transaction_seconds)
+            or self._records_in_hand >= c.transaction_records
+            or self._stop.is_set()
+            or self._send_failed is not None
+            or any(self._parts.get(w.part.key) is not w.part for w in self._works)
+        )
+
+    def _finish(self, started: float, events: int) -> None:
+        """Commit the open transaction, then run the after-commit hooks of what it held."""
+        try:
+            committed = self._commit()
         finally:
             self._batch_started = None
         for work in committed:
             for hook in work.effects.on_commit:
                 hook()
-        if self._on_batch is not None and groups:
-            self._on_batch(sum(len(g) for g in groups.values()), time.perf_counter() - started)
+        if self._on_batch is not None and events:
+            self._on_batch(events, time.perf_counter() - started)
 
     def _group(
         self, messages: list[Message]
@@ -377,32 +419,88 @@ class StreamRuntime:
 
     # -- the transaction -------------------------------------------------------------------
 
-    def _commit(self, works: list[_Work]) -> list[_Work]:
-        """Write ``works`` in one transaction, again until it commits; the works committed (those still in hand)."""
+    def _send(self, works: list[_Work]) -> None:
+        """Add a batch's works to the open transaction (opened here if none is) and send their records.
+
+        librdkafka delivers them while the next batch is consumed and processed, so that the commit
+        finds little left to flush. A failure is kept for :meth:`_commit`, which aborts and writes
+        the whole transaction again.
+        """
+        self._works.extend(works)
+        writing = [w for w in works if w.writes()]
+        if not writing or self._send_failed is not None:
+            return
+        self._records_in_hand += sum(len(w.effects.outputs) + len(w.changes) for w in writing)
+        changelogs = {(w.part.topology.changelog, w.part.number) for w in writing if w.changes}
+        try:
+            if not self._in_transaction:
+                self.transactor.begin()
+                self._in_transaction = True
+            self.transactor.produce(self._writes(writing), changelogs)
+        except KafkaException as exc:
+            self._send_failed = exc
+
+    def _commit(self) -> list[_Work]:
+        """Commit the open transaction, or abort it and write its works again until they commit; the works
+        committed (those of partitions still in hand)."""
         attempt = 0
-        while True:
-            if attempt and self._stop.is_set():
-                log.warning("stopping with a batch not committed: it is done again from the last commit")
-                return []
-            live = [w for w in works if self._parts.get(w.part.key) is w.part]
-            if not any(w.writes() for w in live):
+        error: KafkaException | StuckCall | None = self._send_failed
+        self._send_failed = None
+        try:
+            while True:
+                live = [w for w in self._works if self._parts.get(w.part.key) is w.part]
+                if error is None and self._in_transaction and len(live) < len(self._works):
+                    # records of a partition that left are in the transaction: never committed
+                    log.info(
+                        "a partition left during the transaction: it is written again without it",
+                        extra=fields(role=self.config.role),
+                    )
+                    self.aborts += 1
+                    if self._on_abort is not None:
+                        self._on_abort()
+                    self._in_transaction = False
+                    if not self.transactor.abort():
+                        self._renew()
+                    continue
+                if error is not None:
+                    attempt += 1
+                    self._in_transaction = False
+                    self._recover(error, attempt)
+                    error = None
+                    if self._stop.is_set():
+                        log.warning("stopping with a batch not committed: it is done again from the last commit")
+                        return []
+                    continue
+                if not any(w.writes() for w in live):
+                    return live
+                consumer = self.consumer
+                assert consumer is not None
+                offsets = [TopicPartition(t, p, o) for w in live for (t, p), o in w.offsets.items()]
+                try:
+                    if self._in_transaction:
+                        ends = self.transactor.commit(offsets, consumer.consumer_group_metadata)
+                    else:
+                        changelogs = {(w.part.topology.changelog, w.part.number) for w in live if w.changes}
+                        ends = self.transactor.write(
+                            self._writes(live), offsets, consumer.consumer_group_metadata, changelogs
+                        )
+                except (KafkaException, StuckCall) as exc:
+                    error = exc
+                    continue
+                self._in_transaction = False
+                stores = {}
+                for w in live:
+                    if w.changes:
+                        part = w.part
+                        part.store.backend.write(w.changes, ends.get((part.topology.changelog, part.number), 0))
+                        stores[part.key] = part.store
+                for store in stores.values():
+                    store.committed()
+                self.committed_batches += 1
                 return live
-            consumer = self.consumer
-            assert consumer is not None
-            offsets = [TopicPartition(t, p, o) for w in live for (t, p), o in w.offsets.items()]
-            changelogs = {(w.part.topology.changelog, w.part.number) for w in live if w.changes}
-            try:
-                ends = self.transactor.write(self._writes(live), offsets, consumer.consumer_group_metadata, changelogs)
-            except (KafkaException, StuckCall) as exc:
-                attempt += 1
-                self._recover(exc, attempt)
-                continue
-            for w in live:
-                if w.changes:
-                    part = w.part
-                    part.store.backend.write(w.changes, ends.get((part.topology.changelog, part.number), 0))
-            self.committed_batches += 1
-            return live
+        finally:
+            self._works = []
+            self._records_in_hand = 0
 
     @staticmethod
     def _writes(works: list[_Work]) -> Iterator[Write]:

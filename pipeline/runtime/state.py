@@ -1,10 +1,11 @@
 """Per-partition key-value state: committed data in memory or on disk (RocksDB), plus the batch's writes.
 
 Writes of a batch stay *pending* in the :class:`PartitionStore` (readable at once by the
-processor) until the batch's Kafka transaction has committed; only then are they written to the
-backend, with the changelog offset they reach. An aborted transaction's writes are discarded:
-they never reach the backend, and the changelog records it produced are aborted too, so a
-read_committed restore never sees them.
+processor); the runtime takes them as the batch's changelog records, and they stay readable as
+*uncommitted* (a transaction spans several batches) until the transaction has committed; only
+then are they written to the backend, with the changelog offset they reach. An aborted
+transaction's writes are discarded: they never reach the backend, and the changelog records it
+produced are aborted too, so a read_committed restore never sees them.
 
 Backends:
 
@@ -158,11 +159,15 @@ class PartitionStore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._pending: Changes = {}
+        #: Taken by earlier batches of the open transaction, not committed yet.
+        self._uncommitted: Changes = {}
 
     def get(self, key: bytes) -> bytes | None:
-        """The value as this batch left it (pending writes first), else as committed."""
+        """The value as this batch left it (pending writes first), else as the open transaction, else as committed."""
         if key in self._pending:
             return self._pending[key]
+        if key in self._uncommitted:
+            return self._uncommitted[key]
         return self.backend.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -189,8 +194,15 @@ class PartitionStore:
         return self._pending
 
     def take_pending(self) -> Changes:
+        """This batch's writes, for the open transaction: readable as uncommitted until :meth:`committed`."""
         pending, self._pending = self._pending, {}
+        self._uncommitted.update(pending)
         return pending
+
+    def committed(self) -> None:
+        """The open transaction committed: its writes are in the backend now."""
+        self._uncommitted = {}
 
     def discard(self) -> None:
         self._pending = {}
+        self._uncommitted = {}

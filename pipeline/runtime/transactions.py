@@ -1,9 +1,9 @@
-"""The runtime's transactional producer: one batch's records and offsets in one Kafka transaction.
+"""The runtime's transactional producer: the records of one or more batches and their offsets in one Kafka transaction.
 
 librdkafka's transactional calls fail in three ways (docs/stream-runtime.md, "Failures"):
 
 - *retriable* (a timeout, a coordinator loading): the same call may be made again and resumes
-  what it started. :meth:`Transactor.write` does so, so that a broker outage is waited out
+  what it started. :meth:`Transactor.commit` does so, so that a broker outage is waited out
   inside the transaction that was in hand;
 - *abortable* (a record not delivered, a group generation that moved on, a failpoint): the
   transaction must be aborted, after which the same records can be written again in a new one;
@@ -124,6 +124,8 @@ class Transactor:
             },
         )
         self.producer: Producer | None = None
+        #: The open transaction's changelog ends so far (delivery reports of its last records).
+        self._ends: dict[tuple[str, int], int] = {}
         #: Producers created (1 + renewals).
         self.generations = 0
 
@@ -150,21 +152,24 @@ class Transactor:
         group_metadata: Callable[[], Any],
         ends_of: set[tuple[str, int]],
     ) -> dict[tuple[str, int], int]:
-        """One transaction: ``records``, then ``offsets`` for the consumer group, committed; or an exception.
+        """One transaction: ``records``, then ``offsets`` for the consumer group, committed; or an exception."""
+        self.begin()
+        self.produce(records, ends_of)
+        return self.commit(offsets, group_metadata)
 
-        Returns the next offset after the last record written to each partition of ``ends_of``
-        (the changelogs: a store on disk records how far into its changelog it is).
-        """
+    def begin(self) -> None:
+        """Open a transaction; :meth:`produce` may then be called any number of times before :meth:`commit`."""
         producer = self.producer
         assert producer is not None
-        ends: dict[tuple[str, int], int] = {}
-
-        def delivered(err: Any, msg: Any) -> None:
-            if err is None:
-                tp = (msg.topic(), msg.partition())
-                ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
-
+        self._ends = {}
         producer.begin_transaction()
+
+    def produce(self, records: Iterable[Write], ends_of: set[tuple[str, int]]) -> None:
+        """Send ``records`` in the open transaction (librdkafka delivers them while the caller goes on).
+
+        The last record of each partition of ``ends_of`` (the changelogs) reports its offset, so that
+        :meth:`commit` can say how far into each changelog the transaction reached.
+        """
         last: dict[tuple[str, int], Write] = {}
         for write in records:
             topic, partition = write[0], write[3]
@@ -175,8 +180,17 @@ class Transactor:
                 last[(topic, partition)] = write
                 continue
             self._produce(write, None)
-        for write in last.values():  # the last record of each changelog partition reports its offset
-            self._produce(write, delivered)
+        for write in last.values():
+            self._produce(write, self._delivered)
+
+    def commit(self, offsets: list[TopicPartition], group_metadata: Callable[[], Any]) -> dict[tuple[str, int], int]:
+        """Send ``offsets`` for the consumer group and commit the open transaction; or an exception.
+
+        Returns the next offset after the last record written to each changelog partition (a store
+        on disk records how far into its changelog it is).
+        """
+        producer = self.producer
+        assert producer is not None
         if offsets:
             # Not resumed on a timeout: a call made again while the coordinator is away may never return
             # (librdkafka#5456); the transaction is aborted and written again once the broker answers.
@@ -187,7 +201,12 @@ class Transactor:
         failpoints.hit(f"{self.role}.before_commit", abortable)
         self._call(lambda: producer.commit_transaction(CALL_TIMEOUT_SECONDS))
         producer.poll(0)
-        return ends
+        return self._ends
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is None:
+            tp = (msg.topic(), msg.partition())
+            self._ends[tp] = max(self._ends.get(tp, 0), msg.offset() + 1)
 
     def abort(self) -> bool:
         """Abort the open transaction; False if that failed too (then the producer must be renewed)."""

@@ -59,7 +59,16 @@ def topics(settings: Settings, create_topics: Callable[[dict[str, int]], None]) 
     return names
 
 
-def runtime(settings: Settings, topics: tuple[str, str, str, str], store: str, opened: list[int]) -> StreamRuntime:
+def runtime(
+    settings: Settings,
+    topics: tuple[str, str, str, str],
+    store: str,
+    opened: list[int],
+    *,
+    transaction_seconds: float = 1.0,
+    batches: list[int] | None = None,
+) -> StreamRuntime:
+    """A Counter runtime (``transaction_seconds=0``: a transaction per batch); ``batches`` gets each batch's size."""
     source, side, _, changelog = topics
 
     def open_partition(partition: int, s: PartitionStore, now_ms: int) -> Counter:
@@ -75,8 +84,12 @@ def runtime(settings: Settings, topics: tuple[str, str, str, str], store: str, o
         batch_seconds=0.2,
         tick_seconds=1.0,
         role="counter",
+        transaction_seconds=transaction_seconds,
     )
-    return StreamRuntime(settings, config, [Topology("counter", (source, side), changelog, open_partition)])
+    on_batch = None if batches is None else (lambda events, seconds: batches.append(events))
+    return StreamRuntime(
+        settings, config, [Topology("counter", (source, side), changelog, open_partition)], on_batch=on_batch
+    )
 
 
 class Running:
@@ -162,7 +175,7 @@ def test_aborted_transactions_leave_no_output_and_no_state_and_the_batch_is_done
     failpoints._points = failpoints.parse("counter.before_commit=fail:2@3")
     send(settings, source, KEYS[:200])
     opened: list[int] = []
-    rt = runtime(settings, topics, store, opened)
+    rt = runtime(settings, topics, store, opened, transaction_seconds=0.0)  # a transaction per batch
     with Running(rt) as running:
         wait_until(lambda: rt.committed_batches >= 3, 60, "commits after the aborts")
         send(settings, side, KEYS[200:])
@@ -176,6 +189,34 @@ def test_aborted_transactions_leave_no_output_and_no_state_and_the_batch_is_done
     restore(settings, backends)
     state = {k: v for b in backends.values() for k, v in b.items()}
     assert state == {k.encode(): str(KEYS.count(k)).encode() for k in set(KEYS)}, "the changelog holds committed counts"
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_a_transaction_of_several_batches_reads_its_own_state_and_aborts_as_a_whole(
+    settings: Settings, topics: tuple[str, str, str, str], store: str, no_failpoints: None
+) -> None:
+    """A backlog is read in transactions of several batches: each batch counts on from the state the previous
+    ones left uncommitted; the first transaction's commit fails for 1 s, and all of its batches are written
+    again, once, from what is in hand."""
+    settings = replace(settings, data_dir=settings.data_dir / store)
+    source, _, out, changelog = topics
+    failpoints._points = failpoints.parse("counter.before_commit=fail:1")
+    send(settings, source, KEYS)
+    opened: list[int] = []
+    batches: list[int] = []
+    rt = runtime(settings, topics, store, opened, transaction_seconds=30.0, batches=batches)
+    with Running(rt) as running:
+        wait_until(lambda: len(committed_values(settings, out)) >= len(KEYS), 60, "every output committed")
+        assert not running.error
+    assert sorted(committed_values(settings, out)) == sorted(expected(KEYS)), "each output once, counted on"
+    assert rt.aborts >= 1, "the first commit failed"
+    assert sum(batches) == len(KEYS)
+    assert len([b for b in batches if b]) > rt.committed_batches, "transactions held several batches"
+    assert sorted(opened) == list(range(PARTITIONS)), "no processor was rebuilt"
+    backends = {(changelog, p): MemoryBackend() for p in range(PARTITIONS)}
+    restore(settings, backends)
+    state = {k: v for b in backends.values() for k, v in b.items()}
+    assert state == {k.encode(): str(KEYS.count(k)).encode() for k in set(KEYS)}, "the changelog holds the counts"
 
 
 def test_a_rocksdb_store_resumes_from_its_own_offset_and_holds_only_committed_state(

@@ -142,8 +142,10 @@ class RuntimeConfig:
     linger_ms: int = 5
     #: With a backlog (full batches), batches join the open transaction until it is this old ...
     transaction_seconds: float = 1.0
-    #: ... or holds this many records; a batch that is not full (caught up) commits at once.
+    #: ... or holds this many records or bytes (kept in memory until it commits, to be written again
+    #: after an abort); a batch that is not full (caught up) commits at once.
     transaction_records: int = 100_000
+    transaction_bytes: int = 8 << 20
 
 
 class _Partition:
@@ -227,6 +229,7 @@ class StreamRuntime:
         #: The works of the open transaction (batches processed, their records sent, not committed yet).
         self._works: list[_Work] = []
         self._records_in_hand = 0
+        self._bytes_in_hand = 0
         #: A Kafka transaction is open (records of ``_works`` sent in it).
         self._in_transaction = False
         #: Sending records into the open transaction failed: it is aborted and written again at commit.
@@ -260,16 +263,20 @@ class StreamRuntime:
         done = threading.Event()
         watchdog = threading.Thread(target=self._watch, args=(done,), name="watchdog", daemon=True)
         watchdog.start()
+        clean = False
         try:
             while not stop.is_set():
                 self._step()
             if self._works:
                 self._finish(time.perf_counter(), 0)
+            clean = True
         finally:
             done.set()
-            self._close()
+            self._close(clean)
 
-    def _close(self) -> None:
+    def _close(self, clean: bool) -> None:
+        """Leave the group and close the stores; the producer is flushed after a clean stop (everything is
+        committed), purged otherwise (a fenced or failed process has nothing it may deliver)."""
         if self.consumer is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
                 self.consumer.close()  # revokes (cooperative): processors and stores are closed
@@ -277,7 +284,7 @@ class StreamRuntime:
             self._restorer.close()
         for key in list(self._parts):
             self._drop(key)
-        self.transactor.close()
+        self.transactor.close(flush=clean)
 
     def _watch(self, done: threading.Event) -> None:
         while not done.wait(1.0):
@@ -331,6 +338,7 @@ class StreamRuntime:
         return (
             (started is not None and monotonic - started >= c.transaction_seconds)
             or self._records_in_hand >= c.transaction_records
+            or self._bytes_in_hand >= c.transaction_bytes
             or self._stop.is_set()
             or self._send_failed is not None
             or any(self._parts.get(w.part.key) is not w.part for w in self._works)
@@ -430,7 +438,11 @@ class StreamRuntime:
         writing = [w for w in works if w.writes()]
         if not writing or self._send_failed is not None:
             return
-        self._records_in_hand += sum(len(w.effects.outputs) + len(w.changes) for w in writing)
+        for w in writing:
+            outputs, changes = w.effects.outputs, w.changes
+            self._records_in_hand += len(outputs) + len(changes)
+            self._bytes_in_hand += sum(len(value) for _, _, value in outputs)
+            self._bytes_in_hand += sum(len(value) for value in changes.values() if value is not None)
         changelogs = {(w.part.topology.changelog, w.part.number) for w in writing if w.changes}
         try:
             if not self._in_transaction:
@@ -500,7 +512,7 @@ class StreamRuntime:
                 return live
         finally:
             self._works = []
-            self._records_in_hand = 0
+            self._records_in_hand = self._bytes_in_hand = 0
 
     @staticmethod
     def _writes(works: list[_Work]) -> Iterator[Write]:

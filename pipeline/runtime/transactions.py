@@ -221,9 +221,15 @@ class Transactor:
             log.warning("the abort failed", extra=fields(role=self.role, error=str(exc.args[0])))
             return False
 
-    def close(self, timeout: float = 10.0) -> None:
-        if self.producer is not None:
+    def close(self, timeout: float = 10.0, *, flush: bool = True) -> None:
+        """Flush what is in flight; or, ``flush=False``, drop it unsent (no delivery report is served)."""
+        if self.producer is None:
+            return
+        if flush:
             self.producer.flush(timeout)
+        else:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                self.producer.purge()
 
     def _call(self, call: Callable[[], None], *, resume: bool = True) -> None:
         """Make a transactional call on a thread of its own; again while it fails with a resumable error (a

@@ -43,6 +43,8 @@ from pipeline.rules.meter import (
 from pipeline.runtime.processor import Record
 
 CLOCK_KEY: Final = "p"
+#: Conversation ids whose partition is remembered (then forgotten all at once: a bounded cache).
+HOMES_KEPT: Final = 100_000
 _TURN: Final = ConversationTurn
 _TRANSFER: Final = AgentTransfer
 _APPLIED: Final = Outcome.APPLIED
@@ -104,6 +106,8 @@ class PartitionMeter:
         self.plans_applied = 0
         #: Highest event time seen per input topic since this meter was loaded.
         self.topic_high: dict[str, int] = {}
+        #: The partition each recent conversation id hashes to: one murmur2 per conversation, not per event.
+        self._homes: dict[str, int] = {}
 
     def restore(self, items: Iterable[tuple[str, bytes]]) -> None:
         clock = PartitionClock()
@@ -145,6 +149,7 @@ class PartitionMeter:
         received = result.received
         partition, partitions = self.partition, self.partitions
         conversation_topics = self._conversation_topics
+        homes = self._homes
         for m in messages:
             topic = m.topic
             received[topic] = received.get(topic, 0) + 1
@@ -155,7 +160,12 @@ class PartitionMeter:
             t, event = decoded  # type: ignore[misc]
             # The common case inline: a turn or transfer on its topic and partition.
             if (type(event) is _TURN or type(event) is _TRANSFER) and topic in conversation_topics:
-                home = partition_of(event.conversation_id.encode(), partitions)
+                conversation_id = event.conversation_id
+                home = homes.get(conversation_id, -1)
+                if home < 0:
+                    if len(homes) >= HOMES_KEPT:
+                        homes.clear()
+                    home = homes[conversation_id] = partition_of(conversation_id.encode(), partitions)
                 placed: Metered | Rejection = event if home == partition else self._place(m, event)
             else:
                 placed = self._place(m, event)

@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 STALLED_BATCH_SECONDS: Final = 300.0
 EXIT_STALLED: Final = 70
 LAG_EVERY_SECONDS: Final = 1.0
+#: How long after its adoption a partition of several inputs waits for all of them to be fetched once.
+UNFETCHED_HOLD_SECONDS: Final = 10.0
 #: A log end the broker gave is trusted for records sent this long before it was asked (producers'
 #: clocks may be behind ours).
 LOG_END_MARGIN_MS: Final = 2000
@@ -151,7 +153,7 @@ class RuntimeConfig:
 class _Partition:
     """A topology's partition in this process: its store, its processor, and where each input is."""
 
-    __slots__ = ("key", "next", "number", "processor", "store", "topology")
+    __slots__ = ("adopted_at", "key", "next", "number", "processor", "store", "topology")
 
     def __init__(
         self,
@@ -168,6 +170,7 @@ class _Partition:
         self.processor = processor
         #: The next offset to process per input topic.
         self.next = next_
+        self.adopted_at = time.monotonic()
 
 
 class _Work:
@@ -313,6 +316,8 @@ class StreamRuntime:
         now_ms = int(time.time() * 1000)
         groups, offsets, ends = self._group(messages)
         monotonic = time.monotonic()
+        if groups:
+            ends = self._hold_unfetched(groups, offsets, ends, monotonic)
         tick = monotonic >= self._next_tick
         if tick:
             self._next_tick = monotonic + self.config.tick_seconds
@@ -386,6 +391,39 @@ class StreamRuntime:
             group.append(Record(topic, partition, offset, m.value() or b"", key=m.key(), timestamp=m.timestamp()[1]))
             offsets[(topic, partition)] = offset + 1
         return groups, offsets, ends
+
+    def _hold_unfetched(
+        self,
+        groups: dict[Key, list[Record]],
+        offsets: dict[tuple[str, int], int],
+        ends: list[tuple[str, int, int]],
+        monotonic: float,
+    ) -> list[tuple[str, int, int]]:
+        """Leave out of this batch a newly adopted partition of several inputs of which one has not been fetched
+        yet (its log end unknown to the consumer); its inputs are fetched again from where it stands.
+
+        Its clock would otherwise be held for that input (``lagging``) while the other's records,
+        however old, are applied: right after an assignment a backlog of one input could be metered
+        before the other's first fetch and its late events judged by a clock that never moved.
+        Only for ``UNFETCHED_HOLD_SECONDS`` after adoption: a fetch answers well within it.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        held: set[tuple[str, int]] = set()
+        for key in list(groups):
+            part = self._parts[key]
+            inputs = part.topology.inputs
+            if len(inputs) < 2 or monotonic - part.adopted_at > UNFETCHED_HOLD_SECONDS:
+                continue
+            if all(consumer.get_watermark_offsets(TopicPartition(t, part.number), cached=True)[1] >= 0 for t in inputs):
+                continue
+            del groups[key]
+            for topic in inputs:
+                held.add((topic, part.number))
+                offsets.pop((topic, part.number), None)
+                with contextlib.suppress(KafkaException):
+                    consumer.seek(TopicPartition(topic, part.number, part.next[topic]))
+        return [e for e in ends if (e[0], e[1]) not in held] if held else ends
 
     def _consumer_error(self, error: KafkaError) -> None:
         """A fatal consumer error stops the process; the others (a broker away) are the client's to recover from."""

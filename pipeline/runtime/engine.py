@@ -251,6 +251,9 @@ class StreamRuntime:
         config.setdefault("session.timeout.ms", 15000)
         config.setdefault("fetch.message.max.bytes", 4 << 20)
         config.setdefault("queued.max.messages.kbytes", 16 << 10)  # prefetched records: bounded memory
+        # Once that is full, librdkafka's next fetch waits fetch.queue.backoff.ms (1 s by default): with a
+        # backlog the worker then drained the queue and waited for the fetch half of its time.
+        config.setdefault("fetch.queue.backoff.ms", 10)
         if c.static_member:
             config["group.instance.id"] = c.transactional_id
         self._heartbeat_ms = int(config.get("heartbeat.interval.ms", 3000))

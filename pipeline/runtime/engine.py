@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 STALLED_BATCH_SECONDS: Final = 300.0
 EXIT_STALLED: Final = 70
 LAG_EVERY_SECONDS: Final = 1.0
+#: While a backlog is read, a consume that returns nothing for this long means it has been read.
+DRY_SECONDS: Final = 0.05
 #: How long after its adoption a partition of several inputs waits for all of them to be fetched once.
 UNFETCHED_HOLD_SECONDS: Final = 10.0
 #: A log end the broker gave is trusted for records sent this long before it was asked (producers'
@@ -314,7 +316,7 @@ class StreamRuntime:
             messages, self._stash = self._stash, []
             full = False
         else:
-            messages = consumer.consume(self.config.batch_size, timeout=self.config.batch_seconds)
+            messages = self._consume()
             full = len(messages) >= self.config.batch_size
         now_ms = int(time.time() * 1000)
         groups, offsets, ends = self._group(messages)
@@ -338,6 +340,30 @@ class StreamRuntime:
             self._finish(started, sum(len(g) for g in groups.values()))
         elif self._on_batch is not None and groups:
             self._on_batch(sum(len(g) for g in groups.values()), time.perf_counter() - started)
+
+    def _consume(self) -> list[Message]:
+        """Up to ``batch_size`` records, waiting for them at most ``batch_seconds``.
+
+        While a backlog is read into the open transaction, the batch goes as soon as the prefetched
+        records run dry (nothing for ``DRY_SECONDS``): the end of a backlog commits at once rather
+        than after waiting ``batch_seconds`` for records that are not there.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        size, seconds = self.config.batch_size, self.config.batch_seconds
+        if not self._works:
+            return consumer.consume(size, timeout=seconds)
+        deadline = time.monotonic() + seconds
+        messages = consumer.consume(size, timeout=min(DRY_SECONDS, seconds))
+        while len(messages) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            more = consumer.consume(size - len(messages), timeout=min(DRY_SECONDS, remaining))
+            if not more:
+                break
+            messages.extend(more)
+        return messages
 
     def _due(self, monotonic: float) -> bool:
         """The open transaction ends now: old or large enough, stopping, failed, or a partition of it left."""
@@ -367,12 +393,23 @@ class StreamRuntime:
     def _group(
         self, messages: list[Message]
     ) -> tuple[dict[Key, list[Record]], dict[tuple[str, int], int], list[tuple[str, int, int]]]:
-        """Records by partition key (only partitions in hand), the next offset per input partition, partition ends."""
+        """Records by partition key (only partitions in hand), the next offset per input partition, partition ends.
+
+        A batch comes in runs of one topic partition: what a record needs to know of its partition
+        is looked up once per run.
+        """
         groups: dict[Key, list[Record]] = {}
         offsets: dict[tuple[str, int], int] = {}
         ends: list[tuple[str, int, int]] = []
         by_input = self._by_input
         parts = self._parts
+        run_topic = ""
+        run_partition = -1
+        key: Key = ("", -1)
+        group: list[Record] | None = None
+        ours = False
+        floor = 0
+        last = -1
         for m in messages:
             error = m.error()
             if error is not None:
@@ -384,15 +421,23 @@ class StreamRuntime:
             topic: str = m.topic()  # type: ignore[assignment]
             partition: int = m.partition()  # type: ignore[assignment]
             offset: int = m.offset()  # type: ignore[assignment]
-            key = (by_input[topic].name, partition)
-            part = parts.get(key)
-            if part is None or offset < part.next[topic]:
+            if partition != run_partition or topic != run_topic:
+                if last >= 0:
+                    offsets[(run_topic, run_partition)] = last + 1
+                run_topic, run_partition, last = topic, partition, -1
+                key = (by_input[topic].name, partition)
+                part = parts.get(key)
+                ours = part is not None
+                floor = part.next[topic] if part is not None else 0
+                group = groups.get(key)
+            if not ours or offset < floor:
                 continue  # not ours any more (or still restoring: fetched again once resumed), or fetched twice
-            group = groups.get(key)
             if group is None:
                 group = groups[key] = []
             group.append(Record(topic, partition, offset, m.value() or b"", key=m.key(), timestamp=m.timestamp()[1]))
-            offsets[(topic, partition)] = offset + 1
+            last = offset
+        if last >= 0:
+            offsets[(run_topic, run_partition)] = last + 1
         return groups, offsets, ends
 
     def _hold_unfetched(

@@ -242,7 +242,7 @@ def run_once(plan: Plan, index: int, batch: float) -> Run:
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
         traffic = context.Process(
-            target=_traffic, args=(settings, args.rate, 1000 + index, stop_traffic, results), name="traffic"
+            target=_traffic, args=(settings.to_env(), args.rate, 1000 + index, stop_traffic, results), name="traffic"
         )
         traffic.start()
         sampler = Sampler({"worker": worker.pid, "bench": os.getpid(), "broker": broker.pid, "traffic": traffic.pid})
@@ -352,15 +352,18 @@ def _serve(
 
 
 def _traffic(
-    settings: Settings,
+    env: dict[str, str],
     rate: float,
     seed: int,
     stop: multiprocessing.synchronize.Event,
     results: multiprocessing.Queue[int | str],
 ) -> None:
-    """The traffic generator's process: DemoTraffic without garbage until ``stop``; puts the events sent."""
+    """The traffic generator's process: DemoTraffic without garbage until ``stop``; puts the events sent.
+
+    The settings come as their environment: the compiled rules config does not survive pickling.
+    """
     try:
-        demo = DemoTraffic(settings, rate=rate, seed=seed, garbage_every=0)
+        demo = DemoTraffic(Settings.from_env(env), rate=rate, seed=seed, garbage_every=0)
         demo.start()
         while not stop.wait(0.5):
             if demo.error is not None:
@@ -447,6 +450,8 @@ class EmittedReader:
                 "group.id": self._group,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
+                "isolation.level": "read_committed",  # as the sink reads: a transaction's records at its commit
+                "enable.partition.eof": True,  # a partition ends with a transaction marker, not a record
             }
         )
         self._lock = threading.Lock()
@@ -471,6 +476,10 @@ class EmittedReader:
             while not self._stop.is_set():
                 for message in self._consumer.consume(1000, timeout=0.2):
                     if message.error() is not None:
+                        at_end, end = message.partition(), message.offset()
+                        if at_end is not None and end is not None and end > 0:
+                            with self._lock:
+                                self._positions[at_end] = max(self._positions.get(at_end, 0), end)
                         continue
                     partition, offset = message.partition(), message.offset()
                     record = _decode_emitted(message.value() or b"{}")

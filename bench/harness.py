@@ -30,7 +30,7 @@ from rich.console import Console
 from pipeline.decode import to_ms
 from pipeline.local_kafka import LocalKafka, LocalKafkaError, free_port
 from pipeline.settings import Settings, Topics
-from pipeline.stream.app import changelog_topics
+from pipeline.stream.worker import changelog_topics
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS_DIR: Final = ROOT / "bench" / "results"
@@ -79,8 +79,7 @@ def fresh_settings(base: Settings, data_dir: Path) -> Settings:
 def create_topics(broker: LocalKafka, settings: Settings) -> None:
     """Every topic of the run, co-partitioned, before any process starts (as `metering run` does)."""
     topics = settings.topics
-    broker.create_topics({t: settings.partitions for t in topics.all if t != topics.ticks})
-    broker.create_topics({topics.ticks: settings.partitions}, config={"retention.ms": "3600000"})
+    broker.create_topics(dict.fromkeys(topics.all, settings.partitions))
     changelogs = dict.fromkeys(changelog_topics(settings), settings.partitions)
     broker.create_topics(changelogs, config={"cleanup.policy": "compact"})
 

@@ -16,8 +16,9 @@ The store runs in its own process, as in production: the benchmark process only 
 finalized 2 s after it, as at the end of a replay.
 
 Reported per run: events/s end to end (N / seconds from worker start to all rows visible, and
-from the worker's first output record), events/s of the worker alone (its own
-``metering_events_received_total`` between its first and last batch), worker CPU seconds and
+from the worker's first output record), events/s of the worker alone (from its first batch
+processed, ``metering_worker_batch_events``, to every event committed,
+``metering_events_received_total``), worker CPU seconds and
 peak RSS, and the CPU the sink and the broker used meanwhile. With py-spy available, one more
 run (not in the medians) is profiled and its self time summarised by where it goes.
 
@@ -80,7 +81,7 @@ from pipeline.rules.config import RulesConfig
 from pipeline.settings import Settings
 
 NAME: Final = "stream_throughput"
-SAMPLE_EVERY: Final = 0.25  # the sink's /metrics; the workers' every other time
+SAMPLE_EVERY: Final = 0.25  # the sink's and the workers' /metrics
 PY_SPY: Final = ROOT / ".venv" / "bin" / "py-spy"
 PROFILE_RATE: Final = 100
 
@@ -108,7 +109,10 @@ class Run:
     visible_seconds: float = 0.0  # ... ClickHouse holding exactly the expected sessions
     events_per_s: float = 0.0  # N / visible_seconds
     events_per_s_from_first_output: float | None = None
-    worker_events_per_s: float | None = None  # from the worker's own counter, first to last batch
+    #: from the workers' own counters: first batch processed to last transaction committed
+    worker_events_per_s: float | None = None
+    #: the same per second of worker CPU (first to last batch): what a worker does with a core of its own
+    worker_events_per_cpu_s: float | None = None
     worker_cpu_seconds: float | None = None  # whole process life until all rows were visible
     worker_peak_rss_mib: float | None = None
     sink_cpu_seconds: float | None = None
@@ -125,6 +129,8 @@ class Run:
     sessions: int = 0
     verified: bool = False
     received_timeline: list[tuple[float, float]] = field(default_factory=list)
+    #: (seconds, events processed): the batch histogram's sum, counted when a batch is processed, not committed
+    processed_timeline: list[tuple[float, float]] = field(default_factory=list)
 
 
 def main() -> int:
@@ -286,7 +292,7 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
         first_batch: Snapshot | None = None
         input_done: Snapshot | None = None
         samples = 0
-        received = 0.0
+        received = processed = 0.0
         rows = 0.0
         while True:
             time.sleep(SAMPLE_EVERY)
@@ -302,14 +308,16 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
             for p in procs:
                 peaks[p.pid] = max(peaks.get(p.pid, 0.0), peak_rss_mib(p.pid) or 0.0)
             samples += 1
-            if samples % 2 == 0 and received < expected.events:  # every 0.5 s: a scrape costs the worker a little
+            if received < expected.events:  # every 0.25 s: a scrape costs the worker a little
                 scraped = [scrape(f"http://127.0.0.1:{port}/metrics") or {} for port in ports]
                 received = sum(m.get("metering_events_received_total", 0.0) for m in scraped)
                 emitted = sum(m.get("metering_billing_sessions_emitted_total", 0.0) for m in scraped)
+                processed = sum(m.get("metering_worker_batch_events_sum", 0.0) for m in scraped)
                 run.received_timeline.append((round(now, 3), received))
+                run.processed_timeline.append((round(now, 3), processed))
                 if emitted > 0 and run.first_emitted_seconds is None:
                     run.first_emitted_seconds = now
-            if received > 0 and run.first_batch_seconds is None:
+            if processed > 0 and run.first_batch_seconds is None:
                 run.first_batch_seconds = now
                 first_batch = sampler.snapshot()
                 if profile is not None:
@@ -342,11 +350,13 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
         run.worker_peak_rss_mib = max(peaks.values()) if peaks else None
         run.sink_cpu_seconds = cpu["sink"]
         run.broker_cpu_seconds = cpu["broker"]
-        run.worker_events_per_s = _worker_rate(run.received_timeline, expected.events)
+        run.worker_events_per_s = _worker_rate(run.processed_timeline, run.received_timeline, expected.events)
         _batch_stats(run, ports)
         if first_batch is not None and input_done is not None:
             shares = cpu_shares(first_batch, input_done)
             run.metering_worker_cpu = sum(shares[f"worker{w}"] or 0.0 for w in range(workers))
+            if run.worker_events_per_s and run.metering_worker_cpu:
+                run.worker_events_per_cpu_s = run.worker_events_per_s / run.metering_worker_cpu
             run.metering_sink_cpu = shares["sink"]
             run.metering_broker_cpu = shares["broker"]
             run.metering_machine_busy = shares["machine"]
@@ -432,13 +442,16 @@ def _sessions(usage_csv: str) -> int:
     )
 
 
-def _worker_rate(timeline: list[tuple[float, float]], total: int) -> float | None:
-    """Events/s of the worker(s) between the first sample with events metered and the first with all of them."""
-    started = next(((t, n) for t, n in timeline if n > 0), None)
-    done = next(((t, n) for t, n in timeline if n >= total), None)
-    if started is None or done is None or done[0] <= started[0]:
+def _worker_rate(
+    processed: list[tuple[float, float]], received: list[tuple[float, float]], total: int
+) -> float | None:
+    """Events/s of the worker(s) from the first sample with a batch processed to the first with every event
+    committed (``metering_events_received_total`` counts at commit: a transaction holds several batches)."""
+    started = next(((t, n) for t, n in processed if n > 0), None)
+    done = next((t for t, n in received if n >= total), None)
+    if started is None or done is None or done <= started[0]:
         return None
-    return (done[1] - started[1]) / (done[0] - started[0])
+    return (total - min(started[1], total)) / (done - started[0])
 
 
 def _batch_stats(run: Run, ports: list[int]) -> None:
@@ -510,58 +523,30 @@ def _start_profiler(pid: int, profile: tuple[Path, int], run_dir: Path) -> subpr
 
 #: Self time by the file of the innermost Python frame (C code is charged to the Python frame calling it).
 CATEGORIES: Final = (
-    ("murmur2 key check (aiokafka.partitioner, pure Python)", ("aiokafka/partitioner.py",)),
-    ("aiokafka (fetch responses, producer sends)", ("/aiokafka/", "/kafka/")),
-    ("faust / mode (per-message machinery, tables, services)", ("/faust/", "/mode/")),
-    ("asyncio (futures, tasks, queues, streams)", ("/asyncio/",)),
+    ("stream runtime (pipeline.runtime: consume, transactions, changelog)", ("/pipeline/runtime/",)),
     ("metering rules (pipeline.rules)", ("/pipeline/rules/",)),
     ("decoding events, encoding records (pipeline.events, .records)", ("/pipeline/events.py", "/pipeline/records.py")),
-    ("stream glue (pipeline.stream, pipeline.kafka)", ("/pipeline/stream/", "/pipeline/kafka.py")),
-    ("confluent-kafka calls (outputs, plan feed)", ("confluent_kafka",)),
+    ("worker glue (pipeline.stream)", ("/pipeline/stream/",)),
+    ("confluent-kafka calls", ("confluent_kafka",)),
     ("prometheus_client", ("/prometheus_client/",)),
-)
-#: Frames that run an event loop: their self time is the loop's own C code (uvloop).
-LOOP_RUNNERS: Final = frozenset(
-    {
-        "Worker.execute_from_commandline",
-        "ServiceThread._start_thread",
-        "run_forever",
-        "run_until_complete",
-        "Runner.run",
-    }
 )
 #: Where each GIL sample belongs, by the frames on its stack: the first stage that matches takes it.
 STAGES: Final = (
-    ("our batch processing (MeteringApp._process), of which:", "MeteringApp._process"),
-    (
-        "faust fetcher and conductor: records -> faust events -> stream queues, per message",
-        "Fetcher._fetcher|Conductor._compile_message_handler.<locals>.on_message",
-    ),
-    (
-        "faust agent stream: per-event iteration, take_events buffering, acks",
-        "Agent._execute_actor|Stream._passive_drainer|Stream._c_aiter",
-    ),
-    (
-        "faust table changelog: one message per state change, sent by aiokafka",
-        "ProducerBuffer._handle_pending|Sender._sender_routine|Sender._send_produce_req",
-    ),
-    ("idle ticks and gauges (MeteringApp._tick)", "MeteringApp._tick"),
-    ("other threads (metrics HTTP, plan feed, faust's consumer thread)", "Thread._bootstrap"),
+    ("the processors (MeterProcessor.process, .tick), of which:", "MeterProcessor.process|MeterProcessor.tick"),
+    ("producing outputs and changelog records (StreamRuntime._produce)", "StreamRuntime._produce"),
+    ("offsets and commit (StreamRuntime._commit)", "StreamRuntime._commit"),
+    ("consume and group by partition (StreamRuntime._step)", "StreamRuntime._step"),
+    ("other threads (metrics HTTP, plan feed)", "Thread._bootstrap"),
 )
-#: Inside our batch processing (inclusive, as shares of all samples).
+#: Inside the processors (inclusive, as shares of all samples).
 PROCESS_PARTS: Final = (
     ("  metering: decode, key check, rules (PartitionMeter.process)", "PartitionMeter.process"),
-    ("  producing outputs, waiting for acks (MeteringApp._emit)", "MeteringApp._emit"),
-    ("  table writes handed to faust (MeteringApp._persist)", "MeteringApp._persist"),
-    ("  input offset continuity (MeteringApp._continuous, _lagging)", "MeteringApp._continuous|MeteringApp._lagging"),
+    ("  outputs and state changes (MeterProcessor._emit)", "MeterProcessor._emit"),
 )
-LOOP_STAGE: Final = "event loop's own C code (uvloop; the sample's innermost Python frame runs the loop)"
-OTHER_STAGE: Final = "other (asyncio.Event waits, commits, services, ...)"
+OTHER_STAGE: Final = "other (rebalance callbacks, restore, start-up, ...)"
 
 
 def _category(function: str, frame_file: str) -> str:
-    if function in LOOP_RUNNERS:
-        return "event loop's own C code (uvloop; charged to the frame running it)"
     for name, needles in CATEGORIES:
         if any(n in frame_file for n in needles):
             return name
@@ -590,9 +575,7 @@ def summarize_profile(path: Path, seconds: float, top: int = 15) -> dict[str, An
         functions = {f.partition(" (")[0] for f in frames}
         function, _, where = frames[-1].partition(" (")
         stage = next((label for label, names in STAGES if functions.intersection(names.split("|"))), None)
-        if stage is None:
-            stage = LOOP_STAGE if function in LOOP_RUNNERS else OTHER_STAGE
-        stages[stage] += count
+        stages[stage or OTHER_STAGE] += count
         for label, names in PROCESS_PARTS:
             if functions.intersection(names.split("|")):
                 stages[label] += count
@@ -615,7 +598,6 @@ def summarize_profile(path: Path, seconds: float, top: int = 15) -> dict[str, An
                 STAGES[0][0],
                 *(p for p, _ in PROCESS_PARTS),
                 *(s for s, _ in STAGES[1:]),
-                LOOP_STAGE,
                 OTHER_STAGE,
             ]
         ],
@@ -637,6 +619,7 @@ COLUMNS: Final = (
     ("events/s, worker start to all rows visible", "events_per_s", 0),
     ("events/s, first output to all rows visible", "events_per_s_from_first_output", 0),
     ("events/s of the worker(s) alone (own counter)", "worker_events_per_s", 0),
+    ("events per second of worker CPU (own counter / CPU)", "worker_events_per_cpu_s", 0),
     ("s: worker start -> first output record", "first_output_seconds", 1),
     ("s: worker start -> emitted counter > 0", "first_emitted_seconds", 1),
     ("s: worker start -> all input metered", "input_done_seconds", 1),
@@ -747,6 +730,7 @@ def _print_profile(console: Console, profile: dict[str, Any]) -> None:
 def _run_json(run: Run) -> dict[str, Any]:
     out = asdict(run)
     out["received_timeline"] = run.received_timeline[:: max(1, len(run.received_timeline) // 60)]
+    out["processed_timeline"] = run.processed_timeline[:: max(1, len(run.processed_timeline) // 60)]
     return out
 
 

@@ -36,8 +36,8 @@ from pipeline.decode import to_ms
 from pipeline.events import BalanceSnapshot, format_ms
 from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
 from pipeline.logs import fields
+from pipeline.runtime.restore import watermarks
 from pipeline.settings import Settings
-from pipeline.stream.balance import watermarks
 
 log = logging.getLogger(__name__)
 

@@ -459,11 +459,18 @@ def run(demo: bool, demo_rate: float) -> None:
 
 @main.command()
 @click.option("--metrics-port", type=int, default=None, help="Port of /metrics (default METERING_METRICS_PORT).")
-def worker(metrics_port: int | None) -> None:
+@click.option(
+    "--instance",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This worker's number, unique among concurrent ones: a restarted instance takes its partitions and "
+    "transactional id back at once [default: a new id per process].",
+)
+def worker(metrics_port: int | None, instance: int | None) -> None:
     """Run one stream worker; start several with the same settings to share the partitions."""
-    from pipeline.stream.worker import run_worker  # faust is imported only by the commands that need it
+    from pipeline.stream.worker import run_worker  # the Kafka clients are imported only by the commands that need them
 
-    run_worker(load_settings(), metrics_port)
+    sys.exit(run_worker(load_settings(), metrics_port, instance))
 
 
 @main.command()

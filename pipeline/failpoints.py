@@ -23,10 +23,10 @@ before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks)
 ``counts.recount`` (after sessions or voids are written, before their usage counts are recounted:
 ``consumers/clickhouse/counts.py``; failing raises a transient ClickHouse write error),
 ``counts.account_sum`` (after those counts, before their sums per account; likewise),
-``balance.before_commit`` (pipeline/stream/balance.py), ``worker.delivered`` (each input
-record faust delivers to a worker; failing drops it, as faust drops fetched records when it
-suspends its flow) and ``worker.changelog`` (after a batch's state changes are acknowledged;
-failing makes them count as not durable, as a broker that loses them would).
+``worker.before_commit``, ``balance.before_commit`` and ``orders.before_commit``
+(pipeline/runtime/transactions.py: a batch's outputs, changelog records and offsets are in its
+transaction, not yet committed; failing aborts the transaction, as a broker error would, and
+``kill`` crashes with it open).
 """
 
 from __future__ import annotations

@@ -12,27 +12,34 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.logs import fields
+from pipeline.partitioner import partition_of
 from pipeline.settings import Settings
+
+__all__ = [
+    "PARTITIONER",
+    "KafkaSetupError",
+    "admin",
+    "consumer_config",
+    "ensure_topics",
+    "missing_topics",
+    "partition_of",
+    "producer_config",
+    "wait_for_broker",
+]
 
 log = logging.getLogger(__name__)
 
-#: librdkafka's Java-compatible partitioner: the same partition for a key as faust, aiokafka
-#: and the Java client, which keeps a conversation's turns and transfers co-partitioned.
+#: librdkafka's Java-compatible partitioner: the same partition for a key as the Java client
+#: (and ``partition_of``), which keeps a conversation's turns and transfers co-partitioned.
 PARTITIONER: Final = "murmur2_random"
 
 
 class KafkaSetupError(RuntimeError):
     """The broker cannot be reached or the topics are not as the pipeline needs them."""
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition a Java-compatible producer picks for ``key``."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -53,7 +60,11 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 
 def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[str, Any]:
-    """Manual commits after the work is durable; read only committed data."""
+    """Manual commits after the work is durable; read only committed data, whatever else is configured.
+
+    Every reader of the pipeline's topics (workers, sink, balance, notifier, entitlement) uses
+    this: the outputs are written in transactions, and a batch that aborted is in the log too.
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": group,
@@ -65,6 +76,7 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
     }
     config.update(settings.kafka_config)
     config.update(overrides)
+    config["isolation.level"] = "read_committed"
     return config
 
 
@@ -115,7 +127,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], config: Mapping[str,
                     raise KafkaSetupError(f"cannot create topic {name!r}: {exc}") from exc
         log.info("created topics", extra=fields(topics=missing, partitions=settings.partitions))
     existing = _wait_listed(client, names)
-    co_partitioned = {settings.topics.turns, settings.topics.transfers, settings.topics.ticks}
+    co_partitioned = {settings.topics.turns, settings.topics.transfers}
     for name in names:
         meta = existing.get(name)
         if meta is None:

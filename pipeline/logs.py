@@ -55,7 +55,7 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "faust", "mode", "kafka", "urllib3", "chdb", "clickhouse_connect"):
+    for noisy in ("kafka", "urllib3", "chdb", "clickhouse_connect"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

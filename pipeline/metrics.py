@@ -39,11 +39,6 @@ TRANSFER_ANOMALIES: Final = Counter(
     "Agent transfers ignored or closed by the rules (R4): ended_without_start, started_while_open, left_open.",
     ["anomaly"],
 )
-OFFSETS_REFETCHED: Final = Counter(
-    "metering_input_records_refetched_total",
-    "Input records the consumer skipped during a rebalance, read from the log by the worker and metered in order.",
-    ["topic"],
-)
 OPEN_CONVERSATIONS: Final = Gauge(
     "metering_open_conversations", "Conversations with a session not yet final, per input partition.", ["partition"]
 )
@@ -56,7 +51,14 @@ WORKER_BATCH_EVENTS: Final = Histogram(
     "metering_worker_batch_events", "Messages per worker batch.", buckets=_BATCH_SIZES
 )
 WORKER_BATCH_SECONDS: Final = Histogram(
-    "metering_worker_batch_duration_seconds", "Time to process one worker batch, outputs flushed.", buckets=_SECONDS
+    "metering_worker_batch_duration_seconds",
+    "Time to process one worker batch and commit its transaction.",
+    buckets=_SECONDS,
+)
+
+WORKER_ABORTS: Final = Counter(
+    "metering_worker_transactions_aborted_total",
+    "Worker transactions aborted and processed again from the last commit.",
 )
 
 # -- ClickHouse sink -----------------------------------------------------------------------

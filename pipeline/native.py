@@ -31,6 +31,7 @@ from typing import Any, Final
 #: The modules compiled together. Each must keep type-checking under mypy --strict.
 MODULES: Final = (
     "pipeline.decode",
+    "pipeline.partitioner",
     "pipeline.rules.config",
     "pipeline.rules.model",
     "pipeline.rules.segmentation",
@@ -39,6 +40,7 @@ MODULES: Final = (
     "pipeline.rules.meter",
     "pipeline.agent_book",
     "pipeline.compute",
+    "pipeline.stream.partition",
 )
 #: The project's modules they import: mypyc builds their types and constants into the extension,
 #: so a change there makes a build out of date too (a test keeps this list complete).
@@ -48,6 +50,8 @@ DEPENDS: Final = (
     "pipeline.balance.plans",
     "pipeline.progress",
     "pipeline.report",
+    "pipeline.records",
+    "pipeline.runtime.processor",
 )
 GROUP: Final = "pipeline.native"
 INTERPRETED_ENV: Final = "METERING_INTERPRETED"

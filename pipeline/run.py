@@ -37,7 +37,7 @@ from pipeline.kafka import ensure_topics
 from pipeline.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
 from pipeline.logs import fields
 from pipeline.settings import Settings
-from pipeline.stream.app import changelog_topics
+from pipeline.stream.worker import changelog_topics
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ def _run(settings: Settings, stop: threading.Event, *, demo: bool, demo_rate: fl
     store_thread: threading.Thread | None = None
     try:
         topics = settings.topics
-        ensure_topics(settings, [topics.ticks], config={"retention.ms": str(3_600_000)})
         ensure_topics(settings, topics.inputs)
         ensure_topics(settings, [topics.billing_sessions, topics.dlq, topics.late, topics.balance_alerts])
         ensure_topics(settings, changelog_topics(settings), config={"cleanup.policy": "compact"})
@@ -126,7 +125,12 @@ def _run(settings: Settings, stop: threading.Event, *, demo: bool, demo_rate: fl
         log_dir = settings.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         workers = [
-            _Worker(i, _port_or_free(store_metrics + 1 + i), log_dir / f"worker-{i}.log")
+            _Worker(
+                i,
+                _port_or_free(store_metrics + 1 + i),
+                log_dir / f"worker-{i}.log",
+                command=("worker", "--instance", str(i)),
+            )
             for i in range(settings.workers)
         ]
         workers += _balance_services(settings, store_metrics + 1 + settings.workers, log_dir)

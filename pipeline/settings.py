@@ -39,7 +39,6 @@ class Topics:
     dlq: str = "metering-dlq"
     late: str = "metering-late"
     balance_alerts: str = "balance-alerts"
-    ticks: str = "metering-ticks"
     balance_state: str = "balance-state"
     #: the console's plan model and orders (compacted, keyed by account_id)
     accounts: str = "billing-accounts"
@@ -68,7 +67,6 @@ class Topics:
             self.dlq,
             self.late,
             self.balance_alerts,
-            self.ticks,
             self.balance_state,
             self.accounts,
             self.orders,

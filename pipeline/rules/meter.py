@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from heapq import heappop, heappush
-from typing import Final
+from typing import Final, Protocol
 
 from msgspec.structs import astuple
 
@@ -229,6 +229,31 @@ class MeterStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+#: How much event time passes between two sweeps of an archive for expired entries.
+ARCHIVE_EXPIRY_EVERY: Final = 60_000
+
+
+class Archive(Protocol):
+    """Where a Meter keeps what it only has to remember: final conversations (their ids) and alert ids.
+
+    Without one, they stay in memory until they expire, as for ``metering compute``. The stream
+    worker with an on-disk store passes one backed by RocksDB, so 7 days of dedupe ids need no
+    memory. ``expires`` is the high-water time after which an entry is forgotten.
+    """
+
+    def get_conversation(self, key: str) -> ConversationState | None: ...
+
+    def put_conversation(self, key: str, conv: ConversationState, expires: int) -> None: ...
+
+    def drop_conversation(self, key: str) -> None: ...
+
+    def has_alert(self, key: str) -> bool: ...
+
+    def put_alert(self, key: str, t: int, expires: int) -> None: ...
+
+    def expire(self, high_water: int) -> None: ...
+
+
 def conversation_key(app_id: str, conversation_id: str) -> str:
     return f"c\x1f{app_id}\x1f{conversation_id}"
 
@@ -246,6 +271,7 @@ class Meter:
         timeouts: IdleTimeouts | None = None,
         *,
         track_changes: bool = False,
+        archive: Archive | None = None,
     ) -> None:
         self.config = config
         self.timeouts = timeouts or IdleTimeouts(config)
@@ -264,6 +290,8 @@ class Meter:
         self._due: list[tuple[int, str]] = []
         self._expiry: list[tuple[int, str]] = []
         self._track = track_changes
+        self._archive = archive
+        self._archive_swept = NEVER
         self.changed: set[str] = set()
         self.removed: set[str] = set()
 
@@ -281,6 +309,9 @@ class Meter:
             expiry = self._expiry
             if expiry and expiry[0][0] < t:
                 self._expire()
+            if self._archive is not None and t - self._archive_swept >= ARCHIVE_EXPIRY_EVERY:
+                self._archive_swept = t
+                self._archive.expire(t)
         ceiling = self.clock_ceiling
         capped = t if t < ceiling else ceiling
         if p.idle:
@@ -308,6 +339,16 @@ class Meter:
         key = f"c\x1f{app_id}\x1f{conversation_id}"
         conv = self.conversations.get(key)
         stale = t < p.clock - self._lateness
+        if conv is None and self._archive is not None:
+            conv = self._archive.get_conversation(key)
+            if conv is not None:
+                if event_id in conv.seen:
+                    self.stats.duplicates += 1
+                    return DUPLICATE
+                if t <= conv.horizon:
+                    return self._late(t, event_id, app_id, LATE_FINAL)
+                self._archive.drop_conversation(key)  # a new session: in memory while it is open
+                self.conversations[key] = conv
         if conv is None:
             if stale:
                 return self._late(t, event_id, app_id, LATE_CLOCK)
@@ -400,17 +441,26 @@ class Meter:
     ) -> None:
         """Load persisted state (after a restart or rebalance) and rebuild the schedules."""
         self.partition = partition
+        archive = self._archive
         for conv in conversations:
             key = conversation_key(conv.app_id, conv.conversation_id)
-            self.conversations[key] = conv
             if conv.events:
+                self.conversations[key] = conv
                 conv.scheduled = FOREVER
                 self._schedule(key, conv, NEVER)
+            elif archive is not None:  # kept in memory before (another store): archived now
+                archive.put_conversation(key, conv, conv.horizon + self._retention)
+                self._forget(key)
             else:
+                self.conversations[key] = conv
                 heappush(self._expiry, (conv.horizon + self._retention, key))
         for key, t in alerts:
-            self.alerts_seen[key] = t
-            heappush(self._expiry, (t + self._retention, key))
+            if archive is not None:
+                archive.put_alert(key, t, t + self._retention)
+                self._forget(key)
+            else:
+                self.alerts_seen[key] = t
+                heappush(self._expiry, (t + self._retention, key))
 
     def take_changes(self) -> tuple[dict[str, ConversationState | int], set[str]]:
         """Keys changed since the last call (with their value) and keys removed, for persistence."""
@@ -440,15 +490,19 @@ class Meter:
 
     def _apply_alert(self, t: int, event: AlertDelivered) -> Outcome:
         key = alert_key(event.app_id, event.event_id)
-        if key in self.alerts_seen:
+        archive = self._archive
+        if key in self.alerts_seen or (archive is not None and archive.has_alert(key)):
             self.stats.duplicates += 1
             return DUPLICATE
         if t < self.partition.clock - self._lateness:
             return self._late(t, event.event_id, event.app_id, LATE_CLOCK)
-        self.alerts_seen[key] = t
-        heappush(self._expiry, (t + self._retention, key))
-        if self._track:
-            self.changed.add(key)
+        if archive is not None:
+            archive.put_alert(key, t, t + self._retention)
+        else:
+            self.alerts_seen[key] = t
+            heappush(self._expiry, (t + self._retention, key))
+            if self._track:
+                self.changed.add(key)
         if event.is_test:
             self.stats.alerts_test += 1
         else:
@@ -527,7 +581,8 @@ class Meter:
             self._set_tail(conv, segments[-1])
         else:
             conv.tail_eoc = conv.tail_transfer_open = False
-            heappush(self._expiry, (conv.horizon + self._retention, key))
+            if self._archive is None:
+                heappush(self._expiry, (conv.horizon + self._retention, key))
         floor = min(self.partition.high_water - self._retention, conv.horizon + 1)
         if not events:
             if floor > conv.horizon:
@@ -535,6 +590,9 @@ class Meter:
             # else: kept whole; the conversation expires with all of them (none is newer than its horizon)
         elif any(t < floor for t in conv.seen.values()):
             conv.seen = {k: t for k, t in conv.seen.items() if t >= floor}
+        if not events and self._archive is not None:
+            self._archive.put_conversation(key, conv, conv.horizon + self._retention)
+            del self.conversations[key]
 
     def _finalize(self, conv: ConversationState, seg: Segment) -> None:
         s = self.stats

@@ -1,8 +1,8 @@
 """Metering of one input partition: raw messages in, output records and state changes out.
 
-The faust agent stays a thin shell: it hands each batch of one partition to a
-``PartitionMeter`` and writes back what comes out. Nothing here touches Kafka, so the whole
-message-level behaviour (DLQ, routing, late, dedupe, persistence) is tested without a broker.
+The worker's processor (``pipeline.stream.worker``) stays a thin shell: it hands each batch of one
+partition to a ``PartitionMeter`` and writes back what comes out. Nothing here touches Kafka, so the
+whole message-level behaviour (DLQ, routing, late, dedupe, persistence) is tested without a broker.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from pipeline.events import (
     LateRecord,
     Rejection,
 )
-from pipeline.kafka import partition_of
+from pipeline.partitioner import partition_of
 from pipeline.records import billing_session_record, dead_letter, late_record
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.rules.meter import (
     NEVER,
+    Archive,
     ClockWire,
     ConversationState,
     ConversationWire,
@@ -39,8 +40,14 @@ from pipeline.rules.meter import (
     Outcome,
     PartitionClock,
 )
+from pipeline.runtime.processor import Record
 
 CLOCK_KEY: Final = "p"
+#: Conversation ids whose partition is remembered (then forgotten all at once: a bounded cache).
+HOMES_KEPT: Final = 100_000
+_TURN: Final = ConversationTurn
+_TRANSFER: Final = AgentTransfer
+_APPLIED: Final = Outcome.APPLIED
 
 Metered = ConversationTurn | AgentTransfer | AlertDelivered
 
@@ -48,16 +55,12 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(ConversationWire).decode
 _decode_clock = msgspec.msgpack.Decoder(ClockWire).decode
 _decode_int = msgspec.msgpack.Decoder(int).decode
+_decode_archived_state = msgspec.msgpack.Decoder(tuple[int, ConversationWire]).decode
+_decode_archived_alert = msgspec.msgpack.Decoder(tuple[int, int]).decode
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """The parts of a Kafka message the meter needs (faust and confluent messages both map here)."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
+#: The parts of a Kafka message the meter needs: the runtime's record.
+Message = Record
 
 
 @dataclass
@@ -92,16 +95,19 @@ class PartitionMeter:
         *,
         conversation_topics: Iterable[str] = (),
         alert_topics: Iterable[str] = (),
+        archive: Archive | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
-        self.meter = Meter(config, timeouts, track_changes=True)
+        self.meter = Meter(config, timeouts, track_changes=True, archive=archive)
         self._conversation_topics = frozenset(conversation_topics)
         self._alert_topics = frozenset(alert_topics)
         self.last_event_wall_ms: int | None = None
         self.plans_applied = 0
         #: Highest event time seen per input topic since this meter was loaded.
         self.topic_high: dict[str, int] = {}
+        #: The partition each recent conversation id hashes to: one murmur2 per conversation, not per event.
+        self._homes: dict[str, int] = {}
 
     def restore(self, items: Iterable[tuple[str, bytes]]) -> None:
         clock = PartitionClock()
@@ -114,6 +120,12 @@ class PartitionMeter:
                 conversations.append(ConversationState.from_wire(_decode_state(value)))
             elif key[0] == "a":
                 alerts.append((key, _decode_int(value)))
+            elif key[0] == "z":  # archived on disk before (pipeline.stream.archive): in memory now
+                archived = key[2:]
+                if archived[0] == "c":
+                    conversations.append(ConversationState.from_wire(_decode_archived_state(value)[1]))
+                else:
+                    alerts.append((archived, _decode_archived_alert(value)[1]))
         self.meter.restore(clock, conversations, alerts)
 
     def process(
@@ -131,38 +143,61 @@ class PartitionMeter:
         wall_ceiling = now_ms + max_clock_skew_ms
         waiting = tuple(lagging)
         high = self.topic_high
-
-        def ceiling() -> int:
-            return min([wall_ceiling, *(high.get(t, meter.partition.clock) for t in waiting)])
-
-        meter.clock_ceiling = ceiling()
+        meter.clock_ceiling = self._ceiling(wall_ceiling, waiting)
         received_at = datetime.fromtimestamp(now_ms / 1000, UTC)
         before = _copy(meter.stats)
+        received = result.received
+        partition, partitions = self.partition, self.partitions
+        conversation_topics = self._conversation_topics
+        homes = self._homes
         for m in messages:
-            result.received[m.topic] = result.received.get(m.topic, 0) + 1
-            self.last_event_wall_ms = now_ms
+            topic = m.topic
+            received[topic] = received.get(topic, 0) + 1
             decoded = decode_event(m.value, now_ms)
             if type(decoded) is Rejection:
                 self._reject(result, m, decoded, received_at)
                 continue
             t, event = decoded  # type: ignore[misc]
-            placed = self._place(m, event)
+            # The common case inline: a turn or transfer on its topic and partition.
+            if (type(event) is _TURN or type(event) is _TRANSFER) and topic in conversation_topics:
+                conversation_id = event.conversation_id
+                home = homes.get(conversation_id, -1)
+                if home < 0:
+                    if len(homes) >= HOMES_KEPT:
+                        homes.clear()
+                    home = homes[conversation_id] = partition_of(conversation_id.encode(), partitions)
+                placed: Metered | Rejection = event if home == partition else self._place(m, event)
+            else:
+                placed = self._place(m, event)
             if isinstance(placed, Rejection):
                 self._reject(result, m, placed, received_at)
                 continue
-            if t > high.get(m.topic, NEVER):
-                high[m.topic] = t
-                if m.topic in waiting:
-                    meter.clock_ceiling = ceiling()
+            if t > high.get(topic, NEVER):
+                high[topic] = t
+                if topic in waiting:
+                    meter.clock_ceiling = self._ceiling(wall_ceiling, waiting)
             outcome = meter.apply(t, placed)
+            if outcome is _APPLIED:
+                continue
             if outcome is Outcome.DUPLICATE:
-                result.duplicates[m.topic] = result.duplicates.get(m.topic, 0) + 1
+                result.duplicates[topic] = result.duplicates.get(topic, 0) + 1
             elif outcome is Outcome.LATE:
-                result.late_by_topic[m.topic] = result.late_by_topic.get(m.topic, 0) + 1
+                result.late_by_topic[topic] = result.late_by_topic.get(topic, 0) + 1
                 late = meter.late.pop()
-                result.late.append(late_record(m.value, late, topic=m.topic, partition=m.partition, offset=m.offset))
+                result.late.append(late_record(m.value, late, topic=topic, partition=m.partition, offset=m.offset))
+        if received:
+            self.last_event_wall_ms = now_ms
         self._collect(result, before)
         return result
+
+    def _ceiling(self, wall_ceiling: int, waiting: tuple[str, ...]) -> int:
+        """The clock's ceiling: the wall clock plus skew, and how far each waited-for input has got."""
+        ceiling = wall_ceiling
+        clock = self.meter.partition.clock
+        for topic in waiting:
+            at = self.topic_high.get(topic, clock)
+            ceiling = min(ceiling, at)
+        return ceiling
 
     def idle_tick(self, now_ms: int, idle_after_ms: int, *, backlog: bool) -> BatchResult:
         """A tick from the wall clock: an idle partition's clock follows it (R9).

@@ -25,9 +25,9 @@ __all__ = ["create_topics", "own_broker", "pool", "settings", "stack_settings", 
 def stack_settings(settings: Settings, tmp_path: Path) -> Settings:
     """The test's settings with a chDB directory of its own: the store runs in another process.
 
-    The librdkafka consumers (the sink's) of a SIGKILLed process hold their partitions until
-    their session times out, 45 s by default; 10 s keeps the restarts of these scenarios quick
-    (the workers' faust consumers use 15 s whatever the settings).
+    The librdkafka consumers (the sink's and the workers') of a SIGKILLed process hold their
+    partitions until their session times out (45 s by default for the sink, 15 s for the
+    workers); 10 s keeps the restarts of these scenarios quick.
     """
     quick_rejoin = {"session.timeout.ms": "10000", "heartbeat.interval.ms": "1000"}
     return replace(

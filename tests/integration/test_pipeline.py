@@ -1,4 +1,4 @@
-"""End to end on the real broker, real faust workers and embedded ClickHouse.
+"""End to end on the real broker, real workers (``python -m pipeline worker``) and embedded ClickHouse.
 
 Every test replays a generated file of realistic traffic and requires `metering usage --format
 csv --by day` to equal `metering compute` on the same file, line for line.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -94,19 +95,32 @@ def test_two_workers_over_six_partitions_give_the_same_result(
     wait_for_usage(settings, computed(path, "UTC"), "UTC", workers)
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+@pytest.mark.parametrize(
+    ("how", "state_store"), [("sigterm", "memory"), ("sigkill", "memory"), ("sigkill", "rocksdb")]
+)
 def test_worker_restarted_mid_replay_loses_nothing_and_counts_nothing_twice(
-    settings: Settings, store: StoreEndpoints, workers: Workers, tmp_path: Path, how: str
+    settings: Settings, store: StoreEndpoints, tmp_path: Path, how: str, state_store: str
 ) -> None:
+    """With the rocksdb store, final conversations and alert ids are archived on disk and the restarted
+    worker (same instance) resumes from its own database and the changelog's tail."""
+    settings = replace(settings, state_store=state_store)
+    workers = Workers(settings, tmp_path)
+    try:
+        _restart_mid_replay(settings, workers, tmp_path, how)
+    finally:
+        workers.close()
+
+
+def _restart_mid_replay(settings: Settings, workers: Workers, tmp_path: Path, how: str) -> None:
     path = traffic_file(tmp_path / "events.jsonl", 12000, seed=23)
     assert produce(settings, path).failed == 0
-    (first,) = workers.start(1)
+    first = workers.spawn("--instance", "0")
     wait_until(lambda: topic_count(settings, settings.topics.billing_sessions) > 50, 90, "first billing sessions")
     if how == "sigterm":
         assert workers.stop(first) == 0, workers.logs()
     else:
         workers.kill(first)
-    workers.start(1)
+    workers.spawn("--instance", "0")
     wait_for_usage(settings, computed(path, "UTC"), "UTC", workers)
 
 

@@ -22,6 +22,7 @@ from consumers.clickhouse import parse_url
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseConfigError
 from pipeline.balance.catalog import DEFAULT_CATALOG
+from pipeline.kafka import consumer_config
 from pipeline.rules.config import DAY, HOUR, MINUTE, SECOND, RulesConfig
 from pipeline.settings import PREFIX, ROOT, Settings, SettingsError, Topics
 
@@ -64,7 +65,6 @@ def test_no_variables_give_the_documented_defaults() -> None:
         dlq="metering-dlq",
         late="metering-late",
         balance_alerts="balance-alerts",
-        ticks="metering-ticks",
         balance_state="balance-state",
     )
     assert (s.partitions, s.replication_factor, s.workers) == (6, 1, 1)
@@ -445,6 +445,15 @@ def test_to_env_of_the_defaults_gives_the_defaults() -> None:
 def test_to_env_keeps_the_lateness_and_the_dedupe_horizon_to_the_millisecond(lateness: int, horizon: int) -> None:
     s = replace(Settings.from_env({}), rules=RulesConfig(allowed_lateness_ms=lateness, dedupe_horizon_ms=horizon))
     assert Settings.from_env(s.to_env()).rules == s.rules
+
+
+def test_every_reader_of_the_pipeline_reads_committed_only_whatever_is_configured() -> None:
+    """Outputs are transactional: an aborted batch's records are in the log, and only read_committed skips them."""
+    settings = Settings(kafka_config={"isolation.level": "read_uncommitted"})
+    assert consumer_config(settings, "g")["isolation.level"] == "read_committed"
+    assert consumer_config(settings, "g", **{"isolation.level": "read_uncommitted"})["isolation.level"] == (
+        "read_committed"
+    )
 
 
 def test_a_bootstrap_is_given_only_when_the_variable_is_set() -> None:

@@ -9,9 +9,7 @@ old record holds change nothing, and a restart restores from the new records.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -98,17 +96,8 @@ def _funds(settings: Settings) -> int:
     return sum(1 for _, value in records if value and msgspec.json.decode(value).get("type") == "funds_added")
 
 
-@pytest.fixture
-def orders(settings: Settings, tmp_path: Path) -> Iterator[ChildProcesses]:
-    pool = ChildProcesses(settings, tmp_path, "orders", "order metrics")
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
 def test_an_old_changelog_record_is_rewritten_and_the_account_goes_on(
-    settings: Settings, orders: ChildProcesses
+    settings: Settings, order_processors: ChildProcesses
 ) -> None:
     setup_topics(settings)
     p = partition_of(ACCOUNT.encode(), settings.partitions)
@@ -122,7 +111,7 @@ def test_an_old_changelog_record_is_rewritten_and_the_account_goes_on(
             producer.produce(settings.topics.orders, msgspec.json.encode(record), ACCOUNT.encode())
         producer.flush(30)
 
-    processor = orders.spawn("process", "--metrics-port", "0")
+    processor = order_processors.spawn("process", "--metrics-port", "0")
     confirmation = PaymentUpdated(
         event_id="bank-1",
         occurred_at=datetime.now(UTC),
@@ -144,10 +133,10 @@ def test_an_old_changelog_record_is_rewritten_and_the_account_goes_on(
     assert {orders_changelog.order_key(ACCOUNT, o) for o in [*old.orders, "new-1"]} <= set(changelog)
     assert _funds(settings) == 2, "the copy of an old order is not funded again"
 
-    assert orders.stop(processor) == 0
-    orders.spawn("process", "--metrics-port", "0")  # restored from the new records only
+    assert order_processors.stop(processor) == 0
+    order_processors.spawn("process", "--metrics-port", "0")  # restored from the new records only
     send(_order("new-2"), _order("old-2"))
     wait_until(lambda: _invoices(settings)[-1:] == ["INV-000006"], 120, "the next number after a restart", every=1)
     assert _invoices(settings) == ["INV-000004", "INV-000005", "INV-000006"]
     assert _funds(settings) == 3
-    assert "order changelog upgraded" not in orders.log_path(1).read_text(), "upgraded once"
+    assert "order changelog upgraded" not in order_processors.log_path(1).read_text(), "upgraded once"

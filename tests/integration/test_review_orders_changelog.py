@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -80,20 +78,11 @@ class FundsCounter:
         return self.counts
 
 
-@pytest.fixture
-def orders(settings: Settings, tmp_path: Path) -> Iterator[ChildProcesses]:
-    pool = ChildProcesses(settings, tmp_path, "orders", "order metrics")
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-def test_orders_keep_being_paid_after_an_account_has_many(settings: Settings, orders: ChildProcesses) -> None:
+def test_orders_keep_being_paid_after_an_account_has_many(settings: Settings, order_processors: ChildProcesses) -> None:
     producer = Producer(producer_config(settings))
     counter = FundsCounter(settings)
     try:
-        _run(settings, orders, producer, counter)
+        _run(settings, order_processors, producer, counter)
     finally:
         counter.consumer.close()
 
@@ -117,6 +106,6 @@ def _run(settings: Settings, orders: ChildProcesses, producer: Producer, counter
         counter.poll().get(ACCOUNT, 0) < 1900 or counter.counts.get(neighbour, 0) < 1
     ):
         time.sleep(1)
-    aborts = orders.logs().count("order transaction aborted")
+    aborts = orders.logs().count("transaction aborted")
     assert counter.counts.get(neighbour, 0) == 1, (counter.counts, f"{aborts} aborted transactions")
     assert counter.counts.get(ACCOUNT, 0) == 1900, (counter.counts, f"{aborts} aborted transactions")

@@ -195,12 +195,22 @@ def _big(created: OrderCreated) -> OrderCreated:
     return msgspec.structs.replace(created, description="ボ" * 1000)  # 3,000 bytes, within the schema's 1,000 chars
 
 
+def _small_records_partition() -> OrderPartition:
+    """A partition whose record limit an order with a long (valid) description passes."""
+    return OrderPartition(
+        P,
+        PARTITIONS,
+        orders_topic=ORDERS,
+        accounts_topic=ACCOUNTS,
+        providers=BUILT_IN,
+        seller=SELLER,
+        max_record_bytes=2_000,
+    )
+
+
 def test_an_order_whose_records_would_be_too_large_is_dead_lettered_and_changes_nothing() -> None:
     feed = Feed()
-    part = OrderPartition(
-        P, PARTITIONS, orders_topic=ORDERS, accounts_topic=ACCOUNTS, providers=BUILT_IN, seller=SELLER,
-        max_record_bytes=2_000,
-    )  # fmt: skip
+    part = _small_records_partition()
     big = feed.message(_big(order("big")))
     out = run(part, [big, feed.message(order("small"))])
     [dead] = out.dead
@@ -217,10 +227,7 @@ def test_an_order_whose_records_would_be_too_large_is_dead_lettered_and_changes_
 
 def test_a_payment_whose_order_would_grow_too_large_is_dead_lettered_and_the_order_stays_as_it_was() -> None:
     feed = Feed()
-    part = OrderPartition(
-        P, PARTITIONS, orders_topic=ORDERS, accounts_topic=ACCOUNTS, providers=BUILT_IN, seller=SELLER,
-        max_record_bytes=2_000,
-    )  # fmt: skip
+    part = _small_records_partition()
     run(part, [feed.message(order("t", method="transfer"))])
     part.take_changes()
     failure = msgspec.structs.replace(payment("t", "failed"), reason="ボ" * 1000)

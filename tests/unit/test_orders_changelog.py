@@ -113,6 +113,26 @@ def test_a_restore_from_the_records_continues_the_numbers_and_knows_every_copy()
     assert [d.invoice_id for d in out.documents] == ["INV-000003"]
 
 
+def test_a_copy_of_an_order_after_a_restart_does_not_ask_the_provider_again() -> None:
+    asked: list[str] = []
+
+    class Counting:
+        name = "manual"
+
+        def start(self, order: OrderCreated) -> PaymentOutcome:
+            asked.append(order.order_id)
+            return BUILT_IN["manual"].start(order)  # type: ignore[return-value]
+
+    feed = Feed()
+    created = feed.message(order("a"))
+    first = partition({"manual": Counting()})
+    run(first, [created])
+    second = partition({"manual": Counting()})
+    second.restore(first.take_changes())
+    out = run(second, [created, created])
+    assert (asked, out.outcomes, out.money) == (["a"], {"duplicate": 2}, [])
+
+
 # -- the upgrade of the old layout ---------------------------------------------------------------------------------
 
 

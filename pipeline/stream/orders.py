@@ -97,8 +97,13 @@ class OrderProcessor:
             providers=providers,
             seller=settings.invoice_seller,
         )
-        self.part.restore(store.items())
+        upgraded = self.part.restore(store.items())
         log.info("order partition restored", extra=fields(partition=partition, accounts=len(self.part.books)))
+        for account in upgraded:
+            log.info(
+                "order changelog in the old layout: rewriting it as one record per order in the next transaction",
+                extra=fields(partition=partition, account=account, orders=len(self.part.books[account].orders)),
+            )
 
     def process(self, records: Sequence[Record], now_ms: int, lagging: Collection[str], effects: Effects) -> None:
         out = OrderOutputs()

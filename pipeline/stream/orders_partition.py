@@ -11,7 +11,6 @@ instead of failing its transaction for ever.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -21,7 +20,6 @@ import msgspec
 from pipeline.decode import decode_input
 from pipeline.events import AccountChanged, DeadLetter, FundsAdded, FundsRefunded, Rejection
 from pipeline.kafka import partition_of
-from pipeline.logs import fields
 from pipeline.orders.book import (
     AccountOrders,
     Order,
@@ -37,8 +35,6 @@ from pipeline.orders.providers import PaymentProvider
 from pipeline.records import encode as encode_record
 from pipeline.stream import orders_changelog as changelog
 from pipeline.stream.balance_partition import Input, reject
-
-log = logging.getLogger(__name__)
 
 #: The largest record (key and value) the processor produces: far below the producer's
 #: ``message.max.bytes`` (1 MiB) and the broker's default ``max.message.bytes``, which a record
@@ -118,11 +114,12 @@ class OrderPartition:
         #: changelog records not yet taken (the last one of a key wins)
         self._changes: dict[bytes, bytes | None] = {}
 
-    def restore(self, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+    def restore(self, items: Iterable[tuple[bytes, bytes | None]]) -> list[str]:
         """Load the changelog records of this partition, oldest first (the last one of a key wins).
 
         An account still in the old one-record layout is rewritten in the new one with the next
         changes taken (its old record deleted), in the same transaction: the upgrade is atomic.
+        Returns those accounts.
         """
         restored = changelog.rebuild(items)
         self.books = restored.books
@@ -130,10 +127,7 @@ class OrderPartition:
         for account, key in sorted(restored.legacy.items()):
             self._changes[key] = None
             self._changes.update(changelog.records_of(self.books[account]))
-            log.info(
-                "order changelog upgraded: one record per order",
-                extra=fields(partition=self.partition, account=account, orders=len(self.books[account].orders)),
-            )
+        return sorted(restored.legacy)
 
     def apply(self, message: Input, now_ms: int, out: OrderOutputs) -> None:
         """Apply one message; bad ones become dead letters in ``out``, with the reason."""

@@ -139,4 +139,5 @@ def test_an_old_changelog_record_is_rewritten_and_the_account_goes_on(
     wait_until(lambda: _invoices(settings)[-1:] == ["INV-000006"], 120, "the next number after a restart", every=1)
     assert _invoices(settings) == ["INV-000004", "INV-000005", "INV-000006"]
     assert _funds(settings) == 3
-    assert "order changelog upgraded" not in order_processors.log_path(1).read_text(), "upgraded once"
+    assert "order changelog in the old layout" in order_processors.log_path(0).read_text()
+    assert "order changelog in the old layout" not in order_processors.log_path(1).read_text(), "upgraded once"

@@ -151,7 +151,8 @@ ALERTS_NOTIFIED: Final = Counter(
 ORDER_INPUTS: Final = Counter(
     "metering_order_inputs_total",
     "Orders, payments and billing-type changes the order processor applied, by outcome (applied, duplicate, "
-    "unmatched: a payment for an order it does not know, refused: an enterprise account's order).",
+    "unmatched: a payment for an order it does not know, refused: an enterprise account's order, too_large: "
+    "a message whose records would pass the record limit, dead-lettered).",
     ["outcome"],
 )
 ORDER_PAYMENTS: Final = Counter(

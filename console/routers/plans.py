@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 from fastapi import Depends, Header, Request
@@ -53,6 +53,8 @@ from pipeline.publish import Publisher
 from pipeline.settings import Topics
 
 router = billing_router(prefix="/api/v1", tags=["plans"])
+#: An amount's text: 15 digits, a point and 6 decimals fit with room for spaces (orders stay bounded, docs/orders.md).
+MAX_AMOUNT_CHARACTERS: Final = 40
 
 Context = Annotated[ConsoleContext, Depends(console_context)]
 Admin = Annotated[Principal, Depends(require_billing_admin)]
@@ -132,10 +134,13 @@ class FundsIn(_Body):
     amount: str | int | float = Field(description='a decimal amount above zero, as a string ("100.00")')
     currency: str | None = Field(
         default=None,
+        max_length=3,
         description="ISO 4217 code of the app's plan in force (the default), or of its scheduled plan; the amount "
         "has at most as many decimals as the currency has. Any other currency is a 400: it would never count",
     )
-    payment_method: str = Field(default="manual", description="a payment provider: manual (paid at once), transfer")
+    payment_method: str = Field(
+        default="manual", max_length=128, description="a payment provider: manual (paid at once), transfer"
+    )
 
 
 class ExtensionIn(_Body):
@@ -380,6 +385,8 @@ def _amount(value: str | int | float, currency: str) -> str:
     """The amount as the contract's decimal string; 400 naming ``amount`` otherwise (``currency`` is checked)."""
     if isinstance(value, bool):
         raise bad_parameter("amount", 'must be a decimal amount, e.g. "100.00"')
+    if isinstance(value, str) and len(value) > MAX_AMOUNT_CHARACTERS:
+        raise bad_parameter("amount", f'at most {MAX_AMOUNT_CHARACTERS} characters: write it like "100.00"')
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:

@@ -44,6 +44,10 @@ from pipeline.rules.billing import derived_id
 
 Outcome = Literal["applied", "duplicate", "unmatched", "inapplicable", "refused"]
 
+#: What a provider's answer may put in an order, as a ``payment_updated`` message may (``pipeline.events``).
+ID_LENGTH: Final = 128
+TEXT_LENGTH: Final = 1000
+
 ENTERPRISE_REFUSAL: Final = "enterprise accounts are billed by contract: contact support to add funds"
 
 
@@ -64,7 +68,11 @@ class Order(Struct, kw_only=True):
 
 
 class AccountOrders(Struct, kw_only=True):
-    """Everything the orders of one account depend on (persisted as is in the changelog)."""
+    """Everything the orders of one account depend on.
+
+    Persisted as one changelog record per order, a head and one per id seen
+    (``pipeline.stream.orders_changelog``); before that, as one record per account.
+    """
 
     account_id: str
     billing_type: BillingType = "prepaid"
@@ -141,9 +149,9 @@ def create_order(book: AccountOrders, event: OrderCreated, started: PaymentOutco
             order_id=event.order_id,
             status=started.status,
             provider=event.payment_method,
-            payment_method=started.payment_method,
-            reference=started.reference,
-            reason=started.reason,
+            payment_method=_bounded(started.payment_method, ID_LENGTH),
+            reference=_bounded(started.reference, ID_LENGTH),
+            reason=_bounded(started.reason, TEXT_LENGTH),
         )
         more = update_payment(book, payment, seller)
         step.states += more.states
@@ -267,6 +275,13 @@ def _changed(book: AccountOrders, order: Order, t: int) -> OrderState:
         updated_at=ms_to_datetime(order.updated_ms),
         version=order.version,
     )
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    """A provider's text within what a ``payment_updated`` may carry (records stay bounded: docs/orders.md)."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
 
 
 def _date(t: int) -> date:

@@ -1,8 +1,9 @@
 """Payment providers: how an order gets paid. One Protocol, one built-in adapter (``manual``).
 
-The order processor calls :meth:`PaymentProvider.start` once when it applies an ``order_created``
-(again after a crash, if the transaction that applied it was aborted: a provider must treat the
-``order_id`` as its idempotency key). A provider that settles at once returns the outcome; one
+The order processor calls :meth:`PaymentProvider.start` once when it applies a new ``order_created``
+(a copy of a known order is a duplicate before any provider is asked; it is asked again only after a
+crash, if the transaction that applied the order was aborted: a provider must treat the ``order_id``
+as its idempotency key). A provider that settles at once returns the outcome; one
 that settles later returns None, and its confirmation arrives as a ``payment_updated`` on
 billing-orders (a provider's webhook, or an operator), which is idempotent: the order's state
 decides, so a confirmation delivered twice pays once.

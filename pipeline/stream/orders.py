@@ -75,8 +75,8 @@ class OrderProcessor:
     """The accounts of one partition (``OrderPartition``) as a runtime processor (``pipeline.runtime``).
 
     Per batch: every message applied, then the order states, invoices, funds and dead letters
-    produced and the changed accounts' changelog records written to the store; the runtime
-    commits them with the offsets.
+    produced and the changed records (an order, an account's head: ``orders_changelog``) written
+    to the store; the runtime commits them with the offsets.
     """
 
     def __init__(
@@ -97,8 +97,13 @@ class OrderProcessor:
             providers=providers,
             seller=settings.invoice_seller,
         )
-        self.part.restore(store.items())
+        upgraded = self.part.restore(store.items())
         log.info("order partition restored", extra=fields(partition=partition, accounts=len(self.part.books)))
+        for account in upgraded:
+            log.info(
+                "order changelog in the old layout: rewriting it as one record per order in the next transaction",
+                extra=fields(partition=partition, account=account, orders=len(self.part.books[account].orders)),
+            )
 
     def process(self, records: Sequence[Record], now_ms: int, lagging: Collection[str], effects: Effects) -> None:
         out = OrderOutputs()
@@ -113,15 +118,18 @@ class OrderProcessor:
             effects.produce(topics.plans, money.app_id.encode(), encode_record(money))
         for dead in out.dead:
             effects.produce(topics.dlq, None, encode_record(dead))
+        self._write_changes()
+        effects.on_commit.append(lambda: _observe(out))
+
+    def tick(self, now_ms: int, lagging: Collection[str], effects: Effects) -> None:
+        self._write_changes()  # an account restored from the old layout is rewritten here if no input came
+
+    def _write_changes(self) -> None:
         for key, value in self.part.take_changes():
             if value is None:
                 self.store.delete(key)
             else:
                 self.store.put(key, value)
-        effects.on_commit.append(lambda: _observe(out))
-
-    def tick(self, now_ms: int, lagging: Collection[str], effects: Effects) -> None:
-        pass
 
     def close(self) -> None:
         pass

@@ -77,3 +77,13 @@ def store(settings: Settings) -> Iterator[StoreEndpoints]:
     finally:
         stop.set()
         thread.join(timeout=60)
+
+
+@pytest.fixture
+def order_processors(settings: Settings, tmp_path: Path) -> Iterator[ChildProcesses]:
+    """Order processors (``python -m pipeline orders process``), killed at the end if still running."""
+    pool = ChildProcesses(settings, tmp_path, "orders", "order metrics")
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -2,8 +2,8 @@
 
 Driven as the processor drives its partition (``OrderPartition`` + ``take_changes``), and the
 changelog records produced with the producer settings ``pipeline.stream.orders`` uses (no broker
-needed: librdkafka refuses an oversized record before sending it). Marked ``xfail(strict=True)``
-while open; ``pytest --runxfail`` shows them failing on main.
+needed: librdkafka refuses an oversized record before sending it). Both fixed on branch orders-log: the
+tests now assert the fixed behaviour.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-import pytest
 from confluent_kafka import Producer
 
 from pipeline.events import ms_to_datetime
@@ -56,7 +55,6 @@ def _partition(providers: dict[str, object] | None = None) -> OrderPartition:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review: one changelog record per account grows without bound")
 def test_an_account_with_two_thousand_paid_orders_still_gets_its_funds() -> None:
     """The changelog holds an account's whole book (every order, every payment id) in one record. Past about
     1,700 paid orders it is over librdkafka's message.max.bytes (1,000,000; the order processor sets no
@@ -68,21 +66,33 @@ def test_an_account_with_two_thousand_paid_orders_still_gets_its_funds() -> None
     for n in range(2000):
         part.apply(Input("billing-orders", P, n, msgspec.json.encode(_order(n))), T0 + 10**11, out)
     assert out.outcomes == {"applied": 2000}, (out.outcomes, out.dead[:1])
-    [(key, value)] = part.take_changes()
+    # Fixed: one changelog record per order plus a head, none growing with the orders; every one of them is
+    # produced (the single record of the old layout was the one that failed).
+    records = part.take_changes()
+    assert len(records) > 2000
     settings = Settings(kafka_bootstrap="127.0.0.1:1")
     # the order processor's producer (pipeline/stream/orders.py: OrderProcessor.run), minus the transaction
     producer = Producer(producer_config(settings, **{"linger.ms": 5}))
     try:
-        producer.produce("metering-orders-changelog", value, key, partition=P)
+        for key, value in records:
+            assert value is not None
+            producer.produce("metering-orders-changelog", value, key, partition=P)
+            producer.poll(0)
     finally:
         producer.purge()
-    assert len(value) < 1_000_000
+    assert max(len(value or b"") for _, value in records) < 1_000_000
+    assert max(len(value or b"") for _, value in records) < 4_096, "no record grows with the number of orders"
+    restarted = _partition()
+    restarted.restore(records)
+    book = restarted.books[ACCOUNT]
+    assert (len(book.orders), book.next_number) == (2000, 2001), "the book rebuilt from the records"
 
 
-def test_a_copy_of_an_order_asks_the_payment_provider_again() -> None:
-    """provider.start() runs before create_order() sees the order_id is known (orders_partition.apply): a copy
+def test_a_copy_of_an_order_does_not_ask_the_payment_provider_again() -> None:
+    """provider.start() ran before create_order() saw the order_id was known (orders_partition.apply): a copy
     of order_created (a console retry without a key reaching Kafka twice, a re-delivery after an aborted
-    transaction) charges again unless the provider itself deduplicates by order_id."""
+    transaction) charged again unless the provider itself deduplicated by order_id. Fixed: a known order is
+    a duplicate before any provider is asked."""
     calls: list[str] = []
 
     class Card:
@@ -98,4 +108,4 @@ def test_a_copy_of_an_order_asks_the_payment_provider_again() -> None:
     for offset in (1, 2):
         part.apply(Input("billing-orders", P, offset, msgspec.json.encode(created)), T0 + 10**9, out)
     assert out.outcomes == {"applied": 1, "duplicate": 1}
-    assert calls == [created.order_id, created.order_id], "asked to collect the same order twice"
+    assert calls == [created.order_id], "asked to collect the same order once"

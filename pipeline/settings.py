@@ -91,6 +91,8 @@ class Settings:
     workers: int = 1
     batch_size: int = 5000
     batch_seconds: float = 0.5
+    #: With a backlog, batches join the open Kafka transaction until it is this old (0: one per batch).
+    transaction_seconds: float = 1.0
     sink_batch_size: int = 5000
     sink_batch_seconds: float = 1.0
     api_host: str = "127.0.0.1"
@@ -146,6 +148,7 @@ class Settings:
             "WORKERS": str(self.workers),
             "BATCH_SIZE": str(self.batch_size),
             "BATCH_SECONDS": str(self.batch_seconds),
+            "TRANSACTION_SECONDS": str(self.transaction_seconds),
             "SINK_BATCH_SIZE": str(self.sink_batch_size),
             "SINK_BATCH_SECONDS": str(self.sink_batch_seconds),
             "API_HOST": self.api_host,
@@ -215,6 +218,7 @@ class Settings:
             workers=reader.get("WORKERS", _positive_int, base.workers),
             batch_size=reader.get("BATCH_SIZE", _positive_int, base.batch_size),
             batch_seconds=reader.get("BATCH_SECONDS", _positive_float, base.batch_seconds),
+            transaction_seconds=reader.get("TRANSACTION_SECONDS", _non_negative_float, base.transaction_seconds),
             sink_batch_size=reader.get("SINK_BATCH_SIZE", _positive_int, base.sink_batch_size),
             sink_batch_seconds=reader.get("SINK_BATCH_SECONDS", _positive_float, base.sink_batch_seconds),
             api_host=reader.get("API_HOST", str, base.api_host),

@@ -279,6 +279,7 @@ def run_balance(settings: Settings, metrics_port: int | None = None, instance: i
             state_dir=settings.data_dir / "balance-state" / transactional_id,
             batch_size=settings.batch_size,
             batch_seconds=settings.batch_seconds,
+            transaction_seconds=settings.transaction_seconds,
             tick_seconds=TICK_SECONDS,
             role="balance",
             max_record_bytes=MAX_RECORD_BYTES,

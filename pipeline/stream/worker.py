@@ -262,6 +262,7 @@ def run_worker(settings: Settings, metrics_port: int | None = None, instance: in
             state_dir=state_dir,
             batch_size=settings.batch_size,
             batch_seconds=settings.batch_seconds,
+            transaction_seconds=settings.transaction_seconds,
             tick_seconds=tick_seconds(settings),
             role="worker",
             max_record_bytes=8 << 20,

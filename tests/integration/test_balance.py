@@ -70,6 +70,9 @@ from tests.support import T0, wait_until
 
 pytestmark = pytest.mark.integration
 
+#: A transaction per batch: the scenarios that fail or kill the N-th commit count commits in batches.
+PER_BATCH = {"METERING_TRANSACTION_SECONDS": "0"}
+
 STATES: tuple[Literal["low", "depleted", "recovered"], ...] = ("low", "depleted", "recovered")
 _snapshot = msgspec.json.Decoder(BalanceSnapshot)
 _alert = msgspec.json.Decoder(BalanceAlert)
@@ -373,7 +376,7 @@ def test_sigkill_mid_transaction_restart_and_every_session_twice_charge_once_and
     sessions = [session(f"{app}-{k}", T0 + k * MINUTE, app_id=app) for k in range(150) for app in apps]
     top_ups = [funds("500.00", T0 + 200 * MINUTE, event_id=f"f2-{app}", app_id=app) for app in apps]
 
-    first = processors.start(METERING_FAILPOINTS="balance.before_commit=kill@4", METERING_BATCH_SIZE="40")
+    first = processors.start(METERING_FAILPOINTS="balance.before_commit=kill@4", METERING_BATCH_SIZE="40", **PER_BATCH)
     produce(settings, plan_messages(settings, setup))
     wait_until(lambda: len(snapshots(settings)) == len(apps), 60, "the plans and top-ups to be committed")
     produce(settings, session_messages(settings, sessions))
@@ -711,7 +714,9 @@ def test_transactions_that_fail_before_commit_are_aborted_and_processed_again_ex
         )
     ]
     sessions = [session(f"{app}-{k}", T0 + k * MINUTE, app_id=app) for k in range(70) for app in apps]
-    process = processors.start(METERING_FAILPOINTS="balance.before_commit=fail:3@3", METERING_BATCH_SIZE="20")
+    process = processors.start(
+        METERING_FAILPOINTS="balance.before_commit=fail:3@3", METERING_BATCH_SIZE="20", **PER_BATCH
+    )
     url = processors.metrics_url(process)
     produce(settings, plan_messages(settings, setup))
     wait_until(lambda: len(snapshots(settings)) == len(apps), 60, "the plans and top-ups to be committed")

@@ -156,6 +156,7 @@ VARIABLES: list[tuple[str, str, Getter, Any]] = [
     ("WORKERS", "4", lambda s: s.workers, 4),
     ("BATCH_SIZE", "100", lambda s: s.batch_size, 100),
     ("BATCH_SECONDS", "0.25", lambda s: s.batch_seconds, 0.25),
+    ("TRANSACTION_SECONDS", "0", lambda s: s.transaction_seconds, 0.0),
     ("SINK_BATCH_SIZE", "250", lambda s: s.sink_batch_size, 250),
     ("SINK_BATCH_SECONDS", "2", lambda s: s.sink_batch_seconds, 2.0),
     ("API_HOST", "0.0.0.0", lambda s: s.api_host, "0.0.0.0"),
@@ -252,6 +253,7 @@ ALL_WRONG: dict[str, tuple[str, str]] = {
     "WORKERS": ("0", "must be at least 1"),
     "BATCH_SIZE": ("lots", "expected a whole number"),
     "BATCH_SECONDS": ("0", "must be greater than 0"),
+    "TRANSACTION_SECONDS": ("-1", "must not be negative"),
     "SINK_BATCH_SIZE": ("-1", "must be at least 1"),
     "SINK_BATCH_SECONDS": ("never", "expected a number"),
     "LOG_LEVEL": ("LOUD", "expected one of DEBUG, INFO, WARNING, ERROR"),
@@ -333,6 +335,7 @@ def test_every_wrong_rules_variable_is_named() -> None:
         "IDLE_PARTITION_SECONDS",
         "MAX_CLOCK_SKEW_SECONDS",
         "BATCH_SECONDS",
+        "TRANSACTION_SECONDS",
         "SINK_BATCH_SECONDS",
     ],
 )

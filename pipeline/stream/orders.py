@@ -188,6 +188,7 @@ def run_orders(settings: Settings, metrics_port: int | None = None, instance: in
             state_dir=settings.data_dir / "orders-state" / transactional_id,
             batch_size=settings.batch_size,
             batch_seconds=settings.batch_seconds,
+            transaction_seconds=settings.transaction_seconds,
             tick_seconds=TICK_SECONDS,
             role="orders",
         ),

@@ -78,11 +78,15 @@ EXIT_STALLED: Final = 70
 LAG_EVERY_SECONDS: Final = 1.0
 #: While a backlog is read, a consume that returns nothing for this long means it has been read.
 DRY_SECONDS: Final = 0.05
-#: How long after its adoption a partition of several inputs waits for all of them to be fetched once.
-UNFETCHED_HOLD_SECONDS: Final = 10.0
+#: How long at most, in a row, a partition's records wait for one of its inputs that is behind (``_in_send_order``).
+HOLD_SECONDS: Final = 10.0
+#: Records a partition holds back at most before the inputs ahead are paused (fetched again once released).
+HOLD_RECORDS: Final = 100_000
 #: A log end the broker gave is trusted for records sent this long before it was asked (producers'
 #: clocks may be behind ours).
 LOG_END_MARGIN_MS: Final = 2000
+#: How often at most the broker is asked the log end of an input the consumer has no end of (an empty partition).
+LOG_END_ASK_MS: Final = 200
 #: Errors of ``send_offsets_to_transaction`` that the consumer resolves by serving the group
 #: (rejoining, revoking): after the abort the consumer is polled before the batch is written again.
 GROUP_ERRORS: Final = frozenset(
@@ -155,7 +159,23 @@ class RuntimeConfig:
 class _Partition:
     """A topology's partition in this process: its store, its processor, and where each input is."""
 
-    __slots__ = ("adopted_at", "key", "next", "number", "processor", "store", "topology")
+    __slots__ = (
+        "adopted_at",
+        "behind",
+        "ends",
+        "given_up",
+        "held",
+        "held_since",
+        "key",
+        "next",
+        "number",
+        "ordered",
+        "paused",
+        "processor",
+        "sent",
+        "store",
+        "topology",
+    )
 
     def __init__(
         self,
@@ -173,6 +193,22 @@ class _Partition:
         #: The next offset to process per input topic.
         self.next = next_
         self.adopted_at = time.monotonic()
+        #: Several inputs whose records must meet the processor in the order they were sent (``_in_send_order``).
+        self.ordered = len(topology.inputs) > 1 and topology.watch_lag
+        #: Records fetched but held back (sent after what an input behind has delivered), each topic in log order.
+        self.held: list[Record] = []
+        #: Since when records are held back, or None.
+        self.held_since: float | None = None
+        #: The Kafka timestamp of the last record delivered per input topic.
+        self.sent: dict[str, int] = {}
+        #: Where the consumer last reached the end of each input topic (partition EOF).
+        self.ends: dict[str, int] = {}
+        #: Inputs behind in this batch: the records in it were sent before any of theirs not delivered yet.
+        self.behind: frozenset[str] = NOTHING
+        #: Inputs waited for ``HOLD_SECONDS`` in vain: not waited for again until they deliver a record.
+        self.given_up: set[str] = set()
+        #: Inputs paused because too many of their records are held back.
+        self.paused: list[TopicPartition] = []
 
 
 class _Work:
@@ -321,8 +357,7 @@ class StreamRuntime:
         now_ms = int(time.time() * 1000)
         groups, offsets, ends = self._group(messages)
         monotonic = time.monotonic()
-        if groups:
-            ends = self._hold_unfetched(groups, offsets, ends, monotonic)
+        ends = self._in_send_order(groups, offsets, ends, monotonic)
         tick = monotonic >= self._next_tick
         if tick:
             self._next_tick = monotonic + self.config.tick_seconds
@@ -440,38 +475,151 @@ class StreamRuntime:
             offsets[(run_topic, run_partition)] = last + 1
         return groups, offsets, ends
 
-    def _hold_unfetched(
+    def _in_send_order(
         self,
         groups: dict[Key, list[Record]],
         offsets: dict[tuple[str, int], int],
         ends: list[tuple[str, int, int]],
         monotonic: float,
     ) -> list[tuple[str, int, int]]:
-        """Leave out of this batch a newly adopted partition of several inputs of which one has not been fetched
-        yet (its log end unknown to the consumer); its inputs are fetched again from where it stands.
+        """Hold back, in memory, a partition's records sent after the last record delivered of an input that
+        is behind (has records in the log not delivered yet, or has not been fetched at all).
 
-        Its clock would otherwise be held for that input (``lagging``) while the other's records,
-        however old, are applied: right after an assignment a backlog of one input could be metered
-        before the other's first fetch and its late events judged by a clock that never moved.
-        Only for ``UNFETCHED_HOLD_SECONDS`` after adoption: a fetch answers well within it.
+        The inputs are fetched apart: right after an assignment or with a backlog, one can come far
+        ahead of the other. Applied at once, its late events would meet a clock that has not seen
+        the other input's records sent before them, and what is late would depend on fetch timing.
+        Held back, the records meet the processor in the order they were sent (``_merged``), as
+        ``metering compute`` meets them. Held records are not in the batch's offsets: a crash
+        fetches them again. For ``HOLD_SECONDS`` in a row at most (an input whose log end the
+        consumer has wrong must not stop the other); beyond ``HOLD_RECORDS`` the inputs ahead are
+        paused. Returns the partition ends that may be applied (none of an input with held records).
         """
         consumer = self.consumer
         assert consumer is not None
-        held: set[tuple[str, int]] = set()
-        for key in list(groups):
-            part = self._parts[key]
-            inputs = part.topology.inputs
-            if len(inputs) < 2 or monotonic - part.adopted_at > UNFETCHED_HOLD_SECONDS:
+        if ends:
+            for topic, partition, offset in ends:
+                topology = self._by_input.get(topic)
+                part = None if topology is None else self._parts.get((topology.name, partition))
+                if part is not None and part.ordered:
+                    part.ends[topic] = offset
+        self._ask_unfetched_ends(groups)
+        holding: set[tuple[str, int]] = set()
+        for key, part in self._parts.items():
+            if not part.ordered:
                 continue
-            if all(consumer.get_watermark_offsets(TopicPartition(t, part.number), cached=True)[1] >= 0 for t in inputs):
+            new = groups.get(key)
+            if new is None and not part.held:
                 continue
-            del groups[key]
-            for topic in inputs:
-                held.add((topic, part.number))
-                offsets.pop((topic, part.number), None)
-                with contextlib.suppress(KafkaException):
-                    consumer.seek(TopicPartition(topic, part.number, part.next[topic]))
-        return [e for e in ends if (e[0], e[1]) not in held] if held else ends
+            records = (part.held + new if new else part.held) if part.held else new
+            assert records is not None
+            part.held = []
+            number = part.number
+            after: dict[str, int] = {}
+            for r in reversed(records):
+                if r.topic not in after:
+                    after[r.topic] = r.offset + 1
+                    part.sent[r.topic] = r.timestamp
+                    if len(after) == len(part.topology.inputs):
+                        break
+            cut: int | None = None
+            behind: list[str] = []
+            for topic in part.topology.inputs:
+                delivered = after.get(topic, part.next[topic])
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, number), cached=True)
+                end = part.ends.get(topic, -1)
+                if (0 <= high <= delivered) or end >= max(high, delivered):
+                    part.given_up.discard(topic)
+                    continue  # every record of it is in hand
+                if topic in part.given_up:
+                    if topic not in after:
+                        continue  # waited for in vain: not again before it delivers
+                    part.given_up.discard(topic)
+                behind.append(topic)
+                reached = part.sent.get(topic, -1)
+                asked = self._log_end.get((topic, number)) if high < 0 and end < 0 else None
+                if asked is not None and asked[0] <= delivered:
+                    reached = max(reached, asked[1])  # all of it was in hand when the broker was asked
+                cut = reached if cut is None else min(cut, reached)
+            if cut is not None and part.held_since is not None and monotonic - part.held_since > HOLD_SECONDS:
+                log.warning(
+                    "an input of a partition stayed behind: its other inputs' records go on without waiting for it",
+                    extra=fields(role=self.config.role, topology=part.topology.name, partition=number, inputs=behind),
+                )
+                part.given_up.update(behind)
+                cut = None
+                behind = []
+            kept = records
+            if cut is not None:
+                kept, held = [], part.held
+                first_held: set[str] = set()
+                for r in records:  # each topic's records in log order
+                    if r.topic in first_held or r.timestamp > cut:
+                        first_held.add(r.topic)
+                        held.append(r)
+                    else:
+                        kept.append(r)
+            if part.held:
+                if part.held_since is None:
+                    part.held_since = monotonic
+                self._pause_ahead(part)
+            else:
+                part.held_since = None
+                if part.paused:
+                    with contextlib.suppress(KafkaException):
+                        consumer.resume(part.paused)
+                    part.paused = []
+            last: dict[str, int] = {}
+            for r in reversed(kept):
+                if r.topic not in last:
+                    last[r.topic] = r.offset + 1
+            for topic in part.topology.inputs:
+                tp = (topic, number)
+                if topic in last:
+                    offsets[tp] = last[topic]
+                else:
+                    offsets.pop(tp, None)
+            if kept:
+                groups[key] = kept
+            else:
+                groups.pop(key, None)
+            held_topics = {r.topic for r in part.held}
+            holding.update((t, number) for t in held_topics)
+            # Neither an input behind nor one held back has a record unprocessed that was sent before
+            # this batch's: the partition's clock need not wait for them (``_process``).
+            part.behind = frozenset(behind).union(held_topics) if behind or held_topics else NOTHING
+        return [e for e in ends if (e[0], e[1]) not in holding] if holding else ends
+
+    def _ask_unfetched_ends(self, groups: dict[Key, list[Record]]) -> None:
+        """Ask the broker the log ends of inputs the consumer knows nothing of (an empty partition reports neither
+        a log end nor its end to the consumer), for partitions with records to apply; at most every
+        ``LOG_END_ASK_MS``."""
+        consumer = self.consumer
+        assert consumer is not None
+        now_ms = int(time.time() * 1000)
+        ask: list[tuple[str, int]] = []
+        for key, part in self._parts.items():
+            if not part.ordered or (not part.held and key not in groups):
+                continue
+            for topic in part.topology.inputs:
+                tp = (topic, part.number)
+                if topic in part.ends or consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1] >= 0:
+                    continue
+                known = self._log_end.get(tp)
+                if known is None or now_ms - known[1] >= LOG_END_ASK_MS:
+                    ask.append(tp)
+        if ask:
+            self._log_ends(ask)
+
+    def _pause_ahead(self, part: _Partition) -> None:
+        """Past ``HOLD_RECORDS`` held records, stop fetching the inputs they come from (their position stays
+        after the last record delivered: resumed, they go on from there)."""
+        consumer = self.consumer
+        assert consumer is not None
+        if part.paused or len(part.held) < HOLD_RECORDS:
+            return
+        part.paused = [TopicPartition(t, part.number) for t in {r.topic for r in part.held}]
+        with contextlib.suppress(KafkaException):
+            consumer.pause(part.paused)
 
     def _consumer_error(self, error: KafkaError) -> None:
         """A fatal consumer error stops the process; the others (a broker away) are the client's to recover from."""
@@ -496,7 +644,10 @@ class StreamRuntime:
             part = self._parts[key]
             work = works[key] = _Work(part)
             ordered = _merged(records) if len(part.topology.inputs) > 1 else records
-            part.processor.process(ordered, now_ms, lagging.get(key, NOTHING), work.effects)
+            waiting = lagging.get(key, NOTHING)
+            if part.behind and waiting:
+                waiting = waiting - part.behind
+            part.processor.process(ordered, now_ms, waiting, work.effects)
         for (topic, partition), offset in offsets.items():
             work = works[(by_input[topic].name, partition)]
             work.offsets[(topic, partition)] = offset

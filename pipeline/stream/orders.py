@@ -13,7 +13,6 @@ moves bytes.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
@@ -23,7 +22,8 @@ from pipeline.logs import fields
 from pipeline.orders.events import encode as encode_order
 from pipeline.orders.providers import BUILT_IN, PaymentProvider
 from pipeline.records import encode as encode_record
-from pipeline.runtime import Effects, FencedError, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
+from pipeline.runtime import Effects, PartitionStore, Record, Topology
+from pipeline.runtime.command import processor_config, run_until_stopped
 from pipeline.settings import Settings
 from pipeline.stream.balance_partition import Input
 from pipeline.stream.orders_partition import OrderOutputs, OrderPartition
@@ -168,37 +168,25 @@ def _observe(out: OrderOutputs) -> None:
 
 def run_orders(settings: Settings, metrics_port: int | None = None, instance: int = 0) -> int:
     """`metering orders`: run until SIGINT/SIGTERM; the batch in hand is committed or aborted."""
-    import signal  # noqa: PLC0415 - only the command installs handlers
-
     wait_for_broker(settings)
     setup_topics(settings)
-    port = metrics.serve(settings.metrics_port if metrics_port is None else metrics_port, settings.api_host)
-    log.info("order metrics", extra=fields(url=f"http://{settings.api_host}:{port}/metrics"))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     transactional_id = f"{settings.app_id}-orders-{instance}"
-    runtime = StreamRuntime(
+    config = processor_config(
         settings,
-        RuntimeConfig(
-            group=group_id(settings),
-            transactional_id=transactional_id,
-            static_member=True,  # a restarted instance takes its partitions back at once
-            store="memory",
-            state_dir=settings.data_dir / "orders-state" / transactional_id,
-            batch_size=settings.batch_size,
-            batch_seconds=settings.batch_seconds,
-            transaction_seconds=settings.transaction_seconds,
-            tick_seconds=TICK_SECONDS,
-            role="orders",
-        ),
+        role="orders",
+        group=group_id(settings),
+        transactional_id=transactional_id,
+        static_member=True,  # a restarted instance takes its partitions back at once
+        state_dir=settings.data_dir / "orders-state" / transactional_id,
+        tick_seconds=TICK_SECONDS,
+    )
+    return run_until_stopped(
+        settings,
+        config,
         [topology(settings)],
+        name="order",
+        metrics_port=metrics_port,
         on_batch=lambda _, seconds: metrics.ORDER_BATCH_SECONDS.observe(seconds),
         on_abort=metrics.ORDER_ABORTS.inc,
+        fenced_exit=1,
     )
-    try:
-        runtime.run(stop)
-    except FencedError as exc:
-        log.error("order processor stopped", extra=fields(error=str(exc)))
-        return 1
-    return 0

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import signal
-import threading
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Final
@@ -26,14 +24,12 @@ from pipeline.records import encode
 from pipeline.rules.config import SECOND, IdleTimeouts
 from pipeline.runtime import (
     Effects,
-    FencedError,
     PartitionStore,
     ProcessorFactory,
     Record,
-    RuntimeConfig,
-    StreamRuntime,
     Topology,
 )
+from pipeline.runtime.command import processor_config, run_until_stopped
 from pipeline.runtime.state import RocksBackend
 from pipeline.settings import Settings
 from pipeline.stream.archive import StoreArchive
@@ -243,43 +239,34 @@ def run_worker(settings: Settings, metrics_port: int | None = None, instance: in
     """Run until SIGINT/SIGTERM: the batch in hand is committed, then the worker leaves the group."""
     wait_for_broker(settings)
     setup_topics(settings)
-    port = metrics.serve(settings.metrics_port if metrics_port is None else metrics_port, settings.api_host)
-    log.info("worker metrics", extra=fields(url=f"http://{settings.api_host}:{port}/metrics"))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     tid = transactional_id(settings, instance)
-    state_dir = settings.data_dir / "worker-state" / tid
+    config = processor_config(
+        settings,
+        role="worker",
+        group=settings.app_id,
+        transactional_id=tid,
+        static_member=instance is not None,
+        store=settings.state_store,
+        state_dir=settings.data_dir / "worker-state" / tid,
+        tick_seconds=tick_seconds(settings),
+        max_record_bytes=8 << 20,
+        # a worker that dies mid-batch holds back read_committed readers of its outputs this long
+        transaction_timeout_ms=20_000,
+    )
     plans = PlanFeed(settings)
     plans.start()
-    runtime = StreamRuntime(
-        settings,
-        RuntimeConfig(
-            group=settings.app_id,
-            transactional_id=tid,
-            static_member=instance is not None,
-            store=settings.state_store,
-            state_dir=state_dir,
-            batch_size=settings.batch_size,
-            batch_seconds=settings.batch_seconds,
-            transaction_seconds=settings.transaction_seconds,
-            tick_seconds=tick_seconds(settings),
-            role="worker",
-            max_record_bytes=8 << 20,
-            # a worker that dies mid-batch holds back read_committed readers of its outputs this long
-            transaction_timeout_ms=20_000,
-        ),
-        topologies(settings, plans),
-        on_batch=_observe_batch,
-        on_abort=metrics.WORKER_ABORTS.inc,
-    )
     try:
-        runtime.run(stop)
-    except FencedError as exc:
-        log.error("worker fenced: stopping without committing", extra=fields(error=str(exc)))
-        return EXIT_FENCED
+        return run_until_stopped(
+            settings,
+            config,
+            topologies(settings, plans),
+            name="worker",
+            metrics_port=metrics_port,
+            on_batch=_observe_batch,
+            on_abort=metrics.WORKER_ABORTS.inc,
+            fenced_exit=EXIT_FENCED,
+        )
     finally:
         plans.stop()
         if instance is None:
-            shutil.rmtree(state_dir, ignore_errors=True)  # no later process has this id: nobody resumes from it
-    return 0
+            shutil.rmtree(config.state_dir, ignore_errors=True)  # no later process has this id: nobody resumes from it

@@ -80,8 +80,12 @@ LAG_EVERY_SECONDS: Final = 1.0
 DRY_SECONDS: Final = 0.05
 #: How long at most, in a row, a partition's records wait for one of its inputs that is behind (``_in_send_order``).
 HOLD_SECONDS: Final = 10.0
-#: Records a partition holds back at most before the inputs ahead are paused (fetched again once released).
+#: Records (or bytes of them) a partition holds back at most before the inputs ahead are paused (fetched on
+#: from where they stand once released): memory stays bounded whatever the backlog.
 HOLD_RECORDS: Final = 100_000
+HOLD_BYTES: Final = 4 << 20
+#: Held records released in one batch at most (besides ``batch_size`` records): the consumer's queue size.
+BATCH_BYTES: Final = 16 << 20
 #: A log end the broker gave is trusted for records sent this long before it was asked (producers'
 #: clocks may be behind ours).
 LOG_END_MARGIN_MS: Final = 2000
@@ -161,7 +165,6 @@ class _Partition:
 
     __slots__ = (
         "adopted_at",
-        "behind",
         "ends",
         "given_up",
         "held",
@@ -203,8 +206,6 @@ class _Partition:
         self.sent: dict[str, int] = {}
         #: Where the consumer last reached the end of each input topic (partition EOF).
         self.ends: dict[str, int] = {}
-        #: Inputs behind in this batch: the records in it were sent before any of theirs not delivered yet.
-        self.behind: frozenset[str] = NOTHING
         #: Inputs waited for ``HOLD_SECONDS`` in vain: not waited for again until they deliver a record.
         self.given_up: set[str] = set()
         #: Inputs paused because too many of their records are held back.
@@ -278,6 +279,8 @@ class StreamRuntime:
         self._consumer_errors_logged_at = 0.0
         self._heartbeat_ms = 3000
         self._stop = threading.Event()
+        #: Records of a released hold wait for the next batch (``_in_send_order``): it consumes nothing new.
+        self._deferred = False
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -288,7 +291,7 @@ class StreamRuntime:
         config = consumer_config(s, c.group, **{"client.id": c.transactional_id, "enable.partition.eof": True})
         config.setdefault("session.timeout.ms", 15000)
         config.setdefault("fetch.message.max.bytes", 4 << 20)
-        config.setdefault("queued.max.messages.kbytes", 16 << 10)  # prefetched records: bounded memory
+        config.setdefault("queued.max.messages.kbytes", BATCH_BYTES >> 10)  # prefetched records: bounded memory
         # Once that is full, librdkafka's next fetch waits fetch.queue.backoff.ms (1 s by default): with a
         # backlog the worker then drained the queue and waited for the fetch half of its time.
         config.setdefault("fetch.queue.backoff.ms", 10)
@@ -351,6 +354,8 @@ class StreamRuntime:
         if self._stash:
             messages, self._stash = self._stash, []
             full = False
+        elif self._deferred:
+            messages, full = [], True  # records of a released hold first, then more of the log
         else:
             messages = self._consume()
             full = len(messages) >= self.config.batch_size
@@ -496,6 +501,9 @@ class StreamRuntime:
         """
         consumer = self.consumer
         assert consumer is not None
+        limit = records_left = self.config.batch_size
+        bytes_left = BATCH_BYTES
+        self._deferred = False
         if ends:
             for topic, partition, offset in ends:
                 topology = self._by_input.get(topic)
@@ -504,12 +512,14 @@ class StreamRuntime:
                     part.ends[topic] = offset
         self._ask_unfetched_ends(groups)
         holding: set[tuple[str, int]] = set()
+        reached_ends: list[tuple[str, int, int]] = []
         for key, part in self._parts.items():
             if not part.ordered:
                 continue
             new = groups.get(key)
             if new is None and not part.held:
                 continue
+            released = bool(part.held)
             records = (part.held + new if new else part.held) if part.held else new
             assert records is not None
             part.held = []
@@ -547,8 +557,7 @@ class StreamRuntime:
                 )
                 part.given_up.update(behind)
                 cut = None
-                behind = []
-            kept = records
+            kept, held_bytes = records, 0
             if cut is not None:
                 kept, held = [], part.held
                 first_held: set[str] = set()
@@ -556,18 +565,34 @@ class StreamRuntime:
                     if r.topic in first_held or r.timestamp > cut:
                         first_held.add(r.topic)
                         held.append(r)
+                        held_bytes += len(r.value)
                     else:
                         kept.append(r)
             if part.held:
                 if part.held_since is None:
                     part.held_since = monotonic
-                self._pause_ahead(part)
+                self._pause_ahead(part, held_bytes)
             else:
                 part.held_since = None
                 if part.paused:
                     with contextlib.suppress(KafkaException):
                         consumer.resume(part.paused)
                     part.paused = []
+            if released and kept:
+                # Released all at once, a long hold would be one huge batch: a batch at a time (records and
+                # bytes), the earliest sent first, while no more is consumed (``_step``).
+                kept = _merged(kept)
+                size = 0
+                for i, r in enumerate(kept):
+                    size += len(r.value)
+                    if i >= records_left or size > bytes_left:
+                        at = i if i > 0 or records_left < limit else 1  # one record at least per batch
+                        part.held[:0] = kept[at:]
+                        kept = kept[:at]
+                        self._deferred = True
+                        break
+                records_left = max(0, records_left - len(kept))
+                bytes_left = max(0, bytes_left - size)
             last: dict[str, int] = {}
             for r in reversed(kept):
                 if r.topic not in last:
@@ -584,10 +609,12 @@ class StreamRuntime:
                 groups.pop(key, None)
             held_topics = {r.topic for r in part.held}
             holding.update((t, number) for t in held_topics)
-            # Neither an input behind nor one held back has a record unprocessed that was sent before
-            # this batch's: the partition's clock need not wait for them (``_process``).
-            part.behind = frozenset(behind).union(held_topics) if behind or held_topics else NOTHING
-        return [e for e in ends if (e[0], e[1]) not in holding] if holding else ends
+            if released:
+                # an end reached while records of its input were held applies once none is
+                reached_ends.extend((t, number, o) for t, o in part.ends.items() if t not in held_topics)
+        if holding:
+            ends = [e for e in ends if (e[0], e[1]) not in holding]
+        return ends + reached_ends if reached_ends else ends
 
     def _ask_unfetched_ends(self, groups: dict[Key, list[Record]]) -> None:
         """Ask the broker the log ends of inputs the consumer knows nothing of (an empty partition reports neither
@@ -607,15 +634,21 @@ class StreamRuntime:
                 known = self._log_end.get(tp)
                 if known is None or now_ms - known[1] >= LOG_END_ASK_MS:
                     ask.append(tp)
-        if ask:
-            self._log_ends(ask)
+        for topic, number in ask:
+            asked = int(time.time() * 1000)
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, number), timeout=5, cached=False)
+            except KafkaException as exc:
+                log.warning("log end not known: the input counts as behind", extra=fields(error=str(exc)))
+                continue
+            self._log_end[(topic, number)] = (high, asked)
 
-    def _pause_ahead(self, part: _Partition) -> None:
-        """Past ``HOLD_RECORDS`` held records, stop fetching the inputs they come from (their position stays
-        after the last record delivered: resumed, they go on from there)."""
+    def _pause_ahead(self, part: _Partition, held_bytes: int) -> None:
+        """Past ``HOLD_RECORDS`` or ``HOLD_BYTES`` held, stop fetching the inputs they come from (their position
+        stays after the last record delivered: resumed, they go on from there)."""
         consumer = self.consumer
         assert consumer is not None
-        if part.paused or len(part.held) < HOLD_RECORDS:
+        if part.paused or (len(part.held) < HOLD_RECORDS and held_bytes < HOLD_BYTES):
             return
         part.paused = [TopicPartition(t, part.number) for t in {r.topic for r in part.held}]
         with contextlib.suppress(KafkaException):
@@ -645,8 +678,6 @@ class StreamRuntime:
             work = works[key] = _Work(part)
             ordered = _merged(records) if len(part.topology.inputs) > 1 else records
             waiting = lagging.get(key, NOTHING)
-            if part.behind and waiting:
-                waiting = waiting - part.behind
             part.processor.process(ordered, now_ms, waiting, work.effects)
         for (topic, partition), offset in offsets.items():
             work = works[(by_input[topic].name, partition)]

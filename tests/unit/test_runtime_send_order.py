@@ -1,18 +1,19 @@
 """A partition of two inputs meets its records in the order they were sent, however they are fetched.
 
 The consumer is a stand-in (the fetch interleaving that matters cannot be forced on a real
-broker): it answers ``get_watermark_offsets`` from a table and records pauses; so is the
-broker's answer to "where does this log end" (``_log_ends``). Everything else
+broker): it answers ``get_watermark_offsets`` (cached, or as the broker has it) from tables and
+records pauses. Everything else
 is the real runtime's grouping step; the end-to-end check is ``tests/faults/test_late.py``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.runtime import engine
 from pipeline.runtime.engine import RuntimeConfig, StreamRuntime, _Partition
@@ -24,14 +25,23 @@ TURNS, TRANSFERS = "turns", "transfers"
 
 
 class FakeConsumer:
-    """The log ends the consumer's last fetch saw, per (topic, partition); -1: not fetched yet."""
+    """The log ends the consumer's last fetch saw, per topic (-1: not fetched yet), and the broker's (``broker``)."""
 
     def __init__(self, highs: dict[str, int]) -> None:
         self.highs = highs
+        self.broker: dict[str, int] = {}
+        self.asked: list[str] = []
         self.paused: list[tuple[str, int]] = []
         self.resumed: list[tuple[str, int]] = []
 
-    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        if not cached:
+            self.asked.append(tp.topic)
+            if tp.topic not in self.broker:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+            return 0, self.broker[tp.topic]
         return 0, self.highs.get(tp.topic, -1)
 
     def pause(self, tps: list[TopicPartition]) -> None:
@@ -70,7 +80,6 @@ def runtime(tmp_path: Path) -> StreamRuntime:
         {TURNS: 0, TRANSFERS: 0},
     )
     rt._parts[part.key] = part
-    rt._log_ends = lambda tps: {}  # type: ignore[method-assign]  # the broker does not answer
     return rt
 
 
@@ -106,19 +115,17 @@ def test_records_wait_for_an_input_not_fetched_yet_and_go_in_send_order_once_it_
     kept, offsets, _ = step(runtime, transfers, at=1.0)
     assert [(r.topic, r.offset) for r in kept] == [
         (TURNS, 0),
-        (TURNS, 1),
         (TRANSFERS, 0),
+        (TURNS, 1),
         (TRANSFERS, 1),
     ], "turns sent after the last transfer delivered wait while transfers has more in the log"
     assert offsets == {(TURNS, 0): 2, (TRANSFERS, 0): 2}
-    assert runtime._parts[("meter", 0)].behind == frozenset({TURNS, TRANSFERS})
 
     transfers = [rec(TRANSFERS, 2, 260), rec(TRANSFERS, 3, 270), rec(TRANSFERS, 4, 400)]
     kept, offsets, _ = step(runtime, transfers, at=2.0)
-    assert [(r.topic, r.offset) for r in kept] == [(TURNS, 2), *((TRANSFERS, o) for o in (2, 3, 4))]
+    assert [(r.topic, r.offset) for r in kept] == [(TRANSFERS, 2), (TRANSFERS, 3), (TURNS, 2), (TRANSFERS, 4)]
     assert offsets == {(TURNS, 0): 3, (TRANSFERS, 0): 5}
     assert runtime._parts[("meter", 0)].held == []
-    assert runtime._parts[("meter", 0)].behind == frozenset()
 
 
 def test_a_held_input_keeps_its_log_order_and_its_end_waits_for_it(runtime: StreamRuntime) -> None:
@@ -149,7 +156,6 @@ def test_a_hold_ends_after_hold_seconds(runtime: StreamRuntime) -> None:
     kept, offsets, _ = step(runtime, [], at=engine.HOLD_SECONDS + 1)
     assert kept == turns
     assert offsets == {(TURNS, 0): 2}
-    assert runtime._parts[("meter", 0)].behind == frozenset(), "the clock waits for the input again"
 
 
 def test_too_many_held_records_pause_the_input_ahead_until_released(
@@ -161,23 +167,36 @@ def test_too_many_held_records_pause_the_input_ahead_until_released(
     assert step(runtime, [rec(TURNS, 0, 100), rec(TURNS, 1, 200)])[0] == []
     assert consumer.paused == [(TURNS, 0)]
     kept, _, _ = step(runtime, [rec(TRANSFERS, 0, 150)])
-    assert [r.offset for r in kept] == [0, 1, 0]
+    assert [(r.topic, r.offset) for r in kept] == [(TURNS, 0), (TRANSFERS, 0), (TURNS, 1)]
     assert consumer.resumed == [(TURNS, 0)]
 
 
 def test_an_empty_input_the_consumer_knows_nothing_of_is_asked_of_the_broker(runtime: StreamRuntime) -> None:
     """librdkafka reports neither a log end nor a partition end for an empty partition: the broker is asked."""
-    runtime.consumer = cast(Any, FakeConsumer({TURNS: 3}))
-    asked: list[list[tuple[str, int]]] = []
-
-    def log_ends(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        asked.append(tps)
-        for tp in tps:
-            runtime._log_end[tp] = (0, 250)  # empty when asked, at 250 ms
-        return dict.fromkeys(tps, 0)
-
-    runtime._log_ends = log_ends  # type: ignore[method-assign]
-    kept, offsets, _ = step(runtime, [rec(TURNS, 0, 100), rec(TURNS, 1, 200), rec(TURNS, 2, 300)])
-    assert asked == [[(TRANSFERS, 0)]]
+    consumer = FakeConsumer({TURNS: 3})
+    consumer.broker[TRANSFERS] = 0
+    runtime.consumer = cast(Any, consumer)
+    now = int(time.time() * 1000)
+    kept, offsets, _ = step(runtime, [rec(TURNS, 0, now - 1000), rec(TURNS, 1, now - 500), rec(TURNS, 2, now + 60_000)])
+    assert consumer.asked == [TRANSFERS]
     assert [r.offset for r in kept] == [0, 1], "what was sent after the broker was asked waits for a newer answer"
     assert offsets == {(TURNS, 0): 2}
+    step(runtime, [])
+    assert consumer.asked == [TRANSFERS], "asked again only after LOG_END_ASK_MS"
+
+
+def test_a_released_hold_goes_a_batch_at_a_time_earliest_sent_first(runtime: StreamRuntime) -> None:
+    consumer = FakeConsumer({TURNS: 150, TRANSFERS: 2})
+    runtime.consumer = cast(Any, consumer)
+    turns = [rec(TURNS, i, 10 + i) for i in range(150)]
+    assert step(runtime, turns)[0] == [], "transfers not delivered yet"
+    assert not runtime._deferred
+    kept, offsets, _ = step(runtime, [rec(TRANSFERS, 0, 5), rec(TRANSFERS, 1, 200)])
+    assert len(kept) == 100, "batch_size records"
+    assert [(r.topic, r.offset) for r in kept[:2]] == [(TRANSFERS, 0), (TURNS, 0)], "in the order they were sent"
+    assert offsets == {(TURNS, 0): 99, (TRANSFERS, 0): 1}
+    assert runtime._deferred, "the next batch consumes nothing new"
+    kept, offsets, _ = step(runtime, [])
+    assert [(r.topic, r.offset) for r in kept] == [*((TURNS, i) for i in range(99, 150)), (TRANSFERS, 1)]
+    assert offsets == {(TURNS, 0): 150, (TRANSFERS, 0): 2}
+    assert not runtime._deferred

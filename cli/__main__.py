@@ -1,5 +1,5 @@
-"""`python -m pipeline`: the `metering` command (used to start workers as child processes)."""
+"""`python -m cli`: the `metering` command (used to start workers as child processes)."""
 
-from pipeline.cli import main
+from cli.main import main
 
 main()

@@ -13,15 +13,15 @@ from typing import TypeVar
 import click
 from rich.console import Console
 
-from pipeline import logs
+from consumers.reports.sessions import SESSION_COLUMNS, session_rows
 from pipeline.compute import Days, Periods, kept_sessions
 from pipeline.compute import compute as compute_usage
-from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
-from pipeline.progress import FileProgress
-from pipeline.report import FORMATS, Format, render
+from pipeline.contract.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
+from pipeline.infra import logs
+from pipeline.infra.progress import FileProgress
+from pipeline.infra.report import FORMATS, Format, render
 from pipeline.rules.attribution import PERIODS, Period, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
-from pipeline.sessions_export import SESSION_COLUMNS, session_rows
 from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
@@ -33,7 +33,7 @@ def load_settings() -> Settings:
     """The settings from the environment, logging configured; a clear exit on a wrong setting.
 
     Without METERING_KAFKA_BOOTSTRAP, Kafka is the broker `metering run` started for the data
-    directory, where it announced itself (``pipeline.local_kafka.running_broker``).
+    directory, where it announced itself (``devtools.local_kafka.running_broker``).
     """
     try:
         settings = Settings.from_env()
@@ -48,7 +48,7 @@ def with_data_dir_broker(settings: Settings) -> Settings:
     """``settings`` pointed at the data directory's running broker, unless a bootstrap was given."""
     if settings.kafka_bootstrap_given:
         return settings
-    from pipeline.local_kafka import running_broker  # here: compute never loads the Kafka client
+    from devtools.local_kafka import running_broker  # here: compute never loads the Kafka client
 
     broker = running_broker(settings.data_dir / "kafka")
     return settings if broker is None else replace(settings, kafka_bootstrap=broker.bootstrap)
@@ -67,7 +67,7 @@ class _MeteringCommands(click.Group):
         try:
             return super().invoke(ctx)
         except RuntimeError as exc:
-            from pipeline.kafka import KafkaSetupError  # here: compute never loads the Kafka client
+            from pipeline.infra.kafka import KafkaSetupError  # here: compute never loads the Kafka client
 
             if not isinstance(exc, KafkaSetupError):
                 raise
@@ -174,7 +174,7 @@ def compute(
 @click.option("--raw", is_flag=True, help="Send lines as they are, unvalidated and unkeyed (to exercise the DLQ).")
 def produce(path: Path, raw: bool) -> None:
     """Publish a file of events to their input topics, keyed as the event contract says."""
-    from pipeline.produce import produce_command
+    from devtools.produce import produce_command
 
     sys.exit(produce_command(load_settings(), path, validate=not raw))
 
@@ -197,9 +197,9 @@ def usage(
     fmt: Format,
 ) -> None:
     """Per-app usage from ClickHouse (asks the running service when the database is embedded)."""
+    from cli.usage_command import StoreBusyError, usage_text
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_command import StoreBusyError, usage_text
-    from consumers.usage_report import UsageParameterError
+    from consumers.reports.usage import UsageParameterError
 
     settings = load_settings()
     try:
@@ -263,9 +263,9 @@ def plans(ctx: click.Context, account: str | None, month: str | None, tz_name: s
     """
     if ctx.invoked_subcommand is not None:
         return
+    from cli.usage_command import StoreBusyError, plans_text
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_command import StoreBusyError, plans_text
-    from consumers.usage_report import UsageParameterError
+    from consumers.reports.usage import UsageParameterError
 
     settings = load_settings()
     try:
@@ -285,7 +285,7 @@ def plans(ctx: click.Context, account: str | None, month: str | None, tz_name: s
 @click.option("--all", "show_all", is_flag=True, help="Decided requests too, not only pending ones.")
 def plans_requests(account: str | None, show_all: bool) -> None:
     """Extension requests waiting for an operator (with --all, decided ones too)."""
-    from consumers.plan_actions import extension_requests
+    from cli.plan_actions import extension_requests
 
     found = [
         r for r in _run_action(lambda s: extension_requests(s, account=account)) if show_all or r.status == "pending"
@@ -300,8 +300,8 @@ def plans_requests(account: str | None, show_all: bool) -> None:
 @click.option("--days", type=click.IntRange(1, 366), default=None, help="Days to grant [default: as requested].")
 def plans_extend(request_id: str, days: int | None) -> None:
     """Grant an extension request: the plan's term ends that many days later."""
-    from consumers.plan_actions import decide_extension
-    from pipeline.publish import KafkaPublisher
+    from cli.plan_actions import decide_extension
+    from pipeline.infra.publish import KafkaPublisher
 
     def act(settings: Settings) -> str:
         publisher = KafkaPublisher(settings)
@@ -319,8 +319,8 @@ def plans_extend(request_id: str, days: int | None) -> None:
 @click.option("--reason", default=None, help="Why, for the account's admins.")
 def plans_decline(request_id: str, reason: str | None) -> None:
     """Decline an extension request: the term stays as it is."""
-    from consumers.plan_actions import decide_extension
-    from pipeline.publish import KafkaPublisher
+    from cli.plan_actions import decide_extension
+    from pipeline.infra.publish import KafkaPublisher
 
     def act(settings: Settings) -> str:
         publisher = KafkaPublisher(settings)
@@ -338,10 +338,10 @@ T = TypeVar("T")
 
 def _run_action(act: Callable[[Settings], T]) -> T:
     """An operator's action with its errors as one line and exit status 1."""
+    from cli.plan_actions import ActionError
+    from cli.usage_command import StoreBusyError
     from consumers.clickhouse import ClickHouseError
-    from consumers.plan_actions import ActionError
-    from consumers.usage_command import StoreBusyError
-    from pipeline.publish import PublishError
+    from pipeline.infra.publish import PublishError
 
     try:
         return act(load_settings())
@@ -371,8 +371,8 @@ def _payment_command(status: str, summary: str) -> Callable[..., None]:
     @click.option("--reference", default=None, help="The payment's reference (bank transfer id, ...).")
     @click.option("--reason", default=None, help="Why (shown on a failed order).")
     def command(order_id: str, account: str, reference: str | None, reason: str | None) -> None:
-        from consumers.plan_actions import record_payment
-        from pipeline.publish import KafkaPublisher
+        from cli.plan_actions import record_payment
+        from pipeline.infra.publish import KafkaPublisher
 
         def act(settings: Settings) -> str:
             publisher = KafkaPublisher(settings)
@@ -406,8 +406,8 @@ orders.command("refund")(
 @main.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations (idempotent; the service also migrates at start-up)."""
+    from cli.usage_command import StoreBusyError, migrate_text
     from consumers.clickhouse import ClickHouseError
-    from consumers.usage_command import StoreBusyError, migrate_text
 
     try:
         sys.stdout.write(migrate_text(load_settings(), on_wait=_waiting))
@@ -422,8 +422,8 @@ def sink() -> None:
     import signal
     import threading
 
-    from consumers.service import StoreEndpoints, serve_store
-    from consumers.store_lock import DataDirBusyError, ReaderHold, StoreLock
+    from cli.service import StoreEndpoints, serve_store
+    from cli.store_lock import DataDirBusyError, ReaderHold, StoreLock
 
     settings = load_settings()
     stop = threading.Event()
@@ -434,7 +434,7 @@ def sink() -> None:
     def ready(endpoints: StoreEndpoints) -> None:
         err.print(f"usage API {endpoints.api}  metrics {endpoints.metrics}  ClickHouse {endpoints.clickhouse_url}")
 
-    try:  # the embedded database is this process's alone, from before it opens it (consumers.store_lock)
+    try:  # the embedded database is this process's alone, from before it opens it (cli.store_lock)
         owned = (
             StoreLock.acquire(settings.data_dir, "metering sink", on_wait=_waiting)
             if settings.embedded_clickhouse
@@ -452,7 +452,7 @@ def sink() -> None:
 @click.option("--demo-rate", type=click.FloatRange(min=0.1), default=50.0, show_default=True, help="Demo events/s.")
 def run(demo: bool, demo_rate: float) -> None:
     """Start everything on this machine (broker, workers, sink, usage API, metrics) until Ctrl-C."""
-    from pipeline.run import run as run_pipeline
+    from cli.run import run as run_pipeline
 
     sys.exit(run_pipeline(load_settings(), demo=demo, demo_rate=demo_rate, console=Console(soft_wrap=True)))
 

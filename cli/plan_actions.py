@@ -13,19 +13,24 @@ what is wrong, rather than announced as recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
-from consumers.clickhouse.usage import named_query
-from consumers.store_client import StoreHttpError, StoreUnreachableError
-from consumers.usage_command import StoreBusyError, open_client, running_store, store_client
-from pipeline.events import ExtensionDeclined, ExtensionGranted
+from cli.store_client import StoreHttpError, StoreUnreachableError
+from cli.usage_command import StoreBusyError, open_client, running_store, store_client
+from consumers.reports.operators import (
+    ExtensionRequest,
+    OrderView,
+    order_json,
+    query_extension_requests,
+    query_order_state,
+    requests_json,
+)
+from pipeline.contract.events import ExtensionDeclined, ExtensionGranted
+from pipeline.infra.publish import Publisher
 from pipeline.orders.events import PaymentResult, PaymentUpdated
-from pipeline.publish import Publisher
 from pipeline.rules.billing import derived_id
 from pipeline.settings import Settings
 
@@ -35,10 +40,12 @@ __all__ = [
     "OrderView",
     "decide_extension",
     "extension_requests",
+    "order_json",
     "order_state",
     "query_extension_requests",
     "query_order_state",
     "record_payment",
+    "requests_json",
 ]
 
 #: The state a payment of each status needs, as the order processor applies it (pipeline.orders.book).
@@ -47,38 +54,6 @@ PAYMENT_NEEDS: Final[dict[str, str]] = {"paid": "pending", "failed": "pending", 
 
 class ActionError(RuntimeError):
     """The action cannot be taken; the message says why and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExtensionRequest:
-    request_id: str
-    account_id: str
-    app_id: str
-    days: int
-    reason: str
-    requested_by: str | None
-    requested_at: str
-    status: str
-
-
-def query_extension_requests(
-    client: Any, database: str, *, request: str | None = None, account: str | None = None
-) -> list[ExtensionRequest]:
-    """Extension requests (and whether they are pending) straight from ClickHouse."""
-    rows = named_query(client, database, "extension_requests", request=request, account=account)
-    return [
-        ExtensionRequest(
-            request_id=str(r[0]),
-            account_id=str(r[1]),
-            app_id=str(r[2]),
-            days=int(r[3] or 0),
-            reason=str(r[4] or ""),
-            requested_by=None if r[5] is None else str(r[5]),
-            requested_at=_iso(r[6]),
-            status=str(r[7]),
-        )
-        for r in rows
-    ]
 
 
 def extension_requests(
@@ -102,40 +77,6 @@ def extension_requests(
         client.close()
 
 
-@dataclass(frozen=True, slots=True)
-class OrderView:
-    """An order as the read model has it (``orders``): enough to say whether a payment applies."""
-
-    order_id: str
-    account_id: str
-    app_id: str
-    payment_status: str
-    invoice_id: str | None
-    credit_note_id: str | None
-    amount: str
-    currency: str
-
-
-def query_order_state(client: Any, database: str, *, account: str, order: str) -> OrderView | None:
-    """The order's latest state straight from ClickHouse, or None."""
-    from pipeline.balance.money import format_money  # noqa: PLC0415
-
-    rows = named_query(client, database, "order_state", account=account, order=order)
-    if not rows:
-        return None
-    order_id, account_id, app_id, status, invoice_id, credit_note_id, amount, currency = rows[0]
-    return OrderView(
-        str(order_id),
-        str(account_id),
-        str(app_id),
-        str(status),
-        invoice_id or None,
-        credit_note_id or None,
-        format_money(amount),
-        str(currency),
-    )
-
-
 def order_state(settings: Settings, *, account: str, order: str) -> OrderView | None:
     """The order's state, asked of the running store when it holds the embedded database, else read here."""
     settings = settings.with_clickhouse_default()
@@ -153,14 +94,6 @@ def order_state(settings: Settings, *, account: str, order: str) -> OrderView | 
         return query_order_state(client, settings.clickhouse_database, account=account, order=order)
     finally:
         client.close()
-
-
-def order_json(order: OrderView | None) -> dict[str, Any]:
-    return {"order": None if order is None else asdict(order)}
-
-
-def requests_json(requests: Sequence[ExtensionRequest]) -> dict[str, Any]:
-    return {"requests": [asdict(r) for r in requests]}
 
 
 def decide_extension(
@@ -250,10 +183,3 @@ def record_payment(
     )
     publisher.publish(settings.topics.orders, account_id, msgspec.json.encode(event))
     return event
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return str(value)

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from consumers.service import pid_alive
+from cli.service import pid_alive
 
 __all__ = [
     "DataDirBusyError",

@@ -59,11 +59,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import SessionWriter
-from pipeline import failpoints
-from pipeline.events import BillingSessionRecord
-from pipeline.kafka import consumer_config
-from pipeline.logs import fields
-from pipeline.metrics import (
+from pipeline.contract.events import BillingSessionRecord
+from pipeline.infra import failpoints
+from pipeline.infra.kafka import consumer_config
+from pipeline.infra.logs import fields
+from pipeline.infra.metrics import (
     CONSUMER_LAG,
     FINAL_TO_QUERYABLE_SECONDS,
     SINK_BATCH_ROWS,
@@ -387,7 +387,7 @@ class ClickHouseSink:
 
     #: Whether a message's Kafka timestamp is when its record became final (final-to-queryable metric).
     timestamps_are_final: bool = True
-    #: The failpoint between insert and commit (pipeline/failpoints.py): one name per kind of sink.
+    #: The failpoint between insert and commit (pipeline/infra/failpoints.py): one name per kind of sink.
     after_insert_point: str = "sink.after_insert"
     invalid_message: str = (
         "skipped an invalid billing-sessions message: it is the stream workers' own output and cannot be "

@@ -24,12 +24,12 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.console import Console
 
-from pipeline.decode import decode_input
-from pipeline.events import INPUT_TYPES, AccountChanged, AgentTransfer, ConversationTurn, InputEvent, Rejection
-from pipeline.kafka import KafkaSetupError, admin, missing_topics, producer_config, wait_for_broker
-from pipeline.local_kafka import data_dir_cluster_id
-from pipeline.logs import fields
-from pipeline.progress import FileProgress, OnProgress
+from devtools.local_kafka import data_dir_cluster_id
+from pipeline.contract.decode import decode_input
+from pipeline.contract.events import INPUT_TYPES, AccountChanged, AgentTransfer, ConversationTurn, InputEvent, Rejection
+from pipeline.infra.kafka import KafkaSetupError, admin, missing_topics, producer_config, wait_for_broker
+from pipeline.infra.logs import fields
+from pipeline.infra.progress import FileProgress, OnProgress
 from pipeline.settings import Settings, Topics
 
 log = logging.getLogger(__name__)

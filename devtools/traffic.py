@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import msgspec
 
-from pipeline.events import format_ms
+from pipeline.contract.events import format_ms
 from pipeline.rules.config import MINUTE, SECOND
 
 CHANNELS = (("web", 45), ("whatsapp", 20), ("slack", 8), ("msteams", 7), ("voice", 12), ("ivr", 8))

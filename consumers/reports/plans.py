@@ -16,8 +16,8 @@ from urllib.parse import parse_qs
 from clickhouse_connect.driver.client import Client
 
 from consumers.clickhouse.plans import PLAN_COLUMNS, plans_overview
-from consumers.usage_report import UsageParameterError
-from pipeline.report import FORMATS, Format, render
+from consumers.reports.usage import UsageParameterError
+from pipeline.infra.report import FORMATS, Format, render
 from pipeline.rules.attribution import UnknownZoneError, zone
 
 __all__ = ["PlansQuery", "parse_plans_parameters", "plans_query", "plans_report"]

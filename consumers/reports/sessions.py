@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from pipeline.events import ms_to_datetime
-from pipeline.report import Cell
+from pipeline.contract.events import ms_to_datetime
+from pipeline.infra.report import Cell
 from pipeline.rules.model import BillingSession
 
 SESSION_COLUMNS: Final = (

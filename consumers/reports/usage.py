@@ -20,8 +20,8 @@ from clickhouse_connect.driver.client import Client
 
 from consumers.clickhouse.plans import usage_with_agents
 from consumers.clickhouse.usage import PERIODS, Period, usage
-from pipeline.agent_book import AGENT_COLUMNS
-from pipeline.report import FORMATS, Format, render
+from pipeline.infra.report import FORMATS, Format, render
+from pipeline.rules.agent_book import AGENT_COLUMNS
 from pipeline.rules.attribution import USAGE_COLUMNS, UnknownZoneError, zone
 
 __all__ = [

@@ -54,8 +54,8 @@ from pipeline.balance.plans import (
     is_unlimited,
     plan_at,
 )
-from pipeline.decode import to_ms
-from pipeline.events import (
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
     BalanceAlert,
     ExtensionDeclined,
     ExtensionGranted,
@@ -558,7 +558,7 @@ def apply_plan(state: AppBalance, event: PlanChanged) -> Step:
     return Step(Outcome.APPLIED, _crossing(state, begins))
 
 
-#: The billing-plans events an app's balance applies (seats are ``pipeline.balance.agents``'s).
+#: The billing-plans events an app's balance applies (seats are ``pipeline.rules.agents``'s).
 LedgerEvent = (
     PlanChanged | FundsAdded | FundsRefunded | ExtensionRequested | ExtensionGranted | ExtensionDeclined | OwnerChanged
 )
@@ -679,7 +679,7 @@ class Ledger:
         return apply_plan(self.app(event.app_id), event).alerts
 
     def apply(self, event: LedgerEvent) -> list[BalanceAlert]:
-        """Any billing-plans event but seats (``pipeline.balance.agents`` keeps those)."""
+        """Any billing-plans event but seats (``pipeline.rules.agents`` keeps those)."""
         return apply_event(self.app(event.app_id), event).alerts
 
     def plan_at(self, app_id: str, t_ms: int) -> Plan | None:

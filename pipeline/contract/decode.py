@@ -1,9 +1,9 @@
 """The one decoder every entry point uses: bytes in, a valid event with its time or a rejection out.
 
-msgspec decodes straight into the ``pipeline.events`` structs, so type checks, string limits and
+msgspec decodes straight into the ``pipeline.contract.events`` structs, so type checks, string limits and
 the tagged ``type`` field are enforced in C; what JSON Schema cannot say (the time window, the
 payload size, money rules) is checked here, once. Compiled with the rules engine
-(``pipeline.native``): every event of `metering compute` and of the stream passes through it.
+(``pipeline.infra.native``): every event of `metering compute` and of the stream passes through it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Final, cast
 
 import msgspec
 
-from pipeline.events import (
+from pipeline.contract.events import (
     EARLIEST_MS,
     EPOCH,
     MAX_FUTURE_MS,
@@ -29,7 +29,7 @@ from pipeline.events import (
 )
 
 _DECODER: Final = msgspec.json.Decoder(InputEvent)
-# Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.native).
+# Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.infra.native).
 _MAX_BYTES: Final[int] = MAX_PAYLOAD_BYTES
 _EARLIEST: Final[int] = EARLIEST_MS
 _MAX_FUTURE: Final[int] = MAX_FUTURE_MS

@@ -1,4 +1,4 @@
-"""The event contract (``schemas/v1``) as typed structs; ``pipeline.decode`` turns bytes into them.
+"""The event contract (``schemas/v1``) as typed structs; ``pipeline.contract.decode`` turns bytes into them.
 
 Input events are decoded straight into these structs by msgspec, so type checks, string
 limits and the tagged ``type`` field are enforced in C.

@@ -1,7 +1,7 @@
 """Kafka's Java-compatible murmur2 partitioner: the partition a producer picks for a key.
 
 The workers reject an event on a partition its key does not hash to (its state lives
-elsewhere), so they hash every event's key: compiled with the rules engine (``pipeline.native``).
+elsewhere), so they hash every event's key: compiled with the rules engine (``pipeline.infra.native``).
 Products are split in 16-bit halves so that every intermediate value stays a small integer.
 """
 

@@ -15,8 +15,8 @@ from typing import Any, Final
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.logs import fields
-from pipeline.partitioner import partition_of
+from pipeline.contract.partitioner import partition_of
+from pipeline.infra.logs import fields
 from pipeline.settings import Settings
 
 __all__ = [

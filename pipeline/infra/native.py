@@ -30,33 +30,33 @@ from typing import Any, Final
 
 #: The modules compiled together. Each must keep type-checking under mypy --strict.
 MODULES: Final = (
-    "pipeline.decode",
-    "pipeline.partitioner",
+    "pipeline.contract.decode",
+    "pipeline.contract.partitioner",
     "pipeline.rules.config",
     "pipeline.rules.model",
     "pipeline.rules.segmentation",
     "pipeline.rules.billing",
     "pipeline.rules.attribution",
     "pipeline.rules.meter",
-    "pipeline.agent_book",
+    "pipeline.rules.agent_book",
     "pipeline.compute",
     "pipeline.stream.partition",
 )
 #: The project's modules they import: mypyc builds their types and constants into the extension,
 #: so a change there makes a build out of date too (a test keeps this list complete).
 DEPENDS: Final = (
-    "pipeline.events",
-    "pipeline.balance.agents",
+    "pipeline.contract.events",
+    "pipeline.rules.agents",
     "pipeline.balance.plans",
-    "pipeline.progress",
-    "pipeline.report",
-    "pipeline.records",
+    "pipeline.infra.progress",
+    "pipeline.infra.report",
+    "pipeline.stream.records",
     "pipeline.runtime.processor",
 )
-GROUP: Final = "pipeline.native"
+GROUP: Final = "pipeline.infra.native"
 INTERPRETED_ENV: Final = "METERING_INTERPRETED"
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parents[2]
 MANIFEST: Final = ROOT / "pipeline" / "native-build.json"
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def choose(
     Runs when ``pipeline`` is imported, before any engine module is.
     """
     manifest = root / MANIFEST.relative_to(ROOT)
-    if not any(manifest.parent.glob("native__mypyc*")):
+    if not any(manifest.parent.rglob("native__mypyc*")):
         return "interpreted"
     if environ.get(INTERPRETED_ENV, "") not in ("", "0"):
         meta_path.insert(0, _SourceFirst(modules, root))
@@ -135,13 +135,13 @@ def is_compiled(module: ModuleType) -> bool:
 def build() -> int:
     """Compile ``MODULES`` in place with mypyc and record what was compiled; a no-op when up to date."""
     if not stale():
-        print("pipeline.native: compiled rules engine is up to date")
+        print("pipeline.infra.native: compiled rules engine is up to date")
         return 0
     # Build tools are test extras: a runtime without them must still import this module.
     from mypyc.build import mypycify  # noqa: PLC0415
     from setuptools import setup  # type: ignore[import-untyped]  # noqa: PLC0415
 
-    for old in MANIFEST.parent.rglob("*.so"):
+    for old in MANIFEST.parent.rglob("*.so"):  # the whole package: a moved module leaves its old build
         old.unlink()
     MANIFEST.unlink(missing_ok=True)
     prints = fingerprint()
@@ -152,5 +152,5 @@ def build() -> int:
         script_args=["build_ext", "--inplace", "--quiet"],
     )
     MANIFEST.write_text(json.dumps(prints, indent=1, sort_keys=True) + "\n")
-    print(f"pipeline.native: compiled {len(MODULES)} modules with mypyc")
+    print(f"pipeline.infra.native: compiled {len(MODULES)} modules with mypyc")
     return 0

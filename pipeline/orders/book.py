@@ -29,8 +29,15 @@ from msgspec import Struct
 from msgspec import field as struct_field
 
 from pipeline.balance.money import ZERO, format_amount, format_money, sub
-from pipeline.decode import to_ms
-from pipeline.events import AccountChanged, BillingType, FundsAdded, FundsRefunded, ms_to_datetime, parse_decimal
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
+    AccountChanged,
+    BillingType,
+    FundsAdded,
+    FundsRefunded,
+    ms_to_datetime,
+    parse_decimal,
+)
 from pipeline.orders.events import (
     InvoiceIssued,
     InvoiceLine,
@@ -44,7 +51,7 @@ from pipeline.rules.billing import derived_id
 
 Outcome = Literal["applied", "duplicate", "unmatched", "inapplicable", "refused"]
 
-#: What a provider's answer may put in an order, as a ``payment_updated`` message may (``pipeline.events``).
+#: What a provider's answer may put in an order, as a ``payment_updated`` message may (``pipeline.contract.events``).
 ID_LENGTH: Final = 128
 TEXT_LENGTH: Final = 1000
 

@@ -2,7 +2,7 @@
 
 One function (:func:`with_agents`) appends them to usage rows, for `metering compute` (seats and
 transfers from the file) and for `metering usage` (from ClickHouse), so the two print the same
-figures and can still be compared line for line. The rules are ``pipeline.balance.agents``'s.
+figures and can still be compared line for line. The rules are ``pipeline.rules.agents``'s.
 
 The rows stay the usage rows: a period is a row when it has a non-zero usage count, as before
 these columns existed. Seats are a subscription carried forward without end, not usage: counting
@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from typing import Final
 
-from pipeline.balance.agents import SeatTimeline, day_of, day_start_ms
-from pipeline.decode import to_ms
-from pipeline.events import AgentsSubscribed, AgentTransfer
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import AgentsSubscribed, AgentTransfer
+from pipeline.rules.agents import SeatTimeline, day_of, day_start_ms
 from pipeline.rules.attribution import Period, PeriodOf, UsageRow, label_day, zone
 
 AGENT_COLUMNS: Final = ("agents", "active_agents")

@@ -27,8 +27,8 @@ from typing import Final
 
 from msgspec import Struct, field
 
-from pipeline.decode import to_ms
-from pipeline.events import AgentsSubscribed, AgentTransfer
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import AgentsSubscribed, AgentTransfer
 from pipeline.rules.attribution import DayOf, zone
 from pipeline.rules.config import DAY
 from pipeline.rules.meter import Outcome

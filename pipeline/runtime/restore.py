@@ -17,8 +17,8 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline.kafka import KafkaSetupError, consumer_config
-from pipeline.logs import fields
+from pipeline.infra.kafka import KafkaSetupError, consumer_config
+from pipeline.infra.logs import fields
 from pipeline.runtime.processor import Topology
 from pipeline.runtime.state import Backend, PartitionStore
 from pipeline.settings import Settings

@@ -8,8 +8,8 @@ from datetime import datetime
 
 import msgspec
 
-from pipeline.decode import to_ms
-from pipeline.events import (
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
     DEAD_LETTER_PAYLOAD_BYTES,
     BillingSessionRecord,
     DeadLetter,

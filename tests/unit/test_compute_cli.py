@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
+from cli.main import main
+from devtools import traffic
 from pipeline import compute as compute_module
-from pipeline import traffic
-from pipeline.cli import main
 from pipeline.rules.config import RulesConfig
 from tests.support import T0, Conversation, alert, in_time_order
 

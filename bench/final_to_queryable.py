@@ -196,7 +196,7 @@ class Plan:
     console: Console
 
 
-def run_once(plan: Plan, index: int, batch: float) -> Run:
+def run_once(plan: Plan, index: int, batch: float) -> Run:  # noqa: PLR0912, PLR0915 - one measured scenario read top to bottom: start, drive, measure, stop
     broker, tmp, chdb, args, console = plan.broker, plan.tmp, plan.chdb, plan.args, plan.console
     label = f"run {index} (sink batch {batch:g} s)"
     run_dir = tmp / f"run-{index}-{batch:g}"

@@ -245,7 +245,7 @@ class Plan:
     keep_files: bool
 
 
-def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) -> Run:
+def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) -> Run:  # noqa: PLR0912, PLR0915 - one measured scenario read top to bottom: start, drive, measure, stop
     """One measured run; with ``profile`` (output, seconds), py-spy records worker 0 from its first batch."""
     broker, tmp, path, expected = plan.broker, plan.tmp, plan.path, plan.expected
     workers, timeout, console = plan.workers, plan.timeout, plan.console

@@ -490,7 +490,7 @@ def advance(state: AppBalance, t_ms: int) -> list[BalanceAlert]:
     return _crossing(state, t_ms)
 
 
-def apply_plan(state: AppBalance, event: PlanChanged) -> Step:
+def apply_plan(state: AppBalance, event: PlanChanged) -> Step:  # noqa: PLR0912 - the plan timeline's cases (first, replaced, superseded, same instant) side by side
     """Add a plan to the timeline and re-price what it now prices.
 
     The new plan is in force from its ``effective_at`` to the next plan's; sessions starting in

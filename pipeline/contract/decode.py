@@ -65,7 +65,7 @@ def decode_event(payload: bytes, now_ms: int) -> tuple[int, Event] | Rejection:
     return cast(tuple[int, Event], decoded)  # the one type Event lacks was ruled out just above
 
 
-def decode_input(payload: bytes, now_ms: int) -> tuple[int, InputEvent] | Rejection:
+def decode_input(payload: bytes, now_ms: int) -> tuple[int, InputEvent] | Rejection:  # noqa: PLR0911 - one Rejection per validation step, in events.md's order (compiled hot path)
     """Decode and validate one message of any input type, the account's ``account_changed`` included."""
     if len(payload) > _MAX_BYTES:
         return Rejection("too_large", f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")

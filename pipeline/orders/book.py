@@ -167,7 +167,7 @@ def create_order(book: AccountOrders, event: OrderCreated, started: PaymentOutco
     return step
 
 
-def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> Step:
+def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> Step:  # noqa: PLR0911 - one outcome per payment transition
     """Apply a provider's word; only pending -> paid | failed and paid -> refunded change anything."""
     if event.event_id in book.payments_seen:
         return Step("duplicate")

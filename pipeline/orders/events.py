@@ -142,7 +142,7 @@ def encode(record: OrderMessage) -> bytes:
     return _encoder.encode(record)
 
 
-def decode_order_message(payload: bytes | None, now_ms: int) -> OrderMessage | Rejection:
+def decode_order_message(payload: bytes | None, now_ms: int) -> OrderMessage | Rejection:  # noqa: PLR0911 - one Rejection per validation step, as pipeline.contract.decode
     """One billing-orders message, validated as ``pipeline.contract.decode`` validates input events."""
     if payload is None:
         return Rejection("not_json", "empty message (no value)")

@@ -297,7 +297,7 @@ class Meter:
 
     # -- input ---------------------------------------------------------------------------
 
-    def apply(self, t: int, event: ConversationTurn | AgentTransfer | AlertDelivered) -> Outcome:
+    def apply(self, t: int, event: ConversationTurn | AgentTransfer | AlertDelivered) -> Outcome:  # noqa: PLR0911, PLR0912, PLR0915 - the per-event hot path, flat on purpose for mypyc (see its docstring)
         """Apply one event received now; billing sessions it finalizes land in ``sessions``.
 
         The in-order path is written out flat: it runs for nearly every event of a stream.
@@ -554,7 +554,7 @@ class Meter:
             if conv is not None and conv.scheduled == when:
                 self._finalize_due(key, conv, clock)
 
-    def _finalize_due(self, key: str, conv: ConversationState, clock: int) -> None:
+    def _finalize_due(self, key: str, conv: ConversationState, clock: int) -> None:  # noqa: PLR0912 - finalization's cases in one place, on the compiled hot path
         conv.scheduled = FOREVER
         events = conv.events
         if events[0][EVENT_ID] == conv.tail_first:

@@ -58,7 +58,7 @@ def reader(settings: Settings, name: str) -> Consumer:
     )
 
 
-def restore(settings: Settings, backends: Mapping[tuple[str, int], Backend]) -> dict[tuple[str, int], int]:
+def restore(settings: Settings, backends: Mapping[tuple[str, int], Backend]) -> dict[tuple[str, int], int]:  # noqa: PLR0912 - the restore loop: assign, poll, each end condition of a partition
     """Bring each ``(changelog topic, partition)``'s backend up to the changelog's end; records read per partition.
 
     A backend resumes from its own changelog offset (a RocksDB store kept on disk), or from the

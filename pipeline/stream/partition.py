@@ -128,7 +128,7 @@ class PartitionMeter:
                     alerts.append((archived, _decode_archived_alert(value)[1]))
         self.meter.restore(clock, conversations, alerts)
 
-    def process(
+    def process(  # noqa: PLR0912 - the batch loop of the compiled worker, one branch per message outcome
         self, messages: Iterable[Message], now_ms: int, max_clock_skew_ms: int, *, lagging: Iterable[str] = ()
     ) -> BatchResult:
         """Apply a batch of this partition's messages in order; outputs and state changes out.

@@ -116,7 +116,7 @@ def live_records(n: int) -> list[BillingSessionRecord]:
     ]
 
 
-def test_a_million_session_export_keeps_memory_flat_while_the_sink_inserts(
+def test_a_million_session_export_keeps_memory_flat_while_the_sink_inserts(  # noqa: PLR0915 - one scenario read top to bottom
     store: tuple[StoreProcess, Settings],
 ) -> None:
     process, settings = store

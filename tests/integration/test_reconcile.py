@@ -160,7 +160,7 @@ def store_again(client: Client, database: str, s: StoredSession, *, new_id: str 
     recount(client, database, [key_of(s.account_id, s.app_id, s.started_ms)])  # as every writer does
 
 
-def test_clean_then_damaged_then_late_reconcile_finds_repairs_and_audits(
+def test_clean_then_damaged_then_late_reconcile_finds_repairs_and_audits(  # noqa: PLR0915 - one scenario read top to bottom
     settings: Settings, store: StoreEndpoints, workers: Workers, chdb_client: Client, tmp_path: Path
 ) -> None:
     database = settings.clickhouse_database

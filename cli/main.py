@@ -1,4 +1,4 @@
-"""The `metering` command line (`interfaces.md`): thin commands over the modules that do the work."""
+"""The `metering` command line (`docs/interfaces.md`): thin commands over the modules that do the work."""
 
 from __future__ import annotations
 

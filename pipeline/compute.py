@@ -120,9 +120,9 @@ class ComputeResult:
     timeouts: TimeoutSchedule = field(default_factory=TimeoutSchedule)
 
     def report(self, *, zero_fill: bool = False) -> tuple[tuple[str, ...], Sequence[Sequence[Cell]]]:
-        """The columns and rows `metering compute` prints: interfaces.md's eight, then R11's agents.
+        """The columns and rows `metering compute` prints: docs/interfaces.md's eight, then R11's agents.
 
-        By day the third column is ``day`` (interfaces.md), by any other period ``period``.
+        By day the third column is ``day`` (docs/interfaces.md), by any other period ``period``.
         ``zero_fill`` (for a run ``within`` days) adds a row of zeros for every period of those days
         without usage, for every app of ``apps``: the series the console shows, app by app.
         """

@@ -1,28 +1,8 @@
 """Who may open a data directory's embedded database: the store process, or short-lived readers, never both.
 
-chDB lets one process open a database directory; a second one fails ("Cannot lock file .../status
-... Another server instance in same directory is already running"). So the store (`metering run`,
-`metering sink`) and the commands that read (`metering usage`, `plans`, `migrate`, `reconcile`)
-agree through ``<data_dir>/run/store.lock``, an advisory ``flock`` the kernel releases when its
-holder exits, even by SIGKILL:
-
-1. The store takes it before anything else (broker, database) and writes in it who it is and
-   since when: from that moment it is *starting*, until its API announces itself in
-   ``run/store.json``. A second store on the same data directory fails at once, naming the first.
-2. A reader asks the store's API when it serves. Otherwise it tries the lock, without waiting.
-   Granted: no store starts or serves, so it opens the database itself and lets the lock go
-   after closing it. Refused by a store (the lock names one): the store is starting, so the
-   reader waits for it to serve (and says so), then asks it, or fails with one line when its
-   wait is over. Refused by another reader (the lock names nobody): its turn comes in a moment.
-3. A store that finds a reader holding the lock writes its intent to ``run/store.starting``,
-   which readers respect (they wait for the service rather than take the lock again), and
-   retries until the reader is done. Readers are short: a query or the migrations.
-
-The lock is exclusive for readers too: chDB itself lets one process open the database.
-
-A store killed by SIGKILL leaves its name in the lock file (the kernel drops only the flock). So a
-reader that takes the lock clears the file, and a name is believed only while a process with that
-pid *and the start time recorded beside it* runs: pids come round, start times do not.
+chDB lets one process open a database directory. The store and the commands that read agree through
+``<data_dir>/run/store.lock``, an advisory ``flock`` the kernel releases even on SIGKILL: readers ask a
+serving store, wait for a starting one, or hold the lock while they read. The protocol: docs/store-lock.md.
 """
 
 from __future__ import annotations

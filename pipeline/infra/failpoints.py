@@ -1,32 +1,8 @@
 """Named points where tests make a process fail on purpose; inert unless METERING_FAILPOINTS names them.
 
-The fault-injection tests (``tests/faults``) start real processes with, for example::
-
-    METERING_FAILPOINTS="sink.after_insert=kill@3"    # SIGKILL this process at the 3rd hit
-    METERING_FAILPOINTS="sink.insert=fail:20"         # fail there for 20 s from the first hit
-
-``name=action`` pairs are separated by ``;``. Actions:
-
-- ``kill`` or ``kill@N``: the process sends itself SIGKILL at the first (N-th) hit, as a
-  crash would: no ``finally``, no flush, no commit.
-- ``fail:S`` or ``fail:S@N``: every hit raises, from the first (N-th) hit for ``S`` seconds,
-  then the point is inert again. The caller says what to raise (the error its real
-  dependency raises when it is down); :class:`FailpointError` otherwise.
-
-The variable is read once, at the first :func:`hit`; a malformed value raises ``ValueError``
-there, naming the variable, so a typo cannot silently disable a test's fault. Without the
-variable, :func:`hit` is a dictionary lookup.
-
-Points: ``sink.insert`` (before each ClickHouse insert of any sink of the process: an outage
-hits them all), ``sink.after_insert`` (after a billing-sessions batch is written to ClickHouse,
-before its offsets are committed; ``plan_sink.after_insert`` for the plan sinks),
-``counts.recount`` (after sessions or voids are written, before their usage counts are recounted:
-``consumers/clickhouse/counts.py``; failing raises a transient ClickHouse write error),
-``counts.account_sum`` (after those counts, before their sums per account; likewise),
-``worker.before_commit``, ``balance.before_commit`` and ``orders.before_commit``
-(pipeline/runtime/transactions.py: a batch's outputs, changelog records and offsets are in its
-transaction, not yet committed; failing aborts the transaction, as a broker error would, and
-``kill`` crashes with it open).
+The fault-injection tests (``tests/faults``) start real processes with, e.g.,
+``METERING_FAILPOINTS="sink.after_insert=kill@3"``. Syntax, actions and the list of points: docs/failpoints.md.
+Without the variable, :func:`hit` is a dictionary lookup; a malformed value raises at the first hit.
 """
 
 from __future__ import annotations

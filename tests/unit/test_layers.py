@@ -3,8 +3,8 @@
 An AST check of every module of the project's packages, function-level and ``TYPE_CHECKING`` imports
 included: a module may import its own layer and the layers before it, a top-level package only the
 packages before it, and the folders' import graph has no cycle (a folder and the folders inside it count
-as one). The layers are declared below by
-module path; a module outside every declared layer fails too, so a new folder gets a place on purpose.
+as one). The layers are declared below by module path; a module outside every declared layer fails too,
+so a new folder gets a place on purpose.
 """
 
 from __future__ import annotations

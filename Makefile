@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 setup: $(STAMP) native kafka-jars ## virtualenv with the `metering` CLI, compiled rules engine, Kafka jars
 
-# The rules engine compiled with mypyc (pipeline/native.py); a no-op when the build matches the sources.
+# The rules engine compiled with mypyc (pipeline/infra/native.py); a no-op when the build matches the sources.
 # Without a C compiler everything still works, interpreted and about half as fast.
 native: $(STAMP)
-	@$(BIN)/python -c 'from pipeline.native import build; raise SystemExit(build())' > $(VENV)/native-build.log 2>&1 \
+	@$(BIN)/python -c 'from pipeline.infra.native import build; raise SystemExit(build())' > $(VENV)/native-build.log 2>&1 \
 		&& tail -n 1 $(VENV)/native-build.log \
 		|| { tail -n 20 $(VENV)/native-build.log; echo "warning: could not compile the rules engine (log: $(VENV)/native-build.log):" \
 		"metering runs interpreted, about half as fast; install gcc and the Python headers (python3-dev), then make setup"; }

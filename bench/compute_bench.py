@@ -1,6 +1,6 @@
 """`metering compute` on a realistic file of 1,000,000 events: events/s on one core, peak memory.
 
-Generates the files once (bench/data, git-ignored) with pipeline.traffic: conversations on six
+Generates the files once (bench/data, git-ignored) with devtools.traffic: conversations on six
 channels with idle gaps, transfers (some left open), end-of-conversation turns, test and bot-only
 sessions, alerts, 1 % producer duplicates and a few seconds of arrival jitter; then the same
 events with 2 % of them re-sent up to 300 lines later (an export of an at-least-once pipeline:
@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import traffic
+from devtools import traffic
 
 ROOT = Path(__file__).resolve().parents[1]
 T0_MS = 1_793_527_200_000  # 2026-11-01T10:00:00Z
@@ -57,7 +57,7 @@ def run_once(path: Path) -> tuple[float, float, float, str, str]:
     CPU seconds (user + system) beside wall: on a shared machine the wall time counts the other
     processes' turns on the core, the CPU time only this process's work.
     """
-    command = [sys.executable, "-m", "pipeline", "compute", "--events", str(path)]
+    command = [sys.executable, "-m", "cli", "compute", "--events", str(path)]
     if hasattr(os, "sched_setaffinity"):
         command = ["taskset", "-c", "0", *command]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -74,7 +74,7 @@ def run_once(path: Path) -> tuple[float, float, float, str, str]:
 
 
 def engine() -> str:
-    """How `metering compute` runs here: "compiled" (make setup) or "interpreted" (see pipeline/native.py)."""
+    """How `metering compute` runs here: "compiled" (make setup) or "interpreted" (see pipeline/infra/native.py)."""
     done = subprocess.run(
         [sys.executable, "-c", "import pipeline; print(pipeline.ENGINE)"], capture_output=True, check=True, text=True
     )

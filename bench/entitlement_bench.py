@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import environment, write_result
 from consumers.entitlement import SWITCH_INTERVAL, EntitlementModel, EntitlementServer
-from pipeline.events import BalanceSnapshot
+from pipeline.contract.events import BalanceSnapshot
 
 P99_TARGET_MS = 5.0
 

@@ -1,6 +1,6 @@
 """Latency from a billing session becoming final to its row being queryable in ClickHouse.
 
-Live traffic (``pipeline.demo.DemoTraffic``: ``pipeline.traffic``'s conversations with event
+Live traffic (``devtools.demo.DemoTraffic``: ``devtools.traffic``'s conversations with event
 time = now, no garbage) runs at a steady rate through one worker process into the store. The
 allowed lateness is small (default 6 s) and the idle timeout 5 min, so the conversations that
 end with an end-of-conversation turn become final a few seconds after it, and many sessions
@@ -22,7 +22,7 @@ Per billing session emitted in the measurement window (after a warm-up):
 The store runs in this process (``serve_store`` in a thread, as ``metering run`` does),
 because an embedded chDB database is readable from the one process that opened it; the
 poller uses its own client on the same path. The traffic generator runs in a process of its
-own, the worker in another (``python -m pipeline worker``). The sink's own histogram
+own, the worker in another (``python -m cli worker``). The sink's own histogram
 (``metering_session_visible_delay_seconds``: emission to its offset commit) is reported too,
 as a cross-check.
 
@@ -72,11 +72,11 @@ from harness import (
 from rich.console import Console
 from rich.table import Table
 
+from cli.service import StoreEndpoints, serve_store
 from consumers.clickhouse import connect
-from consumers.service import StoreEndpoints, serve_store
-from pipeline import metrics
-from pipeline.demo import DemoTraffic
-from pipeline.local_kafka import LocalKafka
+from devtools.demo import DemoTraffic
+from devtools.local_kafka import LocalKafka
+from pipeline.infra import metrics
 from pipeline.rules.config import MINUTE, SECOND, RulesConfig
 from pipeline.settings import Settings
 
@@ -196,7 +196,7 @@ class Plan:
     console: Console
 
 
-def run_once(plan: Plan, index: int, batch: float) -> Run:
+def run_once(plan: Plan, index: int, batch: float) -> Run:  # noqa: PLR0912, PLR0915 - one measured scenario read top to bottom: start, drive, measure, stop
     broker, tmp, chdb, args, console = plan.broker, plan.tmp, plan.chdb, plan.args, plan.console
     label = f"run {index} (sink batch {batch:g} s)"
     run_dir = tmp / f"run-{index}-{batch:g}"

@@ -2,9 +2,9 @@
 
 Per run, on one local broker (fresh uuid-named topics and groups per run):
 
-1. the historical events of ``pipeline.traffic`` (fixed seed) are produced to the input topics
+1. the historical events of ``devtools.traffic`` (fixed seed) are produced to the input topics
    (not timed; the expected usage comes from ``metering compute`` on the same file, once);
-2. the store (``python -m pipeline sink``: sink, usage API, metrics, its own embedded chDB) is
+2. the store (``python -m cli sink``: sink, usage API, metrics, its own embedded chDB) is
    started and waits until its consumer has its partitions;
 3. the worker process(es) start: the clock starts, and stops when ClickHouse holds exactly the
    expected billing sessions (the sink's row counter reaches the expected count, then the
@@ -69,14 +69,14 @@ from harness import (
 from rich.console import Console
 from rich.table import Table
 
-from consumers.service import find_running_store, read_discovery
-from consumers.usage_command import usage_text
-from pipeline import traffic
+from cli.service import find_running_store, read_discovery
+from cli.usage_command import usage_text
+from devtools import traffic
+from devtools.local_kafka import LocalKafka
+from devtools.produce import produce
 from pipeline.compute import compute
-from pipeline.decode import to_ms
-from pipeline.local_kafka import LocalKafka
-from pipeline.produce import produce
-from pipeline.report import render
+from pipeline.contract.decode import to_ms
+from pipeline.infra.report import render
 from pipeline.rules.config import RulesConfig
 from pipeline.settings import Settings
 
@@ -245,7 +245,7 @@ class Plan:
     keep_files: bool
 
 
-def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) -> Run:
+def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) -> Run:  # noqa: PLR0912, PLR0915 - one measured scenario read top to bottom: start, drive, measure, stop
     """One measured run; with ``profile`` (output, seconds), py-spy records worker 0 from its first batch."""
     broker, tmp, path, expected = plan.broker, plan.tmp, plan.path, plan.expected
     workers, timeout, console = plan.workers, plan.timeout, plan.console
@@ -392,10 +392,10 @@ def run_once(plan: Plan, index: int, profile: tuple[Path, int] | None = None) ->
 
 
 def _start_store(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """`python -m pipeline sink`: its own process, with its own embedded chDB under the run's data dir."""
+    """`python -m cli sink`: its own process, with its own embedded chDB under the run's data dir."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "sink"],
+            [sys.executable, "-m", "cli", "sink"],
             env=child_env(settings),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -525,7 +525,10 @@ def _start_profiler(pid: int, profile: tuple[Path, int], run_dir: Path) -> subpr
 CATEGORIES: Final = (
     ("stream runtime (pipeline.runtime: consume, transactions, changelog)", ("/pipeline/runtime/",)),
     ("metering rules (pipeline.rules)", ("/pipeline/rules/",)),
-    ("decoding events, encoding records (pipeline.events, .records)", ("/pipeline/events.py", "/pipeline/records.py")),
+    (
+        "decoding events, encoding records (pipeline.contract.events, pipeline.stream.records)",
+        ("/pipeline/contract/events.py", "/pipeline/stream/records.py"),
+    ),
     ("worker glue (pipeline.stream)", ("/pipeline/stream/",)),
     ("confluent-kafka calls", ("confluent_kafka",)),
     ("prometheus_client", ("/prometheus_client/",)),
@@ -683,7 +686,7 @@ def report(
             "batch_size": Settings.batch_size,
             "batch_seconds": Settings.batch_seconds,
             "sink_batch_seconds": Settings.sink_batch_seconds,
-            "store": "separate process (python -m pipeline sink, embedded chDB)",
+            "store": "separate process (python -m cli sink, embedded chDB)",
         },
         "expected": {
             "events": expected.events,

@@ -29,7 +29,7 @@ import httpx
 import jwt
 
 from console.settings import ConsoleSettings
-from pipeline.logs import fields
+from pipeline.infra.logs import fields
 
 __all__ = [
     "LEEWAY_SECONDS",

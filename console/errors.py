@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consumers.clickhouse.errors import ClickHouseError
-from pipeline.logs import fields
-from pipeline.publish import PublishError
+from pipeline.infra.logs import fields
+from pipeline.infra.publish import PublishError
 
 __all__ = [
     "PUBLISH_RETRY_AFTER_SECONDS",

@@ -68,7 +68,7 @@ def create(settings: ConsoleSettings, data_dir: Path, *, account_id: str, user: 
     return code
 
 
-def redeem(context: ConsoleContext, code: str) -> tuple[str, Principal] | str:
+def redeem(context: ConsoleContext, code: str) -> tuple[str, Principal] | str:  # noqa: PLR0911 - one early answer per reason a link is refused
     """The session token and its principal for a valid code (the link is used up), else why not."""
     data_dir = context.extras.get("data_dir")
     if not isinstance(data_dir, Path):

@@ -1,4 +1,4 @@
-"""The console app served by uvicorn in a thread of the store process (``consumers.service``).
+"""The console app served by uvicorn in a thread of the store process (``cli.service``).
 
 The socket is bound here, before the thread starts, so a port in use fails at once with the
 setting to change; :meth:`ConsoleServer.start` returns once uvicorn accepts connections.
@@ -14,7 +14,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from pipeline.logs import fields
+from pipeline.infra.logs import fields
 
 __all__ = ["ConsoleServer"]
 
@@ -55,7 +55,7 @@ class ConsoleServer:
         sock.setblocking(False)
         config = uvicorn.Config(
             self.app,
-            log_config=None,  # the process's logging (pipeline.logs) stays as it is
+            log_config=None,  # the process's logging (pipeline.infra.logs) stays as it is
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,

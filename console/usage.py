@@ -20,8 +20,8 @@ from typing import Any, Final
 
 from console.tenancy import AccountScope
 from console.usage_range import UsageRange, local_midnight
-from pipeline.balance.agents import SeatTimeline
-from pipeline.decode import to_ms
+from pipeline.contract.decode import to_ms
+from pipeline.rules.agents import SeatTimeline
 from pipeline.rules.attribution import zone
 
 __all__ = ["METRICS", "UsagePoint", "UsageSeries", "assemble", "query_bounds", "usage_series"]

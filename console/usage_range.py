@@ -118,7 +118,7 @@ def parse_day(parameter: str, value: str) -> date:
     return day
 
 
-def resolve_range(
+def resolve_range(  # noqa: PLR0912 - one branch per range name and parameter check, each naming its parameter
     now: datetime,
     *,
     range_name: str | None,

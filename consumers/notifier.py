@@ -29,10 +29,10 @@ from typing import Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline import metrics
-from pipeline.events import BalanceAlert
-from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
-from pipeline.logs import fields
+from pipeline.contract.events import BalanceAlert
+from pipeline.infra import metrics
+from pipeline.infra.kafka import consumer_config, ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
 from pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)

@@ -1,45 +1,8 @@
 """The ClickHouse sink: ``billing-sessions`` from Kafka into ClickHouse, offsets committed once durable.
 
-A thin adapter over confluent-kafka: the storage it needs is the one-method
-:class:`~consumers.clickhouse.store.SessionWriter`, the consumer is anything shaped like
-:class:`KafkaConsumer` (the real ``confluent_kafka.Consumer`` in production, a fake in unit
-tests). Every consumer call, rebalance callbacks included, happens on the thread running
-:meth:`ClickHouseSink.run` (librdkafka serves the callbacks inside ``consume``), so the flush,
-the rebalance handling and the shutdown never interleave and need no lock.
-
-Flush contract (:meth:`ClickHouseSink._flush`); each step's guarantee holds for the next:
-
-1. Take the batch. The buffered messages move, as one batch, into ``pending`` before any
-   I/O; only step 4 clears ``pending``, so nothing taken from the consumer can be forgotten
-   by a failure, and no later commit can run while an earlier batch is unwritten.
-2. Insert one block per partition, ascending, each with the token
-   ``"{topic}:{partition}:{first_offset}-{last_offset}"``. A block holds that offset
-   range's valid records minus in-partition duplicates, so a token always stands for the
-   same rows and a retried block is dropped by ClickHouse as already seen. Each insert
-   (``SessionStore.insert``) is (a) the block, then (b) the recount of the ``usage_counts``
-   keys it touched (``consumers/clickhouse/counts.py``), and returns only after both; a block
-   is marked only then and not sent again while the batch is retried. A failure or a crash
-   between (a) and (b) leaves the block unmarked and its offsets uncommitted: the retry or
-   the redelivered batch sends it again, ClickHouse drops it as seen, and (b) runs.
-3. Commit, synchronously, ``last_offset + 1`` of every partition of the batch, ascending;
-   every partition's result is checked and an offset that does not increase is refused.
-   Invalid messages are inside those ranges: they are skipped, counted and logged, never
-   retried (they are our own output and cannot be re-emitted).
-4. Clear ``pending``, then record metrics (rows, last success, final-to-queryable delay,
-   lag) and resume the partitions if an outage had paused them.
-
-On a failure in step 2 or 3 the batch stays in ``pending`` and nothing is committed: the
-partitions are paused (memory stays bounded, the group membership is kept alive by polling),
-the same batch is retried with the same tokens after an exponential, jittered, bounded
-backoff, until it succeeds or stop is requested. Stopping during an outage commits nothing;
-the next run re-reads from the last commit and the store absorbs what it inserts again.
-
-Rebalances (cooperative-sticky): on revoke, what is buffered for the revoked partitions is
-written and committed once while they are still ours; if that fails, or a failed batch is
-pending for them, their data is dropped *uncommitted* and the new owner re-reads it. Lost
-partitions are dropped uncommitted (a commit would be refused anyway). Dropping uncommitted
-is always safe: re-read sessions are absorbed by the store (tokens, then ReplacingMergeTree
-and uniqExact sets).
+A thin adapter over confluent-kafka and the one-method ``SessionWriter``; every consumer call happens on
+the thread running :meth:`ClickHouseSink.run`, so flush, rebalance and shutdown need no lock. The flush
+contract, its failure handling and rebalances: docs/sink.md.
 """
 
 from __future__ import annotations
@@ -59,11 +22,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import SessionWriter
-from pipeline import failpoints
-from pipeline.events import BillingSessionRecord
-from pipeline.kafka import consumer_config
-from pipeline.logs import fields
-from pipeline.metrics import (
+from pipeline.contract.events import BillingSessionRecord
+from pipeline.infra import failpoints
+from pipeline.infra.kafka import consumer_config
+from pipeline.infra.logs import fields
+from pipeline.infra.metrics import (
     CONSUMER_LAG,
     FINAL_TO_QUERYABLE_SECONDS,
     SINK_BATCH_ROWS,
@@ -387,7 +350,7 @@ class ClickHouseSink:
 
     #: Whether a message's Kafka timestamp is when its record became final (final-to-queryable metric).
     timestamps_are_final: bool = True
-    #: The failpoint between insert and commit (pipeline/failpoints.py): one name per kind of sink.
+    #: The failpoint between insert and commit (pipeline/infra/failpoints.py): one name per kind of sink.
     after_insert_point: str = "sink.after_insert"
     invalid_message: str = (
         "skipped an invalid billing-sessions message: it is the stream workers' own output and cannot be "

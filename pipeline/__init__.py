@@ -1,9 +1,11 @@
 """Usage metering for conversational-AI platforms.
 
 ``ENGINE`` says how the rules engine runs in this process: "compiled" (mypyc, see
-``pipeline.native``) or "interpreted"; the results are the same either way.
+``pipeline.infra.native``) or "interpreted"; the results are the same either way.
 """
 
-from pipeline import native as _native
+from pipeline.infra import moved as _moved
+from pipeline.infra import native as _native
 
 ENGINE = _native.choose()
+_moved.install()  # transitional: old module paths for files other branches rewrite (pipeline/infra/moved.py)

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import IO, Final
 from zoneinfo import ZoneInfo
 
-from pipeline.agent_book import AGENT_COLUMNS, AgentBook
 from pipeline.balance.plans import TimeoutSchedule
-from pipeline.decode import decode_input
-from pipeline.events import (
+from pipeline.contract.decode import decode_input
+from pipeline.contract.events import (
     AgentsSubscribed,
     AgentTransfer,
     AlertDelivered,
@@ -42,8 +41,9 @@ from pipeline.events import (
     PlanChanged,
     Rejection,
 )
-from pipeline.progress import OnProgress
-from pipeline.report import Cell
+from pipeline.infra.progress import OnProgress
+from pipeline.infra.report import Cell
+from pipeline.rules.agent_book import AGENT_COLUMNS, AgentBook
 from pipeline.rules.attribution import (
     USAGE_COLUMNS,
     DayOf,
@@ -63,7 +63,7 @@ RUN_SIZE: Final = 400_000
 RESEND_WINDOW_MS: Final = 60 * MINUTE
 _FEW_COLLECTIONS: Final = (20_000, 20, 50)
 
-# Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.native).
+# Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.infra.native).
 _TURN: Final = ConversationTurn
 _TRANSFER: Final = AgentTransfer
 _ALERT: Final = AlertDelivered
@@ -120,9 +120,9 @@ class ComputeResult:
     timeouts: TimeoutSchedule = field(default_factory=TimeoutSchedule)
 
     def report(self, *, zero_fill: bool = False) -> tuple[tuple[str, ...], Sequence[Sequence[Cell]]]:
-        """The columns and rows `metering compute` prints: interfaces.md's eight, then R11's agents.
+        """The columns and rows `metering compute` prints: docs/interfaces.md's eight, then R11's agents.
 
-        By day the third column is ``day`` (interfaces.md), by any other period ``period``.
+        By day the third column is ``day`` (docs/interfaces.md), by any other period ``period``.
         ``zero_fill`` (for a run ``within`` days) adds a row of zeros for every period of those days
         without usage, for every app of ``apps``: the series the console shows, app by app.
         """

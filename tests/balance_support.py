@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.events import FundsAdded, PlanChanged, ms_to_datetime
+from pipeline.contract.events import FundsAdded, PlanChanged, ms_to_datetime
 from pipeline.rules.config import MINUTE
 from pipeline.rules.model import BillingSession, Kind
 from tests.support import T0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from consumers.clickhouse import Client, connect, migrate
-from pipeline.local_kafka import LocalKafka
+from devtools.local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")

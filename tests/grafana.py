@@ -163,7 +163,7 @@ class Grafana:
                 kept = kept[:1]
         self.selected[name] = kept if variable.get("multi") else (kept[0] if kept else "")
 
-    def _value(self, name: str, fmt: str | None, scoped: Mapping[str, Option]) -> str | None:
+    def _value(self, name: str, fmt: str | None, scoped: Mapping[str, Option]) -> str | None:  # noqa: PLR0911 - one return per Grafana variable format
         if name in scoped:
             value, text = scoped[name]
             return text if fmt == "text" else self._format([value], fmt, multi=False)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from consumers.clickhouse import Client, SessionStore
-from pipeline.records import billing_session_record
 from pipeline.rules.config import DAY, RulesConfig
 from pipeline.rules.meter import Meter, Outcome
 from pipeline.rules.model import BillingSession
+from pipeline.stream.records import billing_session_record
 from tests.support import T0, Conversation, alert, decode
 
 

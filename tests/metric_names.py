@@ -1,6 +1,6 @@
 """The Prometheus series the metering processes export, read from the metrics they register.
 
-Every process serves the default ``prometheus_client`` registry (``pipeline.metrics.serve``; the
+Every process serves the default ``prometheus_client`` registry (``pipeline.infra.metrics.serve``; the
 entitlement endpoint's ``/metrics`` is ``generate_latest()``), and a metric is registered there
 when the module defining it is imported. So every module of the project's packages (those
 ``pyproject.toml`` ships) is imported, and the registry's families are read back with the

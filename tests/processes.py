@@ -1,4 +1,4 @@
-"""Pipeline commands as real child processes (``python -m pipeline <command>``), as in production.
+"""Pipeline commands as real child processes (``python -m cli <command>``), as in production.
 
 Each process of a pool logs to ``<command>-<i>.log`` in the pool's directory; a process that
 serves metrics announces the URL in its log, which is where the tests find it.
@@ -32,7 +32,7 @@ class ChildProcesses:
         env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json", **extra_env}
         log = self.log_path(len(self.processes)).open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", self.command, *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cli", self.command, *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         self.processes.append(process)
         return process

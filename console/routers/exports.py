@@ -36,8 +36,8 @@ from console.errors import ApiError, bad_parameter
 from console.tenancy import AccountScope, check_scoped
 from console.usage_range import check_zone, local_midnight, parse_day
 from consumers.clickhouse.errors import ClickHouseError
-from pipeline.logs import fields
-from pipeline.sessions_export import SESSION_COLUMNS
+from consumers.reports.sessions import SESSION_COLUMNS
+from pipeline.infra.logs import fields
 
 router = billing_router(prefix="/api/v1", tags=["exports"])
 

@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse, Response
 from console.attachments import attachment
 from console.billing import Scope, require_prepaid
 from console.deps import billing_router
+from console.documents import render_invoice
 from console.errors import bad_parameter, not_found
 from pipeline.balance.money import format_amount
-from pipeline.orders.documents import render_invoice
 from pipeline.orders.events import InvoiceIssued
 
 router = billing_router(prefix="/api/v1", tags=["orders"])

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from console.context import ConsoleContext
 from console.deps import console_context, operator_router
-from consumers.plan_actions import order_json, query_extension_requests, query_order_state, requests_json
+from consumers.reports.operators import order_json, query_extension_requests, query_order_state, requests_json
 
 router = operator_router(tags=["operators"])
 

@@ -32,7 +32,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 import sql
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseWriteError
-from pipeline import failpoints
+from pipeline.infra import failpoints
 
 __all__ = ["BUCKET_MS", "Key", "bucket_of", "key_of", "recount", "recount_period"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from consumers.clickhouse.errors import ClickHouseWriteError
-from pipeline.events import BillingSessionRecord
+from pipeline.contract.events import BillingSessionRecord
 
 __all__ = ["FakeSessionWriter"]
 

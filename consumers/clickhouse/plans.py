@@ -23,11 +23,9 @@ from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import INSERT_SETTINGS
 from consumers.clickhouse.usage import Period, named_query, usage
-from pipeline.agent_book import AgentRow, period_last_day, with_agents
-from pipeline.balance.agents import SeatTimeline
 from pipeline.balance.money import format_money
-from pipeline.decode import to_ms
-from pipeline.events import (
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
     AccountChanged,
     AgentsSubscribed,
     AgentTransfer,
@@ -42,6 +40,8 @@ from pipeline.events import (
     PlanEvent,
 )
 from pipeline.orders.events import InvoiceIssued, OrderState
+from pipeline.rules.agent_book import AgentRow, period_last_day, with_agents
+from pipeline.rules.agents import SeatTimeline
 from pipeline.rules.attribution import UsageRow
 
 __all__ = [

@@ -35,7 +35,7 @@ from consumers.clickhouse.counts import BUCKET_MS, bucket_of, key_of, recount, r
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import INSERT_SETTINGS, SessionStore
 from consumers.clickhouse.usage import named_query, usage
-from pipeline.events import BillingSessionRecord
+from pipeline.contract.events import BillingSessionRecord
 from pipeline.rules.attribution import UsageRow
 
 __all__ = [

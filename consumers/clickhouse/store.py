@@ -31,7 +31,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.errors import ClickHouseWriteError
-from pipeline.events import EPOCH, BillingSessionRecord
+from pipeline.contract.events import EPOCH, BillingSessionRecord
 
 __all__ = ["COLUMNS", "TABLE", "SessionStore", "SessionWriter", "record_columns"]
 

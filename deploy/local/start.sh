@@ -9,7 +9,7 @@
 # Environment: KAFKA_HEAP_MB (default 512), KAFKA_START_TIMEOUT seconds
 # (default 60), METERING_KAFKA_DIST (a directory whose lib/ holds the jars).
 #
-# DATA_DIR layout (shared with pipeline/local_kafka.py):
+# DATA_DIR layout (shared with devtools/local_kafka.py):
 #   server.properties       rendered from deploy/local/server.properties
 #   local-kafka.properties  cluster.id, port, controller.port of this node
 #   kraft-logs/             topic data and the metadata log
@@ -27,7 +27,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dist="${METERING_KAFKA_DIST:-$here}"
 lib="$dist/lib"
 heap_mb="${KAFKA_HEAP_MB:-512}"
-# Templates come from the dist dir when it carries its own, as in pipeline/local_kafka.py.
+# Templates come from the dist dir when it carries its own, as in devtools/local_kafka.py.
 template() { if [[ -f "$dist/$1" ]]; then echo "$dist/$1"; else echo "$here/$1"; fi; }
 timeout="${KAFKA_START_TIMEOUT:-60}"
 

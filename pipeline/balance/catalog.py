@@ -20,7 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from pipeline.balance.money import is_currency
-from pipeline.events import (
+from pipeline.contract.events import (
     Currency,
     DecimalString,
     Id,

@@ -1,40 +1,9 @@
 """R12 balances: funds in, priced final billing sessions out, one alert per crossing.
 
-One ``AppBalance`` per app holds everything its balance depends on, as msgspec structs, so an
-adapter can persist it between any two inputs and carry on after a restart as if nothing had
-happened. Three inputs change it, each idempotent:
-
-- ``apply_funds``: a ``funds_added``, deduplicated by ``event_id`` (ids kept for good: top-ups
-  are few, and money is never refused);
-- ``apply_plan``: a ``plan_changed``, deduplicated by ``(occurred_at, event_id)``; sessions
-  already charged whose start falls in the new plan's time in force are re-priced;
-- ``charge``: a final billing session, deduplicated by ``billing_session_id``.
-
-**Order independence.** The balance is a sum, so the final funds, costs, balance and status
-are the same for any order and any duplication of the same inputs, provided every input
-arrives within the dedupe horizon (below) of the newest session of its app. Alerts are what
-was observed in processing order: exactly one per status crossing, in the order inputs were
-applied (a different order can cross differently; the end state is the same).
-
-**Bounded dedupe of sessions.** Charged sessions are remembered by ``billing_session_id`` in
-buckets by the UTC day of their *close instant* (the end of their conversation session; an
-alert's delivery). Each app has a clock, the latest close instant it has charged; buckets
-more than ``dedupe_horizon_ms`` (7 days by default) behind it are settled: their ids are
-dropped, their cost stays. A session that closes on a settled day is *late*: it is not
-charged (it might be a copy of a session already paid for) and is handed back for
-reconciliation. We rely on one property of the upstream: copies of a session (an
-at-least-once re-delivery after a crash, a replay of the topic) arrive before its app's
-clock moves more than the horizon past it; copies later than that are late, never charged
-twice. A session is emitted its idle timeout (plus lateness) after its close instant, so the
-horizon must also exceed how much those delays differ within one app: up to 24 h for
-conversations held open by an agent transfer, up to 14 days if an app's plan moves its idle
-timeout between 5 minutes and 14 days.
-
-**Alert ids.** ``alert_event_id`` names the app, the crossing's ordinal for the app (1, 2, ...)
-and its state. Restoring the state saved before a crash and re-applying the same inputs gives
-the same ids, so a consumer of ``balance-alerts`` drops the copies. Should the re-applied
-order differ, a different crossing gets a different id: a consumer sees one alert too many
-rather than one too few.
+One ``AppBalance`` per app holds everything its balance depends on (msgspec structs an adapter persists
+between any two inputs). Three idempotent inputs change it: ``apply_funds``, ``apply_plan`` (re-prices the
+sessions the new plan covers) and ``charge``. Order independence, the dedupe horizon, late sessions and
+alert ids: docs/balances.md ("Balance", "Balance alerts").
 """
 
 from __future__ import annotations
@@ -54,8 +23,8 @@ from pipeline.balance.plans import (
     is_unlimited,
     plan_at,
 )
-from pipeline.decode import to_ms
-from pipeline.events import (
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
     BalanceAlert,
     ExtensionDeclined,
     ExtensionGranted,
@@ -490,7 +459,7 @@ def advance(state: AppBalance, t_ms: int) -> list[BalanceAlert]:
     return _crossing(state, t_ms)
 
 
-def apply_plan(state: AppBalance, event: PlanChanged) -> Step:
+def apply_plan(state: AppBalance, event: PlanChanged) -> Step:  # noqa: PLR0912 - the plan timeline's cases (first, replaced, superseded, same instant) side by side
     """Add a plan to the timeline and re-price what it now prices.
 
     The new plan is in force from its ``effective_at`` to the next plan's; sessions starting in
@@ -558,7 +527,7 @@ def apply_plan(state: AppBalance, event: PlanChanged) -> Step:
     return Step(Outcome.APPLIED, _crossing(state, begins))
 
 
-#: The billing-plans events an app's balance applies (seats are ``pipeline.balance.agents``'s).
+#: The billing-plans events an app's balance applies (seats are ``pipeline.rules.agents``'s).
 LedgerEvent = (
     PlanChanged | FundsAdded | FundsRefunded | ExtensionRequested | ExtensionGranted | ExtensionDeclined | OwnerChanged
 )
@@ -679,7 +648,7 @@ class Ledger:
         return apply_plan(self.app(event.app_id), event).alerts
 
     def apply(self, event: LedgerEvent) -> list[BalanceAlert]:
-        """Any billing-plans event but seats (``pipeline.balance.agents`` keeps those)."""
+        """Any billing-plans event but seats (``pipeline.rules.agents`` keeps those)."""
         return apply_event(self.app(event.app_id), event).alerts
 
     def plan_at(self, app_id: str, t_ms: int) -> Plan | None:

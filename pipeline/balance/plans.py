@@ -28,8 +28,8 @@ from typing import Final
 from msgspec import Struct, field
 
 from pipeline.balance.periods import add_months
-from pipeline.decode import to_ms
-from pipeline.events import PlanChanged, parse_decimal
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import PlanChanged, parse_decimal
 from pipeline.rules.config import DAY, MINUTE
 from pipeline.rules.model import Kind
 

@@ -29,8 +29,15 @@ from msgspec import Struct
 from msgspec import field as struct_field
 
 from pipeline.balance.money import ZERO, format_amount, format_money, sub
-from pipeline.decode import to_ms
-from pipeline.events import AccountChanged, BillingType, FundsAdded, FundsRefunded, ms_to_datetime, parse_decimal
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
+    AccountChanged,
+    BillingType,
+    FundsAdded,
+    FundsRefunded,
+    ms_to_datetime,
+    parse_decimal,
+)
 from pipeline.orders.events import (
     InvoiceIssued,
     InvoiceLine,
@@ -44,7 +51,7 @@ from pipeline.rules.billing import derived_id
 
 Outcome = Literal["applied", "duplicate", "unmatched", "inapplicable", "refused"]
 
-#: What a provider's answer may put in an order, as a ``payment_updated`` message may (``pipeline.events``).
+#: What a provider's answer may put in an order, as a ``payment_updated`` message may (``pipeline.contract.events``).
 ID_LENGTH: Final = 128
 TEXT_LENGTH: Final = 1000
 
@@ -160,7 +167,7 @@ def create_order(book: AccountOrders, event: OrderCreated, started: PaymentOutco
     return step
 
 
-def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> Step:
+def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> Step:  # noqa: PLR0911 - one outcome per payment transition
     """Apply a provider's word; only pending -> paid | failed and paid -> refunded change anything."""
     if event.event_id in book.payments_seen:
         return Step("duplicate")

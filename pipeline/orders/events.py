@@ -16,8 +16,8 @@ from typing import Final, Literal
 import msgspec
 from msgspec import Struct
 
-from pipeline.decode import to_ms
-from pipeline.events import (
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import (
     EARLIEST_MS,
     MAX_FUTURE_MS,
     MAX_PAYLOAD_BYTES,
@@ -142,8 +142,8 @@ def encode(record: OrderMessage) -> bytes:
     return _encoder.encode(record)
 
 
-def decode_order_message(payload: bytes | None, now_ms: int) -> OrderMessage | Rejection:
-    """One billing-orders message, validated as ``pipeline.decode`` validates input events."""
+def decode_order_message(payload: bytes | None, now_ms: int) -> OrderMessage | Rejection:  # noqa: PLR0911 - one Rejection per validation step, as pipeline.contract.decode
+    """One billing-orders message, validated as ``pipeline.contract.decode`` validates input events."""
     if payload is None:
         return Rejection("not_json", "empty message (no value)")
     if len(payload) > MAX_PAYLOAD_BYTES:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hashlib import blake2b
 from typing import Final
 
-from pipeline.events import AlertDelivered
+from pipeline.contract.events import AlertDelivered
 from pipeline.rules.config import SESSION_LENGTH_MS, VOICE_CHANNELS
 from pipeline.rules.model import BillingSession, Kind, Segment
 

@@ -22,7 +22,7 @@ from typing import Final, Protocol
 
 from msgspec.structs import astuple
 
-from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn
+from pipeline.contract.events import AgentTransfer, AlertDelivered, ConversationTurn
 from pipeline.rules.billing import bill_alert, bill_segment
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.rules.model import (
@@ -43,7 +43,7 @@ from pipeline.rules.model import (
 )
 from pipeline.rules.segmentation import gap_limit, horizon, split
 
-# Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.native).
+# Hot-path names as Finals of this module: compiled, a C global rather than a dict lookup (pipeline.infra.native).
 _TURN: Final = ConversationTurn
 _TRANSFER: Final = AgentTransfer
 _astuple: Final = astuple
@@ -104,7 +104,7 @@ class ConversationState:
     ``events`` holds only events of sessions not yet final, sorted. ``seen`` maps event ids to
     their time, for deduplication, and outlives the events by the dedupe horizon. The ``tail_*``
     fields describe the last open session so that an in-order event costs O(1). A plain class,
-    not a Struct, because compiled (``pipeline.native``) its fields are read at C speed.
+    not a Struct, because compiled (``pipeline.infra.native``) its fields are read at C speed.
     """
 
     __slots__ = (
@@ -297,7 +297,7 @@ class Meter:
 
     # -- input ---------------------------------------------------------------------------
 
-    def apply(self, t: int, event: ConversationTurn | AgentTransfer | AlertDelivered) -> Outcome:
+    def apply(self, t: int, event: ConversationTurn | AgentTransfer | AlertDelivered) -> Outcome:  # noqa: PLR0911, PLR0912, PLR0915 - the per-event hot path, flat on purpose for mypyc (see its docstring)
         """Apply one event received now; billing sessions it finalizes land in ``sessions``.
 
         The in-order path is written out flat: it runs for nearly every event of a stream.
@@ -554,7 +554,7 @@ class Meter:
             if conv is not None and conv.scheduled == when:
                 self._finalize_due(key, conv, clock)
 
-    def _finalize_due(self, key: str, conv: ConversationState, clock: int) -> None:
+    def _finalize_due(self, key: str, conv: ConversationState, clock: int) -> None:  # noqa: PLR0912 - finalization's cases in one place, on the compiled hot path
         conv.scheduled = FOREVER
         events = conv.events
         if events[0][EVENT_ID] == conv.tail_first:

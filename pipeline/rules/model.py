@@ -62,7 +62,7 @@ class BillingSession(Struct, frozen=True, kw_only=True, gc=False):
 class Segment:
     """A conversation session (R2) with what R3-R6 need to bill it.
 
-    A plain class: compiled (``pipeline.native``), one is built per conversation session.
+    A plain class: compiled (``pipeline.infra.native``), one is built per conversation session.
     """
 
     __slots__ = (

@@ -31,7 +31,7 @@ def gap_limit(timeout_ms: int, transfer_open: bool, open_transfer_timeout_ms: in
     return max(timeout_ms, open_transfer_timeout_ms) if transfer_open else timeout_ms
 
 
-def split(
+def split(  # noqa: PLR0912, PLR0915 - R5-R7 segmentation as one pass over a conversation (compiled)
     events: list[Buffered],
     timeout_at: Callable[[int], int],
     open_transfer_timeout_ms: int,

@@ -17,8 +17,8 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline.kafka import KafkaSetupError, consumer_config
-from pipeline.logs import fields
+from pipeline.infra.kafka import KafkaSetupError, consumer_config
+from pipeline.infra.logs import fields
 from pipeline.runtime.processor import Topology
 from pipeline.runtime.state import Backend, PartitionStore
 from pipeline.settings import Settings
@@ -58,7 +58,7 @@ def reader(settings: Settings, name: str) -> Consumer:
     )
 
 
-def restore(settings: Settings, backends: Mapping[tuple[str, int], Backend]) -> dict[tuple[str, int], int]:
+def restore(settings: Settings, backends: Mapping[tuple[str, int], Backend]) -> dict[tuple[str, int], int]:  # noqa: PLR0912 - the restore loop: assign, poll, each end condition of a partition
     """Bring each ``(changelog topic, partition)``'s backend up to the changelog's end; records read per partition.
 
     A backend resumes from its own changelog offset (a RocksDB store kept on disk), or from the

@@ -33,9 +33,9 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from pipeline import failpoints
-from pipeline.kafka import producer_config
-from pipeline.logs import fields
+from pipeline.infra import failpoints
+from pipeline.infra.kafka import producer_config
+from pipeline.infra.logs import fields
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from typing import Final
 import msgspec
 from msgspec import Struct
 
-from pipeline.balance.agents import SeatTimeline
 from pipeline.balance.ledger import (
     AppBalance,
     BalanceConfig,
@@ -37,8 +36,8 @@ from pipeline.balance.ledger import (
     entitled,
 )
 from pipeline.balance.money import ZERO, format_money, sub
-from pipeline.decode import decode_event
-from pipeline.events import (
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import (
     AgentsSubscribed,
     BalanceAlert,
     BalanceSnapshot,
@@ -52,11 +51,12 @@ from pipeline.events import (
     Rejection,
     ms_to_datetime,
 )
-from pipeline.kafka import partition_of
-from pipeline.records import billing_session_of, dead_letter
+from pipeline.infra.kafka import partition_of
+from pipeline.rules.agents import SeatTimeline
 from pipeline.rules.config import DAY, HOUR
 from pipeline.rules.meter import Outcome
 from pipeline.rules.model import Kind
+from pipeline.stream.records import billing_session_of, dead_letter
 
 SEP: Final = "\x1e"
 KINDS: Final[tuple[Kind, ...]] = ("usage", "alert", "voice")

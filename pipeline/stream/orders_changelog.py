@@ -24,7 +24,7 @@ from typing import Final, Literal
 import msgspec
 from msgspec import Struct
 
-from pipeline.events import BillingType
+from pipeline.contract.events import BillingType
 from pipeline.orders.book import AccountOrders, Order
 
 SEP: Final = "\x1e"

@@ -17,9 +17,9 @@ from typing import Final
 
 import msgspec
 
-from pipeline.decode import decode_input
-from pipeline.events import AccountChanged, DeadLetter, FundsAdded, FundsRefunded, Rejection
-from pipeline.kafka import partition_of
+from pipeline.contract.decode import decode_input
+from pipeline.contract.events import AccountChanged, DeadLetter, FundsAdded, FundsRefunded, Rejection
+from pipeline.infra.kafka import partition_of
 from pipeline.orders.book import (
     AccountOrders,
     Order,
@@ -32,9 +32,9 @@ from pipeline.orders.book import (
 from pipeline.orders.events import InvoiceIssued, OrderCreated, OrderState, PaymentUpdated, decode_order_message
 from pipeline.orders.events import encode as encode_order_message
 from pipeline.orders.providers import PaymentProvider
-from pipeline.records import encode as encode_record
 from pipeline.stream import orders_changelog as changelog
 from pipeline.stream.balance_partition import Input, reject
+from pipeline.stream.records import encode as encode_record
 
 #: The largest record (key and value) the processor produces: far below the producer's
 #: ``message.max.bytes`` (1 MiB) and the broker's default ``max.message.bytes``, which a record
@@ -129,7 +129,7 @@ class OrderPartition:
             self._changes.update(changelog.records_of(self.books[account]))
         return sorted(restored.legacy)
 
-    def apply(self, message: Input, now_ms: int, out: OrderOutputs) -> None:
+    def apply(self, message: Input, now_ms: int, out: OrderOutputs) -> None:  # noqa: PLR0911 - one return per input topic and refusal
         """Apply one message; bad ones become dead letters in ``out``, with the reason."""
         if message.topic == self.accounts_topic:
             self._apply_account(message, now_ms, out)

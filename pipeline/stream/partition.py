@@ -14,8 +14,8 @@ from typing import Final
 
 import msgspec
 
-from pipeline.decode import decode_event
-from pipeline.events import (
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import (
     DEFAULT_TOPIC_OF_TYPE,
     AgentTransfer,
     AlertDelivered,
@@ -26,8 +26,7 @@ from pipeline.events import (
     LateRecord,
     Rejection,
 )
-from pipeline.partitioner import partition_of
-from pipeline.records import billing_session_record, dead_letter, late_record
+from pipeline.contract.partitioner import partition_of
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.rules.meter import (
     NEVER,
@@ -41,6 +40,7 @@ from pipeline.rules.meter import (
     PartitionClock,
 )
 from pipeline.runtime.processor import Record
+from pipeline.stream.records import billing_session_record, dead_letter, late_record
 
 CLOCK_KEY: Final = "p"
 #: Conversation ids whose partition is remembered (then forgotten all at once: a bounded cache).
@@ -128,7 +128,7 @@ class PartitionMeter:
                     alerts.append((archived, _decode_archived_alert(value)[1]))
         self.meter.restore(clock, conversations, alerts)
 
-    def process(
+    def process(  # noqa: PLR0912 - the batch loop of the compiled worker, one branch per message outcome
         self, messages: Iterable[Message], now_ms: int, max_clock_skew_ms: int, *, lagging: Iterable[str] = ()
     ) -> BatchResult:
         """Apply a batch of this partition's messages in order; outputs and state changes out.

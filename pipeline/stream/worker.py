@@ -17,10 +17,9 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Final
 
-from pipeline import metrics
-from pipeline.kafka import ensure_topics, wait_for_broker
-from pipeline.logs import fields
-from pipeline.records import encode
+from pipeline.infra import metrics
+from pipeline.infra.kafka import ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
 from pipeline.rules.config import SECOND, IdleTimeouts
 from pipeline.runtime import (
     Effects,
@@ -35,6 +34,7 @@ from pipeline.settings import Settings
 from pipeline.stream.archive import StoreArchive
 from pipeline.stream.partition import CLOCK_KEY, BatchResult, PartitionMeter
 from pipeline.stream.plans import PlanFeed
+from pipeline.stream.records import encode
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The browser tests' account data: about 100 days of realistic traffic, metered by the real engine.
 
-Conversations come from :mod:`pipeline.traffic` (the demo's generator), a day at a time with a
+Conversations come from :mod:`devtools.traffic` (the demo's generator), a day at a time with a
 weekday rhythm so the graphs have a shape; the rules engine (:class:`~pipeline.rules.meter.Meter`,
 the one the workers and `metering compute` run) turns them into billing sessions. The tests then
 publish those sessions, the transfers and the plan events to the real topics, so the store's sinks
@@ -14,11 +14,11 @@ from typing import Any, Final
 
 import msgspec
 
+from devtools.traffic import TrafficShape, apps, live
 from pipeline.balance.catalog import load_catalog
-from pipeline.events import format_ms, ms_to_datetime
+from pipeline.contract.events import format_ms, ms_to_datetime
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.model import BillingSession
-from pipeline.traffic import TrafficShape, apps, live
 from tests.support import in_time_order, meter_run
 
 DAY: Final = 24 * 60 * MINUTE

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_kafka import LocalKafka
+from devtools.local_kafka import LocalKafka
 from pipeline.settings import Settings
 from tests.faults.harness import StoreProcess, WorkerPool
 from tests.integration.conftest import create_topics, settings

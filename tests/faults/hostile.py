@@ -46,7 +46,7 @@ def _turn(i: int, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if v is not None}
 
 
-def _payload(kind: str, i: int, rng: random.Random) -> bytes:
+def _payload(kind: str, i: int, rng: random.Random) -> bytes:  # noqa: PLR0911, PLR0912 - one branch per kind of hostile payload
     if kind == "random_bytes":
         return b"\xfe" + rng.randbytes(rng.randint(8, 400)) + i.to_bytes(4, "big")
     if kind == "invalid_utf8":

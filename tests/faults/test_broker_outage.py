@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_kafka import LocalKafka
+from devtools.local_kafka import LocalKafka
 from pipeline.rules.config import DAY
 from pipeline.settings import Settings
 from tests.faults.harness import (

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import yaml
 
-from pipeline.local_kafka import free_port
+from devtools.local_kafka import free_port
 
 RULES: Final = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 #: Scrapes and rule evaluations every second, so that a test waits seconds, not minutes.

@@ -1,6 +1,6 @@
 """A 1,000,000-session export from the real store process: flat memory, and the sink keeps inserting.
 
-The store (``python -m pipeline sink``: chDB, sink, console) holds an embedded database that a
+The store (``python -m cli sink``: chDB, sink, console) holds an embedded database that a
 child process filled with a million billing sessions beforehand. While a client downloads them
 all through ``/api/v1/sessions.csv``, slowly, billing sessions of another account are produced to
 the broker: the sink must go on inserting them (they show in that account's usage during the
@@ -26,8 +26,8 @@ from confluent_kafka import Producer
 
 from console.auth import issue_token
 from console.settings import ConsoleSettings
-from pipeline.events import BillingSessionRecord
-from pipeline.kafka import producer_config
+from pipeline.contract.events import BillingSessionRecord
+from pipeline.infra.kafka import producer_config
 from pipeline.settings import Settings, Topics
 from tests.faults.harness import StoreProcess
 from tests.support import wait_until
@@ -116,7 +116,7 @@ def live_records(n: int) -> list[BillingSessionRecord]:
     ]
 
 
-def test_a_million_session_export_keeps_memory_flat_while_the_sink_inserts(
+def test_a_million_session_export_keeps_memory_flat_while_the_sink_inserts(  # noqa: PLR0915 - one scenario read top to bottom
     store: tuple[StoreProcess, Settings],
 ) -> None:
     process, settings = store

@@ -26,15 +26,15 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from cli.main import main
+from cli.service import StoreEndpoints
+from cli.usage_command import usage_text
 from consumers.clickhouse import Client, migrate
 from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.reconcile import StoredSession, runs, snapshot
-from consumers.service import StoreEndpoints
-from consumers.usage_command import usage_text
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.events import LateRecord
-from pipeline.produce import produce
+from devtools import traffic
+from devtools.produce import produce
+from pipeline.contract.events import LateRecord
 from pipeline.rules.attribution import USAGE_COLUMNS
 from pipeline.rules.config import HOUR
 from pipeline.settings import Settings
@@ -160,7 +160,7 @@ def store_again(client: Client, database: str, s: StoredSession, *, new_id: str 
     recount(client, database, [key_of(s.account_id, s.app_id, s.started_ms)])  # as every writer does
 
 
-def test_clean_then_damaged_then_late_reconcile_finds_repairs_and_audits(
+def test_clean_then_damaged_then_late_reconcile_finds_repairs_and_audits(  # noqa: PLR0915 - one scenario read top to bottom
     settings: Settings, store: StoreEndpoints, workers: Workers, chdb_client: Client, tmp_path: Path
 ) -> None:
     database = settings.clickhouse_database

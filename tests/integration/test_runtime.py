@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline import failpoints
+from pipeline.infra import failpoints
 from pipeline.runtime import Effects, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
 from pipeline.runtime.restore import restore
 from pipeline.runtime.state import MemoryBackend, RocksBackend

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import traffic
-from pipeline.partitioner import partition_of
+from devtools import traffic
+from pipeline.contract.partitioner import partition_of
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.runtime.processor import Record
 from pipeline.runtime.state import PartitionStore, RocksBackend

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.balance.agents import (
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import AgentsSubscribed, AgentTransfer, ms_to_datetime
+from pipeline.rules.agents import (
     ActiveAgents,
     SeatChange,
     SeatTimeline,
@@ -18,8 +20,6 @@ from pipeline.balance.agents import (
     day_start_ms,
     seats_per_day,
 )
-from pipeline.decode import to_ms
-from pipeline.events import AgentsSubscribed, AgentTransfer, ms_to_datetime
 from pipeline.rules.config import DAY, HOUR, MINUTE
 from pipeline.rules.meter import Outcome
 

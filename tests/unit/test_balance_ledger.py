@@ -25,7 +25,7 @@ from pipeline.balance.ledger import (
     charge,
     entitled,
 )
-from pipeline.events import BalanceAlert, FundsAdded, PlanChanged, ms_to_datetime
+from pipeline.contract.events import BalanceAlert, FundsAdded, PlanChanged, ms_to_datetime
 from pipeline.rules.billing import derived_id
 from pipeline.rules.config import DAY, HOUR, MINUTE
 from pipeline.rules.meter import Outcome

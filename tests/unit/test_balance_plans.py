@@ -7,7 +7,7 @@ from decimal import Decimal
 import msgspec
 
 from pipeline.balance.plans import Plan, PlanBook, PlanTimeline, is_unlimited
-from pipeline.events import PlanChanged
+from pipeline.contract.events import PlanChanged
 from pipeline.rules.config import HOUR, MINUTE
 from tests.balance_support import APP, plan
 from tests.support import T0

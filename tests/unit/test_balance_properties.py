@@ -29,8 +29,8 @@ from pipeline.balance.ledger import (
     charge,
     status_of,
 )
-from pipeline.decode import to_ms
-from pipeline.events import BalanceAlert, FundsAdded, PlanChanged
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import BalanceAlert, FundsAdded, PlanChanged
 from pipeline.rules.config import DAY, HOUR, MINUTE
 from pipeline.rules.meter import Outcome
 from pipeline.rules.model import BillingSession, Kind

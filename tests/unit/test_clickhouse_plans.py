@@ -12,7 +12,7 @@ from typing import Any
 from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.plans import PlanStore, active_agents, record_key, seat_timelines, usage_with_agents
 from consumers.clickhouse.usage import usage
-from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, BillingSessionRecord
+from pipeline.contract.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, BillingSessionRecord
 from tests.balance_support import funds, plan
 
 ACCOUNT = "acme"

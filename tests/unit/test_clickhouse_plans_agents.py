@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from cli.main import main
 from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.plans import PlanStore
-from consumers.usage_report import usage_query, usage_report
-from pipeline.cli import main
-from pipeline.events import format_ms
-from pipeline.records import billing_session_record
+from consumers.reports.usage import usage_query, usage_report
+from pipeline.contract.events import format_ms
 from pipeline.rules.config import MINUTE
+from pipeline.stream.records import billing_session_record
 from tests.support import T0, Conversation, decode, meter_run
 
 DAY = 24 * 60 * MINUTE

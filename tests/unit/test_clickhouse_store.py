@@ -16,7 +16,7 @@ import pytest
 from consumers.clickhouse import ClickHouseWriteError, Client, SessionStore, usage
 from consumers.clickhouse.fake import FakeSessionWriter
 from consumers.clickhouse.store import SessionWriter
-from pipeline.events import BillingSessionRecord
+from pipeline.contract.events import BillingSessionRecord
 
 # -- fixtures: one chDB per process, one database per test ----------------------------------------
 

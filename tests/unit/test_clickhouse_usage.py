@@ -16,8 +16,8 @@ import pytest
 
 from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.usage import Period, UnknownZoneError, named_query
-from pipeline.decode import to_ms
-from pipeline.events import BillingSessionRecord, ms_to_datetime
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import BillingSessionRecord, ms_to_datetime
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageBook, UsageRow, zone
 from pipeline.rules.model import BillingSession, Kind
 

@@ -1,4 +1,4 @@
-"""`metering compute` as `interfaces.md` fixes it: columns, formats, zones, bad lines, exit codes."""
+"""`metering compute` as `docs/interfaces.md` fixes it: columns, formats, zones, bad lines, exit codes."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
+from cli.main import main
+from devtools import traffic
 from pipeline import compute as compute_module
-from pipeline import traffic
-from pipeline.cli import main
 from pipeline.rules.config import RulesConfig
 from tests.support import T0, Conversation, alert, in_time_order
 
-#: interfaces.md fixes the first eight columns; R11's seats and active agents follow them.
+#: docs/interfaces.md fixes the first eight columns; R11's seats and active agents follow them.
 HEADER = (
     "account_id,app_id,day,conversations,usage_sessions,voice_sessions,alert_sessions,billing_sessions"
     ",agents,active_agents"

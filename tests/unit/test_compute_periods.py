@@ -21,11 +21,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.decode import to_ms
-from pipeline.events import format_ms
+from cli.main import main
+from consumers.reports.sessions import SESSION_COLUMNS
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import format_ms
 from pipeline.rules.attribution import period_label, period_labels
-from pipeline.sessions_export import SESSION_COLUMNS
 from tests.support import T0, Conversation, alert, in_time_order
 
 DAY_MS = 86_400_000
@@ -375,7 +375,7 @@ def test_sessions_export_formats(tmp_path: Path) -> None:
 def test_csv_neutralises_formulas_and_keeps_numbers_json_keeps_the_text() -> None:
     """CSV (compute, usage, the sessions export) is opened in spreadsheets: text that would run as a formula gets
     a leading ' (OWASP); numbers, and text that is a plain decimal number (a balance of -5.00), stay as they are."""
-    from pipeline.report import render, spreadsheet_safe  # noqa: PLC0415
+    from pipeline.infra.report import render, spreadsheet_safe  # noqa: PLC0415
 
     cells = ["=1+1", "+33 1 23", "-1+2", "@SUM(A1)", "\tx", "\rx", "ok", "-5.00", "+7", "", None, -3, 2.5]
     assert [spreadsheet_safe(c) for c in cells] == [

@@ -24,7 +24,7 @@ from pypdf import PdfReader
 from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
 from pipeline.balance.catalog import parse_catalog
-from pipeline.events import AccountChanged, format_ms
+from pipeline.contract.events import AccountChanged, format_ms
 from pipeline.orders.events import OrderState
 from tests.console_support import (
     ACCOUNT,
@@ -650,7 +650,7 @@ class _BrokersDown:
         self.tries = 0
 
     def publish(self, topic: str, key: str, value: bytes) -> None:
-        from pipeline.publish import PublishError  # noqa: PLC0415
+        from pipeline.infra.publish import PublishError  # noqa: PLC0415
 
         self.tries += 1
         raise PublishError(f"no acknowledgement for an event for {topic} in 30 s")

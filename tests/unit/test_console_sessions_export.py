@@ -18,14 +18,14 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from cli.main import main
 from console.routers import exports
 from console.routers.exports import MAX_CONCURRENT_EXPORTS, MAX_EXPORTS_PER_ACCOUNT, ExportSlots
 from consumers.clickhouse import Client, migrate
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, SessionVoid, apply_batch
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.decode import to_ms
-from pipeline.sessions_export import SESSION_COLUMNS
+from consumers.reports.sessions import SESSION_COLUMNS
+from devtools import traffic
+from pipeline.contract.decode import to_ms
 from tests.console_support import bearer, console_settings, fill, http, make_app, token
 from tests.support import Conversation, in_time_order, wait_until
 

@@ -23,11 +23,11 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from cli.main import main
 from consumers.clickhouse import Client, migrate
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.decode import to_ms
-from pipeline.events import format_ms
+from devtools import traffic
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import format_ms
 from pipeline.rules.attribution import period_label
 from tests.console_support import bearer, console_settings, fill, http, make_app, token
 

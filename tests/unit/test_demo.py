@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from pipeline import traffic
+from devtools import traffic
+from devtools.demo import DemoTraffic, plan_events
 from pipeline.balance.catalog import load_catalog
-from pipeline.decode import decode_event
-from pipeline.demo import DemoTraffic, plan_events
-from pipeline.events import Rejection
-from pipeline.kafka import PARTITIONER
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import Rejection
+from pipeline.infra.kafka import PARTITIONER
 from pipeline.settings import Settings
 
 JITTER_S = traffic.TrafficShape().jitter_ms / 1000

@@ -1,10 +1,10 @@
-"""pipeline/failpoints.py: the spec parser and the ``fail`` window (tests/faults exercise ``kill``)."""
+"""pipeline/infra/failpoints.py: the spec parser and the ``fail`` window (tests/faults exercise ``kill``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline import failpoints
+from pipeline.infra import failpoints
 
 
 def test_parse_reads_every_action() -> None:

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
-from pipeline.decode import decode_event, to_ms
-from pipeline.events import (
+from pipeline.contract.decode import decode_event, to_ms
+from pipeline.contract.events import (
     DEAD_LETTER_PAYLOAD_BYTES,
     MAX_PAYLOAD_BYTES,
     ConversationTurn,
@@ -33,7 +33,7 @@ from pipeline.events import (
     Rejection,
     format_ms,
 )
-from pipeline.records import dead_letter, encode
+from pipeline.stream.records import dead_letter, encode
 
 NOW = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 HOUR = 3_600_000
@@ -376,7 +376,7 @@ def test_deep_nesting_does_not_crash_the_process() -> None:
     script = textwrap.dedent(
         """
         import sys
-        from pipeline.decode import decode_event
+        from pipeline.contract.decode import decode_event
         head = b'{"type":"conversation_turn","event_id":"e","occurred_at":"2026-11-01T10:00:00Z",'
         for depth in (30_000, 100_000):
             for open_, close in ((b"[", b"]"), (b'{"a":', b"}")):

@@ -1,4 +1,4 @@
-"""Which broker is a data directory's own (``pipeline.local_kafka.running_broker``), without a broker.
+"""Which broker is a data directory's own (``devtools.local_kafka.running_broker``), without a broker.
 
 A process whose command line looks like a Kafka JVM's stands in for a broker: what `metering run`,
 `metering produce|usage|plans|orders` (``cli.with_data_dir_broker``) and ``LocalKafka.start`` decide
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_kafka import (
+from devtools.local_kafka import (
     CONFIG_FILE,
     MAIN_CLASS,
     PID_FILE,

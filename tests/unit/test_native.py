@@ -1,4 +1,4 @@
-"""The compiled rules engine (pipeline/native.py): same results as the source, never a stale build.
+"""The compiled rules engine (pipeline/infra/native.py): same results as the source, never a stale build.
 
 The parity tests run `metering compute`'s engine in two fresh interpreters, one compiled and one
 with ``METERING_INTERPRETED=1``, over the same files, and compare every billing session.
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from pipeline import native, traffic
-from pipeline.events import AgentTransfer, ConversationTurn
+from devtools import traffic
+from pipeline.contract.events import AgentTransfer, ConversationTurn
+from pipeline.infra import native
 from pipeline.rules import meter
 from pipeline.rules.meter import TRANSFER_FIELDS, TURN_FIELDS
 

@@ -15,10 +15,10 @@ import pytest
 from pypdf import PdfReader
 
 import schemas
-from pipeline.events import AccountChanged, FundsAdded, FundsRefunded, ms_to_datetime
-from pipeline.kafka import partition_of
+from console.documents import render_invoice
+from pipeline.contract.events import AccountChanged, FundsAdded, FundsRefunded, ms_to_datetime
+from pipeline.infra.kafka import partition_of
 from pipeline.orders.book import AccountOrders, create_order, funds_event_id, update_payment
-from pipeline.orders.documents import render_invoice
 from pipeline.orders.events import InvoiceIssued, OrderCreated, OrderState, PaymentUpdated, decode_order_message
 from pipeline.orders.providers import BUILT_IN, PaymentProvider
 from pipeline.stream.balance_partition import Input

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import BillingSessionRecord, DeadLetter, format_ms, ms_to_datetime
-from pipeline.kafka import partition_of
-from pipeline.records import billing_session_record, encode
+from pipeline.contract.events import BillingSessionRecord, DeadLetter, format_ms, ms_to_datetime
+from pipeline.infra.kafka import partition_of
 from pipeline.rules.config import DAY, MINUTE, SECOND, IdleTimeouts, RulesConfig
 from pipeline.rules.meter import LATE_CLOCK, LATE_FINAL, NEVER
 from pipeline.stream.partition import CLOCK_KEY, BatchResult, Message, PartitionMeter
+from pipeline.stream.records import billing_session_record, encode
 from tests.support import T0, Conversation, alert, decode, in_time_order, meter_run
 
 PARTITIONS = 6

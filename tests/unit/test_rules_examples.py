@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline.decode import to_ms
+from pipeline.contract.decode import to_ms
 from pipeline.rules.attribution import UsageBook
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter, Outcome

@@ -12,7 +12,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import format_ms
+from pipeline.contract.events import format_ms
 from pipeline.rules.billing import conversation_session_id
 from pipeline.rules.config import MINUTE, SECOND, RulesConfig
 from pipeline.rules.meter import ClockWire, ConversationState, ConversationWire, Meter, Outcome, PartitionClock

@@ -1,4 +1,4 @@
-"""The JSON Schema files in ``schemas/v1`` and the decoder in ``pipeline.events`` describe one contract.
+"""The JSON Schema files in ``schemas/v1`` and the decoder in ``pipeline.contract.events`` describe one contract.
 
 Generated valid events pass both, generated broken ones fail both, output records validate
 against their schemas, and the field lists and limits of schema and struct are compared
@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 import schemas
-from pipeline.decode import decode_input, to_ms
-from pipeline.events import (
+from pipeline.contract.decode import decode_input, to_ms
+from pipeline.contract.events import (
     INPUT_TYPES,
     BalanceAlert,
     BillingSessionRecord,

@@ -22,7 +22,7 @@ from consumers.clickhouse import parse_url
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseConfigError
 from pipeline.balance.catalog import DEFAULT_CATALOG
-from pipeline.kafka import consumer_config
+from pipeline.infra.kafka import consumer_config
 from pipeline.rules.config import DAY, HOUR, MINUTE, SECOND, RulesConfig
 from pipeline.settings import PREFIX, ROOT, Settings, SettingsError, Topics
 

@@ -23,7 +23,7 @@ from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.fake import FakeSessionWriter
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import Backoff, ClickHouseSink, decode_record
-from pipeline.events import BillingSessionRecord
+from pipeline.contract.events import BillingSessionRecord
 from pipeline.settings import Settings
 
 TOPIC = "billing-sessions"

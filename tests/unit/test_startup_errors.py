@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import consumers.notifier
 import pipeline.stream.worker
-from pipeline.cli import EXIT_UNAVAILABLE, main
-from pipeline.kafka import wait_for_broker
+from cli.main import EXIT_UNAVAILABLE, main
+from pipeline.infra.kafka import wait_for_broker
 
 
 def closed_port() -> int:

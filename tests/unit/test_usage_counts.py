@@ -33,9 +33,10 @@ from consumers.clickhouse import Client, SessionStore, migrate
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, SessionVoid, apply_batch
 from consumers.clickhouse.usage import usage
-from pipeline import failpoints, traffic
-from pipeline.decode import to_ms
-from pipeline.events import BillingSessionRecord
+from devtools import traffic
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import BillingSessionRecord
+from pipeline.infra import failpoints
 from pipeline.rules.attribution import period_label
 from pipeline.rules.attribution import zone as zone_of
 from tests.console_support import fill

@@ -1,0 +1,1 @@
+"""The `metering` command: its entry (``main``), the store process it starts, and the helpers of its commands."""

@@ -1,0 +1,1 @@
+"""The event contract: what the topics carry (events, decoding, partitioning); imports nothing else of the project."""

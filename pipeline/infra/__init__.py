@@ -1,0 +1,1 @@
+"""Infrastructure the processes share: Kafka helpers, metrics, logs, the compiled engine's loader, failpoints."""

@@ -1,0 +1,1 @@
+"""Infrastructure shared by every process: settings, retries, the HTTP client."""

@@ -76,9 +76,9 @@ from consumers.clickhouse import connect
 from consumers.service import StoreEndpoints, serve_store
 from pipeline import metrics
 from pipeline.demo import DemoTraffic
+from pipeline.infra.settings import Settings
 from pipeline.local_kafka import LocalKafka
 from pipeline.rules.config import MINUTE, SECOND, RulesConfig
-from pipeline.settings import Settings
 
 NAME: Final = "final_to_queryable"
 TARGET_P99_SECONDS: Final = 2.0

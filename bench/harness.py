@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from pipeline.decode import to_ms
+from pipeline.infra.settings import Settings, Topics
 from pipeline.local_kafka import LocalKafka, LocalKafkaError, free_port
-from pipeline.settings import Settings, Topics
 from pipeline.stream.worker import changelog_topics
 
 ROOT: Final = Path(__file__).resolve().parents[1]

@@ -33,12 +33,12 @@ from harness import HISTORY_START_MS, environment, write_result
 from rich.console import Console
 
 from pipeline import native, traffic
+from pipeline.infra.settings import Topics
 from pipeline.partitioner import partition_of
 from pipeline.rules import meter as meter_module
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.runtime.processor import Record
 from pipeline.runtime.state import RocksBackend
-from pipeline.settings import Topics
 from pipeline.stream.partition import PartitionMeter
 
 NAME: Final = "state_size"

@@ -74,11 +74,11 @@ from consumers.usage_command import usage_text
 from pipeline import traffic
 from pipeline.compute import compute
 from pipeline.decode import to_ms
+from pipeline.infra.settings import Settings
 from pipeline.local_kafka import LocalKafka
 from pipeline.produce import produce
 from pipeline.report import render
 from pipeline.rules.config import RulesConfig
-from pipeline.settings import Settings
 
 NAME: Final = "stream_throughput"
 SAMPLE_EVERY: Final = 0.25  # the sink's and the workers' /metrics

@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol
 import httpx
 import jwt
 
-from console.settings import ConsoleSettings
+from pipeline.infra.settings import ConsoleSettings
 from pipeline.logs import fields
 
 __all__ = [

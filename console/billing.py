@@ -27,9 +27,9 @@ from pipeline.balance.periods import next_period_start, period_start
 from pipeline.balance.plans import DEFAULT_CURRENCY
 from pipeline.decode import to_ms
 from pipeline.events import ms_to_datetime
+from pipeline.infra.settings import Settings, Topics
 from pipeline.orders.providers import BUILT_IN
 from pipeline.publish import Publisher
-from pipeline.settings import Settings, Topics
 
 __all__ = [
     "AppRow",

@@ -34,10 +34,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pipeline import metrics
 from pipeline.decode import to_ms
 from pipeline.events import BalanceSnapshot, format_ms
+from pipeline.infra.settings import Settings
 from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.runtime.restore import watermarks
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from pipeline import metrics
 from pipeline.events import BalanceAlert
+from pipeline.infra.settings import Settings, SettingsError
 from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
 from pipeline.logs import fields
-from pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 

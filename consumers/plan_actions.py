@@ -24,10 +24,10 @@ from consumers.clickhouse.usage import named_query
 from consumers.store_client import StoreHttpError, StoreUnreachableError
 from consumers.usage_command import StoreBusyError, open_client, running_store, store_client
 from pipeline.events import ExtensionDeclined, ExtensionGranted
+from pipeline.infra.settings import Settings
 from pipeline.orders.events import PaymentResult, PaymentUpdated
 from pipeline.publish import Publisher
 from pipeline.rules.billing import derived_id
-from pipeline.settings import Settings
 
 __all__ = [
     "ActionError",

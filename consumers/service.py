@@ -32,9 +32,9 @@ from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import plan_sinks
 from consumers.sink import ClickHouseSink
 from pipeline import metrics
+from pipeline.infra.settings import Settings
 from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
 from pipeline.logs import fields
-from pipeline.settings import Settings
 from pipeline.stream.orders import ensure_account_topics
 
 if TYPE_CHECKING:

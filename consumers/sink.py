@@ -61,6 +61,7 @@ from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import SessionWriter
 from pipeline import failpoints
 from pipeline.events import BillingSessionRecord
+from pipeline.infra.settings import Settings
 from pipeline.kafka import consumer_config
 from pipeline.logs import fields
 from pipeline.metrics import (
@@ -73,7 +74,6 @@ from pipeline.metrics import (
     SINK_LAST_SUCCESS,
     SINK_ROWS,
 )
-from pipeline.settings import Settings
 
 __all__ = ["Backoff", "ClickHouseSink", "KafkaConsumer", "KafkaMessage", "SinkError", "decode_record"]
 

@@ -25,7 +25,7 @@ from consumers.service import discovery_file, find_running_store, read_discovery
 from consumers.store_client import TIMEOUT_SECONDS, StoreClient, StoreHttpError, StoreUnreachableError
 from consumers.store_lock import ReaderHold, holder, try_reader_hold
 from consumers.usage_report import UsageParameterError, UsageQuery, usage_query, usage_report
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 
 __all__ = [
     "STORE_WAIT_SECONDS",

@@ -17,12 +17,12 @@ from pipeline import logs
 from pipeline.compute import Days, Periods, kept_sessions
 from pipeline.compute import compute as compute_usage
 from pipeline.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_MINUTES
+from pipeline.infra.settings import Settings, SettingsError
 from pipeline.progress import FileProgress
 from pipeline.report import FORMATS, Format, render
 from pipeline.rules.attribution import PERIODS, Period, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.sessions_export import SESSION_COLUMNS, session_rows
-from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_SETTINGS = 78
@@ -503,7 +503,7 @@ def entitlement(port: int | None) -> None:
 def notify(metrics_port: int | None) -> None:
     """Log every balance alert and, with METERING_WEBHOOK_URL, deliver it to the webhook (signed, retried)."""
     from consumers.notifier import run_notifier
-    from pipeline.settings import SettingsError
+    from pipeline.infra.settings import SettingsError
 
     try:
         code = run_notifier(load_settings(), metrics_port)

@@ -25,9 +25,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from pipeline import traffic
 from pipeline.balance.catalog import PlanCatalog, load_catalog
 from pipeline.events import format_ms, ms_to_datetime
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
 from pipeline.logs import fields
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

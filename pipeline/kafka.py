@@ -15,9 +15,9 @@ from typing import Any, Final
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from pipeline.infra.settings import Settings
 from pipeline.logs import fields
 from pipeline.partitioner import partition_of
-from pipeline.settings import Settings
 
 __all__ = [
     "PARTITIONER",

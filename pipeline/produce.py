@@ -26,11 +26,11 @@ from rich.console import Console
 
 from pipeline.decode import decode_input
 from pipeline.events import INPUT_TYPES, AccountChanged, AgentTransfer, ConversationTurn, InputEvent, Rejection
+from pipeline.infra.settings import Settings, Topics
 from pipeline.kafka import KafkaSetupError, admin, missing_topics, producer_config, wait_for_broker
 from pipeline.local_kafka import data_dir_cluster_id
 from pipeline.logs import fields
 from pipeline.progress import FileProgress, OnProgress
-from pipeline.settings import Settings, Topics
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Final, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
-from pipeline.settings import Settings
 
 DELIVERY_TIMEOUT_SECONDS: Final = 30.0
 

@@ -102,6 +102,7 @@ from consumers.usage_command import OnWait, StoreBusyError, open_client, reach_s
 from pipeline.compute import Days, compute
 from pipeline.decode import decode_event
 from pipeline.events import MAX_FUTURE_MS, PlanChanged, Rejection, format_ms
+from pipeline.infra.settings import Settings
 from pipeline.kafka import KafkaSetupError, consumer_config
 from pipeline.progress import FileProgress, OnProgress
 from pipeline.records import billing_session_record
@@ -109,7 +110,6 @@ from pipeline.report import Format, render
 from pipeline.rules.attribution import USAGE_COLUMNS, DayOf, UnknownZoneError, UsageBook, UsageRow, zone
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.model import BillingSession
-from pipeline.settings import Settings
 from pipeline.stream.partition import place
 
 __all__ = [

@@ -33,10 +33,10 @@ from rich.console import Console
 from consumers.service import StoreEndpoints, serve_store
 from consumers.store_lock import DataDirBusyError, StoreLock
 from pipeline.demo import DemoTraffic
+from pipeline.infra.settings import Settings
 from pipeline.kafka import ensure_topics
 from pipeline.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
 from pipeline.logs import fields
-from pipeline.settings import Settings
 from pipeline.stream.worker import changelog_topics
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.infra.settings import Settings
 from pipeline.kafka import KafkaSetupError, consumer_config
 from pipeline.logs import fields
 from pipeline.runtime.processor import Topology
 from pipeline.runtime.state import Backend, PartitionStore
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline import failpoints
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
 from pipeline.logs import fields
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from typing import Final
 from pipeline import metrics
 from pipeline.balance.ledger import BalanceConfig
 from pipeline.events import BalanceSnapshot
+from pipeline.infra.settings import Settings
 from pipeline.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.runtime import Effects, FencedError, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
-from pipeline.settings import Settings
 from pipeline.stream.balance_partition import AppRecord, BalancePartition, Input, Outputs, encode
 
 log = logging.getLogger(__name__)

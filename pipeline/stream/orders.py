@@ -18,13 +18,13 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from pipeline import metrics
+from pipeline.infra.settings import Settings
 from pipeline.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.orders.events import encode as encode_order
 from pipeline.orders.providers import BUILT_IN, PaymentProvider
 from pipeline.records import encode as encode_record
 from pipeline.runtime import Effects, FencedError, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
-from pipeline.settings import Settings
 from pipeline.stream.balance_partition import Input
 from pipeline.stream.orders_partition import OrderOutputs, OrderPartition
 

@@ -15,8 +15,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from pipeline.balance.plans import TimeoutSchedule
 from pipeline.decode import decode_event
 from pipeline.events import PlanChanged, Rejection
+from pipeline.infra.settings import Settings
 from pipeline.logs import fields
-from pipeline.settings import Settings
 from pipeline.stream.partition import BatchResult, PartitionMeter
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from collections.abc import Collection, Sequence
 from typing import Final
 
 from pipeline import metrics
+from pipeline.infra.settings import Settings
 from pipeline.kafka import ensure_topics, wait_for_broker
 from pipeline.logs import fields
 from pipeline.records import encode
@@ -35,7 +36,6 @@ from pipeline.runtime import (
     Topology,
 )
 from pipeline.runtime.state import RocksBackend
-from pipeline.settings import Settings
 from pipeline.stream.archive import StoreArchive
 from pipeline.stream.partition import CLOCK_KEY, BatchResult, PartitionMeter
 from pipeline.stream.plans import PlanFeed

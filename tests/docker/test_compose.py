@@ -28,12 +28,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pipeline import traffic
 from pipeline.compute import compute
 from pipeline.decode import to_ms
+from pipeline.infra.settings import Settings
 from pipeline.kafka import ensure_topics, missing_topics, partition_of
 from pipeline.local_kafka import free_port
 from pipeline.produce import produce
 from pipeline.rules.attribution import zone
 from pipeline.rules.config import RulesConfig
-from pipeline.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="deploy/ checks skipped: PyYAML is not installed (pip install -e '.[test]')")
 

@@ -43,10 +43,10 @@ from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
 from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn, Rejection, format_ms
+from pipeline.infra.settings import Settings
 from pipeline.kafka import ensure_topics, partition_of, producer_config
 from pipeline.rules.config import RulesConfig
 from pipeline.rules.meter import Meter
-from pipeline.settings import Settings
 from pipeline.stream.worker import changelog_topics
 from tests.integration.conftest import Workers
 from tests.support import T0, wait_until

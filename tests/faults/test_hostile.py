@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from pipeline.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     Outgoing,
     RssSampler,

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from pipeline.events import LateRecord
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     StoreProcess,
     WorkerPool,

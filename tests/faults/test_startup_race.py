@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import MeteringRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -30,7 +30,7 @@ WAITING = "waiting for the metering service starting on"
 HOLD_DATABASE = """
 import sys, time
 from consumers.usage_command import open_client, reach_store
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 settings = Settings.from_env().with_clickhouse_default()
 hold = reach_store(settings)
 client = open_client(settings)

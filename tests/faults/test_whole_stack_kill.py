@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from pipeline.infra.settings import Settings
 from pipeline.local_kafka import LocalKafka, free_port, running_broker
-from pipeline.settings import Settings
 from tests.faults.harness import (
     MeteringRun,
     check_exact,

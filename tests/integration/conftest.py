@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumers.service import StoreEndpoints, serve_store
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.processes import ChildProcesses
 from tests.support import pipeline_settings
 

@@ -58,11 +58,11 @@ from pipeline.events import (
     PlanChanged,
     ms_to_datetime,
 )
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
 from pipeline.records import billing_session_record, encode
 from pipeline.rules.config import MINUTE
 from pipeline.rules.model import BillingSession, Kind
-from pipeline.settings import Settings
 from pipeline.stream.balance import group_id
 from tests.balance_support import ACCOUNT, funds, plan, session
 from tests.processes import ChildProcesses

@@ -39,11 +39,11 @@ from console.auth import deployment_secret, issue_token
 from consumers.plan_actions import decide_extension, record_payment
 from consumers.service import StoreEndpoints
 from pipeline.events import PlanChanged, ms_to_datetime
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
 from pipeline.orders.events import PaymentUpdated
 from pipeline.publish import KafkaPublisher
 from pipeline.records import billing_session_record, encode
-from pipeline.settings import Settings
 from tests.balance_support import session
 from tests.processes import ChildProcesses
 from tests.support import wait_until

@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from pipeline.cli import with_data_dir_broker
+from pipeline.infra.settings import Settings
 from pipeline.local_kafka import LocalKafka, LocalKafkaError, _is_kafka_process, running_broker
 from pipeline.run import _broker
-from pipeline.settings import Settings
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration

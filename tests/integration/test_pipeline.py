@@ -22,9 +22,9 @@ from consumers.usage_command import usage_text
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.events import DeadLetter
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
 from pipeline.produce import produce
-from pipeline.settings import Settings
 from tests.integration.conftest import Workers
 from tests.support import T0, wait_until
 

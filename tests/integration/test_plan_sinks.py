@@ -20,8 +20,8 @@ from consumers.service import StoreEndpoints
 from consumers.usage_command import plans_text, usage_text
 from pipeline.decode import to_ms
 from pipeline.events import format_ms
+from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
-from pipeline.settings import Settings
 from tests.support import wait_until
 from tests.unit.test_clickhouse_plans import at, session, snapshot
 

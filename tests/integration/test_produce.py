@@ -19,9 +19,9 @@ from rich.console import Console
 from pipeline import traffic
 from pipeline.decode import decode_event
 from pipeline.events import Rejection, format_ms
+from pipeline.infra.settings import Settings, Topics
 from pipeline.kafka import KafkaSetupError, partition_of
 from pipeline.produce import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, produce, produce_command
-from pipeline.settings import Settings, Topics
 
 pytestmark = pytest.mark.integration
 

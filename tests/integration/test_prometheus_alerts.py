@@ -30,9 +30,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from pipeline.events import format_ms
+from pipeline.infra.settings import Settings
 from pipeline.local_kafka import free_port
 from pipeline.produce import produce
-from pipeline.settings import Settings
 from tests.integration.conftest import Workers
 from tests.integration.prometheus_server import PrometheusServer
 

@@ -34,10 +34,10 @@ from consumers.usage_command import usage_text
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.events import LateRecord
+from pipeline.infra.settings import Settings
 from pipeline.produce import produce
 from pipeline.rules.attribution import USAGE_COLUMNS
 from pipeline.rules.config import HOUR
-from pipeline.settings import Settings
 from tests.integration.conftest import Workers
 from tests.late_traffic import late_scenarios
 from tests.support import T0, in_time_order, meter_run, wait_until

@@ -19,9 +19,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.events import FundsAdded
+from pipeline.infra.settings import Settings
 from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.events import OrderCreated
-from pipeline.settings import Settings
 from tests.processes import ChildProcesses
 from tests.support import wait_until
 

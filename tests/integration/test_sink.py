@@ -23,10 +23,10 @@ from consumers.sink import Backoff, ClickHouseSink
 from consumers.usage_command import usage_text
 from pipeline.agent_book import AGENT_COLUMNS
 from pipeline.events import BillingSessionRecord
+from pipeline.infra.settings import Settings
 from pipeline.kafka import partition_of, producer_config
 from pipeline.report import render
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageRow
-from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -468,8 +468,8 @@ def test_a_replaced_plan_never_sets_the_idle_timeout() -> None:
 
 def test_account_changed_has_its_own_topic_and_key_and_is_refused_elsewhere() -> None:
     from pipeline.events import AccountChanged, OwnerChanged  # noqa: PLC0415
+    from pipeline.infra.settings import Topics  # noqa: PLC0415
     from pipeline.produce import _routes  # noqa: PLC0415
-    from pipeline.settings import Topics  # noqa: PLC0415
 
     routes = _routes(Topics())
     assert routes[AccountChanged] == ("billing-accounts", "account_id")

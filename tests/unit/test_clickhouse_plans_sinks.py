@@ -14,7 +14,7 @@ from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import FEEDS, PlanSink
 from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.unit.test_clickhouse_plans import snapshot
 
 FEED = {feed.name: feed for feed in FEEDS}

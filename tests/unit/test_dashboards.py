@@ -48,10 +48,10 @@ from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
 from pipeline.events import AlertDelivered, BalanceSnapshot, ConversationTurn, format_ms, ms_to_datetime
+from pipeline.infra.settings import Settings
 from pipeline.records import billing_session_record
 from pipeline.rules.attribution import USAGE_COLUMNS, zone
 from pipeline.rules.config import DAY, HOUR
-from pipeline.settings import Settings
 from tests.grafana import (
     ALL,
     Grafana,

@@ -21,8 +21,8 @@ from pipeline.balance.catalog import load_catalog
 from pipeline.decode import decode_event
 from pipeline.demo import DemoTraffic, plan_events
 from pipeline.events import Rejection
+from pipeline.infra.settings import Settings
 from pipeline.kafka import PARTITIONER
-from pipeline.settings import Settings
 
 JITTER_S = traffic.TrafficShape().jitter_ms / 1000
 

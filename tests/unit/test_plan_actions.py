@@ -20,8 +20,8 @@ from consumers.plan_actions import (
     record_payment,
 )
 from pipeline.events import ExtensionDeclined, ExtensionGranted, ExtensionRequested
+from pipeline.infra.settings import Settings
 from pipeline.orders.events import OrderState
-from pipeline.settings import Settings
 from tests.console_support import OPERATOR_TOKEN, RecordingPublisher, bearer, http, make_app, order_record, token
 
 T = datetime(2026, 11, 17, 10, tzinfo=UTC)

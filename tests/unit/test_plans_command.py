@@ -27,7 +27,7 @@ from consumers.usage_command import plans_text
 from consumers.usage_report import UsageParameterError
 from pipeline.cli import main
 from pipeline.decode import to_ms
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.balance_support import funds, plan
 from tests.console_support import OPERATOR_TOKEN, serve_console
 from tests.unit.test_clickhouse_plans import ACCOUNT, at, session, snapshot

@@ -31,6 +31,7 @@ from consumers.service import StoreEndpoints, discovery_file, token_file
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.events import format_ms
+from pipeline.infra.settings import Settings, Topics
 from pipeline.kafka import partition_of
 from pipeline.reconcile import (
     ApiStore,
@@ -53,7 +54,6 @@ from pipeline.report import render
 from pipeline.rules.attribution import USAGE_COLUMNS, DayOf, UsageBook, UsageRow, zone
 from pipeline.rules.config import DAY, HOUR, MINUTE, RulesConfig
 from pipeline.rules.model import BillingSession
-from pipeline.settings import Settings, Topics
 from tests.console_support import serve_console
 from tests.late_traffic import late_scenarios, stream_run, write_stream
 from tests.support import T0, Conversation, alert, in_time_order, meter_run

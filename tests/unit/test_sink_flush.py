@@ -24,7 +24,7 @@ from consumers.clickhouse.fake import FakeSessionWriter
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import Backoff, ClickHouseSink, decode_record
 from pipeline.events import BillingSessionRecord
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 
 TOPIC = "billing-sessions"
 T0 = datetime(2026, 11, 1, 10, tzinfo=UTC)

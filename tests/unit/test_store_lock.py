@@ -32,7 +32,7 @@ from consumers.store_lock import (
     try_reader_hold,
 )
 from consumers.usage_command import StoreBusyError, reach_store
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 
 HOLD_AS_STORE = """
 import sys, time

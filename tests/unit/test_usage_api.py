@@ -32,9 +32,9 @@ from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
 from pipeline.events import AgentsSubscribed, AgentTransfer, Rejection
+from pipeline.infra.settings import Settings
 from pipeline.records import billing_session_record
 from pipeline.report import render
-from pipeline.settings import Settings
 from tests.console_support import OPERATOR_TOKEN, serve_console
 from tests.support import T0, meter_run
 

@@ -19,7 +19,6 @@ with a message naming the setting and the fix.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Final
 
@@ -37,6 +36,7 @@ from pipeline.infra.clickhouse_url import (
     parse_url,
     redact,
 )
+from pipeline.infra.retry import Backoff, retrying
 
 __all__ = ["Client", "Target", "check_database_name", "connect", "parse_url", "redact"]
 
@@ -107,38 +107,42 @@ def _lock_holder(path: str) -> str:
 
 
 def _connect_http(url: str, target: Target, *, attempts: int, backoff_s: float) -> Client:
-    for attempt in range(1, attempts + 1):
-        try:
-            return clickhouse_connect.get_client(
-                host=target.host,
-                port=target.port,
-                username=target.username,
-                password=target.password,
-                secure=target.scheme == "https",
-                connect_timeout=5,
-                send_receive_timeout=60,
-                autogenerate_session_id=False,  # the shared client is used from several threads
-                tz_mode="aware",
-            )
-        except OperationalError as exc:
-            # Connection refused/reset, name resolution: the server may be starting up.
-            if attempt == attempts:
-                raise ClickHouseUnavailableError(
-                    f"cannot reach the ClickHouse server at {redact(url)} after {attempts} attempts: "
-                    f"{_first_line(exc)}. Start the server, or fix host and port in {URL_SETTING}."
-                ) from exc
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-        except DatabaseError as exc:
-            if exc.code in _AUTH_CODES:
-                raise ClickHouseConfigError(
-                    f"the ClickHouse server at {redact(url)} refused user {target.username!r} "
-                    f"(code {exc.code}): fix the user and password in {URL_SETTING}"
-                ) from exc
-            raise ClickHouseUnavailableError(
-                f"the ClickHouse server at {redact(url)} failed the connection check "
-                f"(code {exc.code}): {_first_line(exc)}"
+    # Connection refused/reset, name resolution (OperationalError): the server may be starting up.
+    connecting = retrying(
+        "connecting to ClickHouse",
+        transient=OperationalError,
+        attempts=attempts,
+        backoff=Backoff(initial=backoff_s, maximum=30.0, jitter=0.0),
+        url=redact(url),
+    )
+    try:
+        return connecting(
+            clickhouse_connect.get_client,
+            host=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            secure=target.scheme == "https",
+            connect_timeout=5,
+            send_receive_timeout=60,
+            autogenerate_session_id=False,  # the shared client is used from several threads
+            tz_mode="aware",
+        )
+    except OperationalError as exc:
+        raise ClickHouseUnavailableError(
+            f"cannot reach the ClickHouse server at {redact(url)} after {attempts} attempts: "
+            f"{_first_line(exc)}. Start the server, or fix host and port in {URL_SETTING}."
+        ) from exc
+    except DatabaseError as exc:
+        if exc.code in _AUTH_CODES:
+            raise ClickHouseConfigError(
+                f"the ClickHouse server at {redact(url)} refused user {target.username!r} "
+                f"(code {exc.code}): fix the user and password in {URL_SETTING}"
             ) from exc
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        raise ClickHouseUnavailableError(
+            f"the ClickHouse server at {redact(url)} failed the connection check "
+            f"(code {exc.code}): {_first_line(exc)}"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -33,6 +32,7 @@ from rich.console import Console
 from consumers.service import StoreEndpoints, serve_store
 from consumers.store_lock import DataDirBusyError, StoreLock
 from pipeline.demo import DemoTraffic
+from pipeline.infra.http import HTTPError, local_get
 from pipeline.infra.settings import Settings
 from pipeline.kafka import ensure_topics
 from pipeline.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
@@ -317,9 +317,8 @@ def _status(workers: list[_Worker]) -> dict[str, float]:
     }
     for w in workers:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
+            text = local_get(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=2).text
+        except HTTPError:
             continue
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -38,7 +38,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.service import LOCAL_OPENER, StoreEndpoints, pid_alive, read_discovery, read_token
+from consumers.service import StoreEndpoints, pid_alive, read_discovery, read_token
 from pipeline import traffic
 from pipeline.cli import main
 from pipeline.decode import decode_event
@@ -52,6 +52,8 @@ from tests.integration.conftest import Workers
 from tests.support import T0, wait_until
 
 ROOT: Final = Path(__file__).resolve().parents[2]
+#: calls to the stack on this machine never go through a proxy from the environment
+LOCAL_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 #: Four conversations a minute: a few thousand events span hours of event time, so sessions
 #: become final all through a replay (not only when the partitions go idle at its end).

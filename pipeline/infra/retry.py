@@ -52,13 +52,15 @@ def retrying(
     seconds: float | None = None,
     backoff: Backoff | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    level: int = logging.WARNING,
     **context: Any,
 ) -> Retrying:
     """Retry ``transient`` errors of ``what`` after :class:`Backoff` delays, logging each failed attempt.
 
     At most ``attempts`` tries or ``seconds`` of trying (neither: until ``sleep`` raises, which is how
     a loop that must stop on request ends); then the last error is raised as it was. Any other
-    error is raised at once. Call the result with the function to run, or iterate it.
+    error is raised at once. Each failed attempt is logged at ``level`` with ``context``. Call the
+    result with the function to run.
     """
     stop: stop_base = stop_never
     if attempts is not None:
@@ -68,7 +70,8 @@ def retrying(
 
     def log_attempt(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
-        log.warning(
+        log.log(
+            level,
             f"{what} failed: retrying",
             extra=fields(
                 attempt=state.attempt_number,

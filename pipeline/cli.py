@@ -241,7 +241,7 @@ def reconcile(
 
     Exit status: 0 no differences (or all repaired), 1 differences remain, 2 an error.
     """
-    from pipeline.reconcile import reconcile_command
+    from cli.reconcile import reconcile_command
 
     sys.exit(
         reconcile_command(

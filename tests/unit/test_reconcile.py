@@ -24,6 +24,22 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from cli.reconcile import (
+    ApiStore,
+    DirectStore,
+    Period,
+    Report,
+    TopicDump,
+    Truth,
+    Who,
+    compare,
+    compare_days,
+    open_store,
+    reconcile,
+    reconcile_command,
+    truth_from_archive,
+)
+from cli.reconcile.topics import _Filter
 from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, StoredSession, apply_batch, runs, snapshot
 from consumers.clickhouse.usage import named_query
@@ -33,22 +49,6 @@ from pipeline.cli import main
 from pipeline.events import format_ms
 from pipeline.infra.settings import Settings, Topics
 from pipeline.kafka import partition_of
-from pipeline.reconcile import (
-    ApiStore,
-    DirectStore,
-    Period,
-    Report,
-    TopicDump,
-    Truth,
-    Who,
-    _Filter,
-    compare,
-    compare_days,
-    open_store,
-    reconcile,
-    reconcile_command,
-    truth_from_archive,
-)
 from pipeline.records import billing_session_record
 from pipeline.report import render
 from pipeline.rules.attribution import USAGE_COLUMNS, DayOf, UsageBook, UsageRow, zone

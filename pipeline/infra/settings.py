@@ -51,6 +51,7 @@ MIN_SECRET_LENGTH: Final = 32
 DEFAULT_EXPORT_MAX_DAYS: Final = 92
 
 S = TypeVar("S")
+V = TypeVar("V")
 
 
 class SettingsError(ValueError):
@@ -89,13 +90,6 @@ def _int(raw: str) -> int:
         raise ValueError("expected a whole number") from None
 
 
-def _positive_int(raw: str) -> int:
-    value = _int(raw)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
 def _float(raw: str) -> float:
     try:
         value = float(raw)
@@ -106,25 +100,24 @@ def _float(raw: str) -> float:
     return value
 
 
-def _non_negative_float(raw: str) -> float:
-    value = _float(raw)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
+def _checked(parse: Callable[[str], V], ok: Callable[[V], bool], rule: str) -> Callable[[str], V]:
+    """``parse``, then ``rule`` unless ``ok`` holds for the value."""
+
+    def check(raw: str) -> V:
+        value = parse(raw)
+        if not ok(value):
+            raise ValueError(rule)
+        return value
+
+    return check
 
 
-def _positive_float(raw: str) -> float:
-    value = _float(raw)
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _port(raw: str) -> int:
-    value = _int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError("a port is 0 (any free port) to 65535")
-    return value
+_positive_int = _checked(_int, lambda n: n >= 1, "must be at least 1")
+_port = _checked(_int, lambda n: 0 <= n <= 65535, "a port is 0 (any free port) to 65535")
+_positive_float = _checked(_float, lambda x: x > 0, "must be greater than 0")
+_non_negative_float = _checked(_float, lambda x: x >= 0, "must not be negative")
+_at_least_5_minutes = _checked(_int, lambda m: m >= 5, "must be at least 5 minutes")
+_seller = _checked(str, lambda name: len(name) <= 200, "at most 200 characters: the seller's name as invoices show it")
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -198,16 +191,6 @@ def _app_minutes(raw: str) -> dict[str, int]:
     return {app: _idle_minutes(minutes) for app, minutes in _pairs(raw).items()}
 
 
-def _at_least_minutes(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        minutes = _int(raw)
-        if minutes < minimum:
-            raise ValueError(f"must be at least {minimum} minutes")
-        return minutes
-
-    return parse
-
-
 def _zone(raw: str) -> str:
     zone(raw)
     return raw
@@ -240,12 +223,6 @@ def _catalog(raw: str) -> Path:
 
 def _optional_text(value: object) -> str:
     return "" if value is None else str(value)
-
-
-def _seller(raw: str) -> str:
-    if len(raw) > 200:
-        raise ValueError("at most 200 characters: the seller's name as invoices show it")
-    return raw
 
 
 def _http_url(raw: str) -> str:
@@ -396,7 +373,7 @@ class RulesSection:
         field(default_factory=dict)
     )
     allowed_lateness_seconds: Annotated[NonNegativeSeconds, Var(text=repr)] = _RULES.allowed_lateness_ms / SECOND
-    open_transfer_timeout_minutes: Annotated[int, Var(), parsed(_at_least_minutes(5))] = (
+    open_transfer_timeout_minutes: Annotated[int, Var(), parsed(_at_least_5_minutes)] = (
         _RULES.open_transfer_timeout_ms // MINUTE
     )
     dedupe_horizon_days: Annotated[NonNegativeSeconds, Var(text=repr)] = _RULES.dedupe_horizon_ms / DAY

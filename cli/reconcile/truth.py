@@ -16,7 +16,7 @@ from rich.console import Console
 
 from cli.reconcile.period import Period, ReconcileError
 from cli.reconcile.topics import dump_topics
-from pipeline.compute import compute
+from pipeline.compute import ComputeResult, compute
 from pipeline.infra.settings import Settings
 from pipeline.progress import FileProgress
 from pipeline.rules.attribution import UsageBook, UsageRow
@@ -72,18 +72,9 @@ def truth_from_archive(
             path, period.zone, config, now_ms=now_ms, on_invalid=on_invalid, on_progress=on_progress,
             keep=period.widened().days,
         )  # fmt: skip
-    return Truth(
-        source=f"archive {path}",
-        sessions=result.sessions,
-        unfinished=result.unfinished,
-        rows=_rows(result.sessions, period),
-        events=result.stats.events + result.plan_events,
-        invalid=result.invalid,
-        duplicates=result.stats.duplicates,
-        invalid_examples=invalid,
-        reach_ms=max_gap_ms(config),
-        scope=f"archive|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}",
-    )
+    truth = _metered(result, period, f"archive {path}", f"archive|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    truth.invalid, truth.invalid_examples, truth.reach_ms = result.invalid, invalid, max_gap_ms(config)
+    return truth
 
 
 def truth_from_topics(settings: Settings, period: Period, *, now_ms: int, console: Console | None = None) -> Truth:
@@ -100,24 +91,25 @@ def truth_from_topics(settings: Settings, period: Period, *, now_ms: int, consol
                 keep=period.widened().days, unordered=True,
             )  # fmt: skip
     marks = ",".join(f"{t}[{p}]={high}" for (t, p), (_, high) in sorted(dump.watermarks.items()))
+    source = f"topics {', '.join(settings.topics.inputs)} at {settings.kafka_bootstrap}"
+    truth = _metered(result, period, source, f"topics|{settings.kafka_bootstrap}|{marks}")
+    truth.invalid, truth.rejected = sum(dump.rejected.values()), dict(dump.rejected)
+    truth.complete_from_ms, truth.plans_truncated = dump.complete_from_ms, dump.plans_truncated
+    truth.reach_ms = max_gap_ms(settings.rules, dump.plan_timeouts)
+    return truth
+
+
+def _metered(result: ComputeResult, period: Period, source: str, scope: str) -> Truth:
+    """What both sources give alike: the sessions, usage per (account, app, day) of the period's days, counts."""
+    book = UsageBook(period.zone)
+    book.add_all(result.sessions)
+    rows = [row for row in book.rows() if period.holds(row[2])]
     return Truth(
-        source=f"topics {', '.join(settings.topics.inputs)} at {settings.kafka_bootstrap}",
+        source=source,
         sessions=result.sessions,
         unfinished=result.unfinished,
-        rows=_rows(result.sessions, period),
+        rows=rows,
         events=result.stats.events + result.plan_events,
-        invalid=sum(dump.rejected.values()),
         duplicates=result.stats.duplicates,
-        rejected=dict(dump.rejected),
-        complete_from_ms=dump.complete_from_ms,
-        reach_ms=max_gap_ms(settings.rules, dump.plan_timeouts),
-        plans_truncated=dump.plans_truncated,
-        scope=f"topics|{settings.kafka_bootstrap}|{marks}",
+        scope=scope,
     )
-
-
-def _rows(sessions: list[BillingSession], period: Period) -> list[UsageRow]:
-    """Usage per (account, app, day) of the sessions on the period's days."""
-    book = UsageBook(period.zone)
-    book.add_all(sessions)
-    return [row for row in book.rows() if period.holds(row[2])]

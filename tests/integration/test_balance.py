@@ -46,7 +46,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.entitlement import BalanceStateFeed, EntitlementModel, EntitlementServer
-from consumers.notifier import EVENT_ID_HEADER, SIGNATURE_HEADER, Backoff, Notifier, Webhook, verify
+from consumers.notifier import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier, Webhook, verify
 from pipeline.balance.ledger import BalanceConfig, Ledger
 from pipeline.balance.money import format_money
 from pipeline.events import (
@@ -58,6 +58,7 @@ from pipeline.events import (
     PlanChanged,
     ms_to_datetime,
 )
+from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
 from pipeline.kafka import producer_config
 from pipeline.records import billing_session_record, encode

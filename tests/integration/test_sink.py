@@ -19,10 +19,11 @@ from prometheus_client import REGISTRY
 
 from consumers.clickhouse import ClickHouseWriteError, Client, SessionStore, migrate, usage
 from consumers.service import StoreEndpoints, discovery_file, serve_store
-from consumers.sink import Backoff, ClickHouseSink
+from consumers.sink import ClickHouseSink
 from consumers.usage_command import usage_text
 from pipeline.agent_book import AGENT_COLUMNS
 from pipeline.events import BillingSessionRecord
+from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
 from pipeline.kafka import partition_of, producer_config
 from pipeline.report import render

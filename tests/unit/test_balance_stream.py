@@ -19,9 +19,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from consumers.entitlement import EntitlementModel, EntitlementServer
-from consumers.notifier import Backoff, sign, verify, webhook_of
+from consumers.notifier import sign, verify, webhook_of
 from pipeline.balance.ledger import BalanceConfig, Ledger
 from pipeline.events import AgentsSubscribed, BalanceSnapshot, ms_to_datetime
+from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings, SettingsError
 from pipeline.kafka import partition_of
 from pipeline.records import billing_session_record, encode

@@ -44,6 +44,7 @@ CONSOLE_PREFIX: Final = "METERING_CONSOLE_"
 #: An export covers at most three months (92 days) unless the deployment raises it.
 DEFAULT_EXPORT_MAX_DAYS: Final = 92
 
+
 class SettingsError(ValueError):
     """A setting is missing or wrong; the message names the variable and what to do."""
 

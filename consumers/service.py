@@ -56,7 +56,6 @@ BROKER_WAIT_SECONDS: Final = 60.0
 #: one's own on chDB, an older `metering usage`) to close the embedded database it has open.
 DATABASE_WAIT_SECONDS: Final = 60.0
 _ANY_ADDRESS: Final = frozenset({"", "0.0.0.0", "::"})
-#: Local calls must not go through an HTTP proxy from the environment.
 
 
 @dataclass(frozen=True, slots=True)

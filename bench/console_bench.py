@@ -36,9 +36,9 @@ from console.app import create_app
 from console.auth import Authenticator, issue_token
 from console.context import ConsoleContext
 from console.server import ConsoleServer
-from console.settings import ConsoleSettings
 from consumers.clickhouse import Client, connect, migrate
 from consumers.clickhouse.counts import recount_period
+from pipeline.infra.settings import ConsoleSettings
 
 ACCOUNTS = 25
 APPS_PER_ACCOUNT = 200

@@ -1,6 +1,6 @@
 """`metering run`: the whole pipeline on one machine, in the foreground, stopped cleanly by a signal.
 
-This process owns its data directory (``cli.store_lock``: taken before anything else, so
+This process owns its data directory (``consumers.store_lock``: taken before anything else, so
 a command reading the embedded database never races its start) and the embedded ClickHouse
 (sink, usage API, its metrics); the stream workers run as child processes, restarted if they
 die. Kafka is ``METERING_KAFKA_BOOTSTRAP`` when it is set; otherwise the data directory's own
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -30,13 +29,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from cli.service import StoreEndpoints, serve_store
-from cli.store_lock import DataDirBusyError, StoreLock
-from devtools.demo import DemoTraffic
-from devtools.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
-from pipeline.infra.kafka import ensure_topics
-from pipeline.infra.logs import fields
-from pipeline.settings import Settings
+from consumers.service import StoreEndpoints, serve_store
+from consumers.store_lock import DataDirBusyError, StoreLock
+from pipeline.demo import DemoTraffic
+from pipeline.infra.http import HTTPError, local_get
+from pipeline.infra.settings import Settings
+from pipeline.kafka import ensure_topics
+from pipeline.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
+from pipeline.logs import fields
 from pipeline.stream.worker import changelog_topics
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def _start_worker(settings: Settings, worker: _Worker) -> None:
     env["METERING_LOG_FORMAT"] = "json"
     out = worker.log_path.open("ab")
     worker.process = subprocess.Popen(
-        [sys.executable, "-m", "cli", *worker.command], env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "pipeline", *worker.command], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     worker.started_at = time.monotonic()
     log.info(
@@ -317,9 +317,8 @@ def _status(workers: list[_Worker]) -> dict[str, float]:
     }
     for w in workers:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
+            text = local_get(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=2).text
+        except HTTPError:
             continue
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -19,8 +19,6 @@ import os
 import secrets
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,17 +29,17 @@ from consumers.clickhouse.client import Client, redact
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import plan_sinks
 from consumers.sink import ClickHouseSink
-from pipeline.infra import metrics
-from pipeline.infra.kafka import KafkaSetupError, ensure_topics, wait_for_broker
-from pipeline.infra.logs import fields
-from pipeline.settings import Settings
+from pipeline import metrics
+from pipeline.infra.http import HTTPError, local_get
+from pipeline.infra.settings import Settings
+from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
+from pipeline.logs import fields
 from pipeline.stream.orders import ensure_account_topics
 
 if TYPE_CHECKING:
     from console.server import ConsoleServer
 
 __all__ = [
-    "LOCAL_OPENER",
     "StoreEndpoints",
     "discovery_file",
     "find_running_store",
@@ -58,8 +56,6 @@ BROKER_WAIT_SECONDS: Final = 60.0
 #: one's own on chDB, an older `metering usage`) to close the embedded database it has open.
 DATABASE_WAIT_SECONDS: Final = 60.0
 _ANY_ADDRESS: Final = frozenset({"", "0.0.0.0", "::"})
-#: Local calls must not go through an HTTP proxy from the environment.
-LOCAL_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +151,7 @@ def _connect_when_free(settings: Settings, stop: threading.Event) -> Client:
     """ClickHouse; an embedded database another process has open for a moment is waited for, not a failed start.
 
     Commands of this project never open it while a store owns the data directory
-    (``cli.store_lock``); this covers the others, for ``DATABASE_WAIT_SECONDS``.
+    (``consumers.store_lock``); this covers the others, for ``DATABASE_WAIT_SECONDS``.
     """
     deadline = time.monotonic() + DATABASE_WAIT_SECONDS
     told = False
@@ -291,10 +287,10 @@ def find_running_store(settings: Settings) -> str | None:
     if found is None or not pid_alive(found.pid):
         return None
     try:
-        with LOCAL_OPENER.open(f"{found.api}/healthz", timeout=2.0) as response:
-            return found.api if response.status == 200 else None
-    except (urllib.error.URLError, OSError):
+        response = local_get(f"{found.api}/healthz", timeout=2.0)
+    except HTTPError:
         return None
+    return found.api if response.status_code == 200 else None
 
 
 def pid_alive(pid: int) -> bool:

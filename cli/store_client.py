@@ -9,18 +9,16 @@ what went wrong in its own words.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
 import httpx
 
+from pipeline.infra.http import local_client
+
 __all__ = ["StoreClient", "StoreHttpError", "StoreUnreachableError"]
 
 TIMEOUT_SECONDS: Final = 120.0
-
-# httpx logs every request at INFO; a command's stderr is for what went wrong.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class StoreHttpError(Exception):
@@ -59,7 +57,7 @@ class StoreClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {**self._headers, **kwargs.pop("headers", {})}
         try:
-            with httpx.Client(base_url=self.api, timeout=self._timeout, trust_env=False) as client:
+            with local_client(self.api, self._timeout) as client:
                 response = client.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise StoreUnreachableError(f"{exc.__class__.__name__}: {exc}") from exc

@@ -26,7 +26,7 @@ from console.limits import BodyLimit
 from console.pages import install_pages
 from console.routers import exports, health, operators, orders, plan_operators, plans, session, usage
 from consumers.clickhouse.client import connect
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 
 __all__ = ["OPENAPI_URL", "ROUTERS", "RouteInfo", "api_routes", "create_app", "store_context"]
 

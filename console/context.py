@@ -16,7 +16,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import Error as DriverError
 
 from console.auth import Authenticator
-from console.settings import ConsoleSettings
+from pipeline.infra.settings import ConsoleSettings
 
 __all__ = ["ConsoleContext"]
 

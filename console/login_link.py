@@ -22,7 +22,7 @@ from typing import Final
 
 from console.auth import AuthError, Principal, deployment_secret, issue_token
 from console.context import ConsoleContext
-from console.settings import ConsoleSettings
+from pipeline.infra.settings import ConsoleSettings
 
 __all__ = ["LINK_TTL", "create", "link_file", "redeem"]
 

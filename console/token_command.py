@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Final
 
 from console.auth import ROLES, deployment_secret, issue_token
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 
 __all__ = ["TokenCommandError", "parse_ttl", "token_text"]
 

@@ -17,23 +17,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import random
 import signal
 import threading
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
+import httpx
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.contract.events import BalanceAlert
-from pipeline.infra import metrics
-from pipeline.infra.kafka import consumer_config, ensure_topics, wait_for_broker
-from pipeline.infra.logs import fields
-from pipeline.settings import Settings, SettingsError
+from pipeline import metrics
+from pipeline.events import BalanceAlert
+from pipeline.infra.retry import Backoff, retrying
+from pipeline.infra.settings import Settings, SettingsError
+from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
+from pipeline.logs import fields
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +49,6 @@ def verify(secret: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, body), signature)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """``initial`` seconds, doubled per failed attempt up to ``maximum``, less up to ``jitter`` of it."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.maximum, self.initial * 2.0 ** max(0, attempt - 1))
-        return base * (1.0 - self.jitter * rand())
-
-
 class WebhookError(RuntimeError):
     """The webhook did not accept the alert (no answer, or not a 2xx)."""
 
@@ -76,26 +60,18 @@ class Webhook:
         self.timeout = timeout
 
     def post(self, body: bytes, event_id: str) -> None:
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(self.secret, body),
-                EVENT_ID_HEADER: event_id,
-                "User-Agent": "metering-notifier",
-            },
-        )
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body),
+            EVENT_ID_HEADER: event_id,
+            "User-Agent": "metering-notifier",
+        }
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            raise WebhookError(f"the webhook answered {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            response = httpx.post(self.url, content=body, headers=headers, timeout=self.timeout)
+        except httpx.HTTPError as exc:
             raise WebhookError(f"the webhook did not answer: {exc}") from None
-        if not 200 <= status < 300:
-            raise WebhookError(f"the webhook answered {status}")
+        if not response.is_success:
+            raise WebhookError(f"the webhook answered {response.status_code} {response.reason_phrase}")
 
 
 def webhook_of(settings: Settings) -> Webhook | None:
@@ -194,48 +170,57 @@ class Notifier:
         return True
 
     def _deliver(self, alert: BalanceAlert, body: bytes, m: Message, stop: threading.Event) -> bool:
-        assert self.webhook is not None
+        """Post until delivered (True), or until stopped or the partition is revoked (False)."""
+        webhook = self.webhook
+        assert webhook is not None
         assert self._consumer is not None
         consumer = self._consumer
-        attempt = 0
+
+        def post() -> None:
+            try:
+                webhook.post(body, alert.alert_event_id)
+            except WebhookError:
+                metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
+                raise
+            metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+
+        def wait(delay: float) -> None:
+            if not self._paused:
+                # Polling keeps the group membership alive through a long outage; paused, it reads nothing.
+                consumer.pause(consumer.assignment())
+                self._paused = True
+            waited = 0.0
+            while waited < delay:
+                if stop.wait(min(0.2, delay - waited)):
+                    raise _Interrupted
+                waited += 0.2
+                stray = consumer.poll(0)
+                if stray is not None and stray.error() is None:
+                    # Not ours to handle now: read it again once resumed.
+                    consumer.seek(TopicPartition(stray.topic() or "", stray.partition() or 0, stray.offset() or 0))
+                if (m.topic(), m.partition()) in self._revoked:
+                    raise _Interrupted
+
+        deliveries = retrying(
+            "webhook delivery",
+            transient=WebhookError,
+            backoff=self.backoff,
+            sleep=wait,
+            alert_event_id=alert.alert_event_id,
+        )
         try:
-            while True:
-                attempt += 1
-                try:
-                    self.webhook.post(body, alert.alert_event_id)
-                    metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
-                    return True
-                except WebhookError as exc:
-                    metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
-                    delay = self.backoff.delay(attempt)
-                    log.warning(
-                        "webhook delivery failed: retrying",
-                        extra=fields(
-                            alert_event_id=alert.alert_event_id,
-                            attempt=attempt,
-                            retry_in=round(delay, 2),
-                            error=str(exc),
-                        ),
-                    )
-                if not self._paused:
-                    # Polling keeps the group membership alive through a long outage; paused, it reads nothing.
-                    consumer.pause(consumer.assignment())
-                    self._paused = True
-                waited = 0.0
-                while waited < delay:
-                    if stop.wait(min(0.2, delay - waited)):
-                        return False
-                    waited += 0.2
-                    stray = consumer.poll(0)
-                    if stray is not None and stray.error() is None:
-                        # Not ours to handle now: read it again once resumed.
-                        consumer.seek(TopicPartition(stray.topic() or "", stray.partition() or 0, stray.offset() or 0))
-                    if (m.topic(), m.partition()) in self._revoked:
-                        return False
+            deliveries(post)
+        except _Interrupted:
+            return False
         finally:
             if self._paused:
                 self._paused = False
                 consumer.resume(consumer.assignment())
+        return True
+
+
+class _Interrupted(Exception):
+    """The wait before a retry ended early: stopping, or the alert's partition went to another notifier."""
 
 
 def run_notifier(settings: Settings, metrics_port: int | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,11 +21,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import SessionWriter
-from pipeline.contract.events import BillingSessionRecord
-from pipeline.infra import failpoints
-from pipeline.infra.kafka import consumer_config
-from pipeline.infra.logs import fields
-from pipeline.infra.metrics import (
+from pipeline import failpoints
+from pipeline.events import BillingSessionRecord
+from pipeline.infra.retry import Backoff
+from pipeline.infra.settings import Settings
+from pipeline.kafka import consumer_config
+from pipeline.logs import fields
+from pipeline.metrics import (
     CONSUMER_LAG,
     FINAL_TO_QUERYABLE_SECONDS,
     SINK_BATCH_ROWS,
@@ -36,7 +37,6 @@ from pipeline.infra.metrics import (
     SINK_LAST_SUCCESS,
     SINK_ROWS,
 )
-from pipeline.settings import Settings
 
 __all__ = ["Backoff", "ClickHouseSink", "KafkaConsumer", "KafkaMessage", "SinkError", "decode_record"]
 
@@ -90,23 +90,6 @@ ConsumerFactory = Callable[[dict[str, Any]], KafkaConsumer]
 
 class SinkError(RuntimeError):
     """The sink cannot go on (a fatal consumer error, or offsets that would go backwards)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff between retries of a failed batch: ``initial`` doubling up to ``maximum``.
-
-    Jitter takes up to ``jitter`` (a fraction) off each delay, so sinks that failed together
-    do not retry together; a delay never exceeds ``maximum``.
-    """
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.maximum, self.initial * 2.0 ** max(0, attempt - 1))
-        return base * (1.0 - self.jitter * rand())
 
 
 def decode_record(value: bytes | None) -> BillingSessionRecord | str:

@@ -23,12 +23,12 @@ from console.app import create_app
 from console.auth import Authenticator, issue_token
 from console.context import ConsoleContext
 from console.server import ConsoleServer
-from console.settings import ConsoleSettings
 from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.plans import PlanStore
-from pipeline.contract.decode import decode_event
-from pipeline.contract.events import BalanceSnapshot, Rejection
-from pipeline.stream.records import billing_session_record
+from pipeline.decode import decode_event
+from pipeline.events import BalanceSnapshot, Rejection
+from pipeline.infra.settings import ConsoleSettings
+from pipeline.records import billing_session_record
 from tests.support import FAR_FUTURE, meter_run
 
 SECRET = "s" * 40

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.support import wait_until
 
 

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.contract.decode import decode_event, to_ms
-from pipeline.contract.events import Event, Rejection, format_ms
+from pipeline.decode import decode_event, to_ms
+from pipeline.events import Event, Rejection, format_ms
+from pipeline.infra.settings import Settings, Topics
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.rules.model import BillingSession
-from pipeline.settings import Settings, Topics
 
 T0 = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 FAR_FUTURE = 2**60

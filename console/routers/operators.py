@@ -8,7 +8,8 @@ so a command prints the same whether it reads ClickHouse itself or asks here.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 from fastapi import Depends, Query, Request, Response
@@ -17,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from console.context import ConsoleContext
 from console.deps import console_context, operator_router
+from consumers.clickhouse import Client
 from consumers.clickhouse.reconcile import PeriodRequest, RepairBatch, apply_batch, snapshot
-from consumers.reports.plans import parse_plans_parameters, plans_report
-from consumers.reports.usage import CONTENT_TYPES, UsageParameterError, check_period, parse_parameters, usage_report
+from consumers.plans_report import parse_plans_parameters, plans_report
+from consumers.usage_report import CONTENT_TYPES, UsageParameterError, check_period, parse_parameters, usage_report
+from pipeline.report import Format
 from pipeline.rules.attribution import UnknownZoneError
 
 router = operator_router(tags=["operators"])
@@ -41,14 +44,7 @@ def usage(
     timezone: _Text = None,
     format: _Text = None,
 ) -> Response:
-    try:
-        query = parse_parameters(request.url.query)
-        text = usage_report(context.client, context.database, query)
-    except UsageParameterError as exc:
-        return JSONResponse(exc.as_json(), status_code=400)
-    except (UnknownZoneError, OSError) as exc:  # the server's tz data lacks the zone; "Etc" is a directory
-        return JSONResponse(UsageParameterError("timezone", str(exc), "use another zone").as_json(), status_code=400)
-    return Response(text, media_type=CONTENT_TYPES[query.fmt], headers={"Cache-Control": "no-store"})
+    return _report(request, context, parse_parameters, usage_report)
 
 
 @router.get("/plans", summary="What `metering plans` prints, for every account (operator token)")
@@ -61,12 +57,27 @@ def plans(
     timezone: _Text = None,
     format: _Text = None,
 ) -> Response:
+    return _report(request, context, parse_plans_parameters, plans_report)
+
+
+class _Query(Protocol):
+    @property
+    def fmt(self) -> Format: ...
+
+
+Q = TypeVar("Q", bound=_Query)
+
+
+def _report(
+    request: Request, context: ConsoleContext, parse: Callable[[str], Q], report: Callable[[Client, str, Q], str]
+) -> Response:
+    """The command's text for the request's parameters, or a 400 naming the wrong one."""
     try:
-        query = parse_plans_parameters(request.url.query)
-        text = plans_report(context.client, context.database, query)
+        query = parse(request.url.query)
+        text = report(context.client, context.database, query)
     except UsageParameterError as exc:
         return JSONResponse(exc.as_json(), status_code=400)
-    except (UnknownZoneError, OSError) as exc:
+    except (UnknownZoneError, OSError) as exc:  # the server's tz data lacks the zone; "Etc" is a directory
         return JSONResponse(UsageParameterError("timezone", str(exc), "use another zone").as_json(), status_code=400)
     return Response(text, media_type=CONTENT_TYPES[query.fmt], headers={"Cache-Control": "no-store"})
 

@@ -18,121 +18,29 @@ with a message naming the setting and the fix.
 
 from __future__ import annotations
 
-import os
 import re
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
-from urllib.parse import SplitResult, unquote, urlsplit
+from typing import Final
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
-from consumers.clickhouse.errors import (
+from consumers.clickhouse.errors import ClickHouseUnavailableError
+from pipeline.infra.clickhouse_url import (
     URL_SETTING,
     ClickHouseConfigError,
     ClickHouseError,
-    ClickHouseUnavailableError,
+    Target,
+    check_database_name,
+    parse_url,
+    redact,
 )
+from pipeline.infra.retry import Backoff, retrying
 
 __all__ = ["Client", "Target", "check_database_name", "connect", "parse_url", "redact"]
 
-_DATABASE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _AUTH_CODES: Final = frozenset({192, 193, 194, 516})  # UNKNOWN_USER, WRONG_PASSWORD, ..., AUTHENTICATION_FAILED
-_DEFAULT_PORTS: Final = {"http": 8123, "https": 8443}
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where ``METERING_CLICKHOUSE_URL`` points; ``password`` never appears in messages."""
-
-    scheme: Literal["chdb", "http", "https"]
-    path: str = ""  # chdb: the database directory
-    host: str = ""
-    port: int = 0
-    username: str = "default"
-    password: str = ""
-    database: str | None = None  # http(s): the database named in the URL path, if any
-
-    @property
-    def embedded(self) -> bool:
-        return self.scheme == "chdb"
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-def _bad_url(url: str, problem: str) -> ClickHouseConfigError:
-    return ClickHouseConfigError(
-        f"{URL_SETTING}={redact(url)!r}: {problem}. Use chdb:///absolute/directory for the embedded "
-        "database, or http(s)://user:password@host:port/database for a ClickHouse server."
-    )
-
-
-def parse_url(url: str) -> Target:
-    """Validate ``METERING_CLICKHOUSE_URL``; :class:`ClickHouseConfigError` says what is wrong."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise _bad_url(url, f"not a valid URL ({exc})") from exc
-    scheme = parts.scheme.lower()
-    if parts.query or parts.fragment:
-        raise _bad_url(url, "query strings and fragments are not supported")
-    if scheme == "chdb":
-        return _parse_chdb(url, parts)
-    if scheme in _DEFAULT_PORTS:
-        return _parse_http(url, parts, "http" if scheme == "http" else "https", port)
-    raise _bad_url(url, f"unsupported scheme {parts.scheme!r}" if parts.scheme else "no scheme")
-
-
-def _parse_chdb(url: str, parts: SplitResult) -> Target:
-    if parts.netloc:
-        raise _bad_url(url, f"an embedded database URL has no host (got {parts.netloc!r}); write three slashes")
-    path = unquote(parts.path)
-    if not os.path.isabs(path) or path == "/":
-        raise _bad_url(url, "an embedded database URL must name an absolute directory")
-    return Target(scheme="chdb", path=os.path.normpath(path))
-
-
-def _parse_http(url: str, parts: SplitResult, scheme: Literal["http", "https"], port: int | None) -> Target:
-    if not parts.hostname:
-        raise _bad_url(url, "no host")
-    segments = [s for s in parts.path.split("/") if s]
-    if len(segments) > 1:
-        raise _bad_url(url, "the path may name one database only")
-    database = unquote(segments[0]) if segments else None
-    if database is not None:
-        check_database_name(database)
-    return Target(
-        scheme=scheme,
-        host=parts.hostname,
-        port=port or _DEFAULT_PORTS[scheme],
-        username=unquote(parts.username) if parts.username else "default",
-        password=unquote(parts.password) if parts.password else "",
-        database=database,
-    )
-
-
-def check_database_name(database: str) -> str:
-    """``database`` if it is a plain identifier, else :class:`ClickHouseConfigError`."""
-    if not _DATABASE_NAME.match(database):
-        raise ClickHouseConfigError(
-            f"database name {database!r} is not a plain identifier: use letters, digits and "
-            "underscores, starting with a letter or underscore (the default is 'metering')"
-        )
-    return database
 
 
 def connect(url: str, database: str, *, attempts: int = 3, backoff_s: float = 0.5) -> Client:
@@ -199,38 +107,42 @@ def _lock_holder(path: str) -> str:
 
 
 def _connect_http(url: str, target: Target, *, attempts: int, backoff_s: float) -> Client:
-    for attempt in range(1, attempts + 1):
-        try:
-            return clickhouse_connect.get_client(
-                host=target.host,
-                port=target.port,
-                username=target.username,
-                password=target.password,
-                secure=target.scheme == "https",
-                connect_timeout=5,
-                send_receive_timeout=60,
-                autogenerate_session_id=False,  # the shared client is used from several threads
-                tz_mode="aware",
-            )
-        except OperationalError as exc:
-            # Connection refused/reset, name resolution: the server may be starting up.
-            if attempt == attempts:
-                raise ClickHouseUnavailableError(
-                    f"cannot reach the ClickHouse server at {redact(url)} after {attempts} attempts: "
-                    f"{_first_line(exc)}. Start the server, or fix host and port in {URL_SETTING}."
-                ) from exc
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-        except DatabaseError as exc:
-            if exc.code in _AUTH_CODES:
-                raise ClickHouseConfigError(
-                    f"the ClickHouse server at {redact(url)} refused user {target.username!r} "
-                    f"(code {exc.code}): fix the user and password in {URL_SETTING}"
-                ) from exc
-            raise ClickHouseUnavailableError(
-                f"the ClickHouse server at {redact(url)} failed the connection check "
-                f"(code {exc.code}): {_first_line(exc)}"
+    # Connection refused/reset, name resolution (OperationalError): the server may be starting up.
+    connecting = retrying(
+        "connecting to ClickHouse",
+        transient=OperationalError,
+        attempts=attempts,
+        backoff=Backoff(initial=backoff_s, maximum=30.0, jitter=0.0),
+        url=redact(url),
+    )
+    try:
+        return connecting(
+            clickhouse_connect.get_client,
+            host=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            secure=target.scheme == "https",
+            connect_timeout=5,
+            send_receive_timeout=60,
+            autogenerate_session_id=False,  # the shared client is used from several threads
+            tz_mode="aware",
+        )
+    except OperationalError as exc:
+        raise ClickHouseUnavailableError(
+            f"cannot reach the ClickHouse server at {redact(url)} after {attempts} attempts: "
+            f"{_first_line(exc)}. Start the server, or fix host and port in {URL_SETTING}."
+        ) from exc
+    except DatabaseError as exc:
+        if exc.code in _AUTH_CODES:
+            raise ClickHouseConfigError(
+                f"the ClickHouse server at {redact(url)} refused user {target.username!r} "
+                f"(code {exc.code}): fix the user and password in {URL_SETTING}"
             ) from exc
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        raise ClickHouseUnavailableError(
+            f"the ClickHouse server at {redact(url)} failed the connection check "
+            f"(code {exc.code}): {_first_line(exc)}"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

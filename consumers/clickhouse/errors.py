@@ -8,7 +8,10 @@ table or ClickHouse error code involved and the likely fix. Driver exceptions ar
 
 from __future__ import annotations
 
+from pipeline.infra.clickhouse_url import URL_SETTING, ClickHouseConfigError, ClickHouseError
+
 __all__ = [
+    "URL_SETTING",
     "ClickHouseConfigError",
     "ClickHouseError",
     "ClickHouseUnavailableError",
@@ -16,17 +19,6 @@ __all__ = [
     "MigrationError",
     "MissingTablesError",
 ]
-
-#: The one setting that names the database; every connection message points at it.
-URL_SETTING = "METERING_CLICKHOUSE_URL"
-
-
-class ClickHouseError(Exception):
-    """Base of every error raised by ``consumers.clickhouse``."""
-
-
-class ClickHouseConfigError(ClickHouseError, ValueError):
-    """A setting is wrong (bad URL, bad database name): fix the configuration, do not retry."""
 
 
 class ClickHouseUnavailableError(ClickHouseError):

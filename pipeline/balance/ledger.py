@@ -8,6 +8,7 @@ alert ids: docs/balances.md ("Balance", "Balance alerts").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Final, Literal
@@ -361,19 +362,11 @@ def charge(state: AppBalance, session: BillingSession, config: BalanceConfig) ->
 
 def apply_funds(state: AppBalance, event: FundsAdded) -> Step:
     """Credit a top-up in its own currency (never converted)."""
-    counters = state.counters
     if event.event_id in state.funds_seen:
-        counters.funds_duplicate += 1
+        state.counters.funds_duplicate += 1
         return Step(Outcome.DUPLICATE, [])
-    t = to_ms(event.occurred_at)
-    if not state.account_id:
-        state.account_id = event.account_id
-    state.funds_seen[event.event_id] = t
-    tally = state.tally(event.currency)
-    tally.funds = add(tally.funds, parse_decimal(event.amount))
-    counters.funds_added += 1
-    state.opened = True
-    state._saw(t)
+    t = _book_funds(state, event, state.funds_seen, add)
+    state.counters.funds_added += 1
     return Step(Outcome.APPLIED, _crossing(state, t))
 
 
@@ -382,16 +375,27 @@ def apply_refund(state: AppBalance, event: FundsRefunded) -> Step:
     if event.event_id in state.refunds_seen:
         state.counters.other_duplicate += 1
         return Step(Outcome.DUPLICATE, [])
+    t = _book_funds(state, event, state.refunds_seen, sub)
+    state.counters.refunds += 1
+    return Step(Outcome.APPLIED, _crossing(state, t))
+
+
+def _book_funds(
+    state: AppBalance,
+    event: FundsAdded | FundsRefunded,
+    seen: dict[str, int],
+    change: Callable[[Decimal, Decimal], Decimal],
+) -> int:
+    """Move the funds of the event's currency by its amount (``add`` or ``sub``); the event's time."""
     t = to_ms(event.occurred_at)
     if not state.account_id:
         state.account_id = event.account_id
-    state.refunds_seen[event.event_id] = t
+    seen[event.event_id] = t
     tally = state.tally(event.currency)
-    tally.funds = sub(tally.funds, parse_decimal(event.amount))
-    state.counters.refunds += 1
+    tally.funds = change(tally.funds, parse_decimal(event.amount))
     state.opened = True
     state._saw(t)
-    return Step(Outcome.APPLIED, _crossing(state, t))
+    return t
 
 
 def request_extension(state: AppBalance, event: ExtensionRequested) -> Step:

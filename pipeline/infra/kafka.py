@@ -15,9 +15,10 @@ from typing import Any, Final
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.contract.partitioner import partition_of
-from pipeline.infra.logs import fields
-from pipeline.settings import Settings
+from pipeline.infra.retry import Backoff, retrying
+from pipeline.infra.settings import Settings
+from pipeline.logs import fields
+from pipeline.partitioner import partition_of
 
 __all__ = [
     "PARTITIONER",
@@ -87,22 +88,20 @@ def admin(settings: Settings) -> AdminClient:
 def wait_for_broker(settings: Settings, timeout: float = 60.0) -> None:
     """Block until the cluster answers, logging while it does not; a clear error at the end."""
     client = admin(settings)
-    deadline = time.monotonic() + timeout
-    announced = 0.0
-    while True:
-        try:
-            client.list_topics(timeout=5)
-            return
-        except KafkaException as exc:
-            if time.monotonic() > deadline:
-                raise KafkaSetupError(
-                    f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f} s ({exc}): "
-                    "check METERING_KAFKA_BOOTSTRAP and that the brokers are up"
-                ) from exc
-            if time.monotonic() - announced > 10:
-                log.info("waiting for Kafka", extra=fields(bootstrap=settings.kafka_bootstrap))
-                announced = time.monotonic()
-            time.sleep(1)
+    waiting = retrying(
+        "waiting for Kafka",
+        transient=KafkaException,
+        seconds=timeout,
+        backoff=Backoff(initial=0.5, maximum=5.0),
+        bootstrap=settings.kafka_bootstrap,
+    )
+    try:
+        waiting(client.list_topics, timeout=5)
+    except KafkaException as exc:
+        raise KafkaSetupError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f} s ({exc}): "
+            "check METERING_KAFKA_BOOTSTRAP and that the brokers are up"
+        ) from exc
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], config: Mapping[str, str] | None = None) -> None:

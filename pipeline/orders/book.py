@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from msgspec import Struct
 from msgspec import field as struct_field
@@ -48,6 +48,8 @@ from pipeline.orders.events import (
 )
 from pipeline.orders.providers import PaymentOutcome
 from pipeline.rules.billing import derived_id
+
+M = TypeVar("M", FundsAdded, FundsRefunded)
 
 Outcome = Literal["applied", "duplicate", "unmatched", "inapplicable", "refused"]
 
@@ -194,32 +196,29 @@ def update_payment(book: AccountOrders, event: PaymentUpdated, seller: str) -> S
     if event.status == "failed":
         order.status, order.failure_reason = "failed", event.reason or "the payment failed"
         return Step("applied", states=[_changed(book, order, t)])
-    created = order.created
     if event.status == "paid":
         order.status, order.paid_ms = "paid", t
         invoice = _document(book, order, "invoice", t, seller)
         order.invoice_id = invoice.invoice_id
-        funds = FundsAdded(
-            event_id=funds_event_id(book.account_id, created.order_id),
-            occurred_at=ms_to_datetime(t),
-            account_id=created.account_id,
-            app_id=created.app_id,
-            amount=created.amount,
-            currency=created.currency,
-        )
+        funds = _money(FundsAdded, funds_event_id(book.account_id, order.created.order_id), order.created, t)
         return Step("applied", states=[_changed(book, order, t)], documents=[invoice], money=[funds])
     order.status = "refunded"
     note = _document(book, order, "credit_note", t, seller)
     order.credit_note_id = note.invoice_id
-    refund = FundsRefunded(
-        event_id=refund_event_id(book.account_id, created.order_id),
+    refund = _money(FundsRefunded, refund_event_id(book.account_id, order.created.order_id), order.created, t)
+    return Step("applied", states=[_changed(book, order, t)], documents=[note], money=[refund])
+
+
+def _money(kind: type[M], event_id: str, created: OrderCreated, t: int) -> M:
+    """The order's amount as funds added (paid) or refunded, for the balance processor."""
+    return kind(
+        event_id=event_id,
         occurred_at=ms_to_datetime(t),
         account_id=created.account_id,
         app_id=created.app_id,
         amount=created.amount,
         currency=created.currency,
     )
-    return Step("applied", states=[_changed(book, order, t)], documents=[note], money=[refund])
 
 
 def description_of(order: OrderCreated) -> str:

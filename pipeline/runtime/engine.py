@@ -60,13 +60,13 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from pipeline import metrics
+from pipeline.infra.settings import Settings
 from pipeline.kafka import admin, consumer_config
 from pipeline.logs import fields
 from pipeline.runtime.processor import Effects, PartitionProcessor, Record, Topology
 from pipeline.runtime.restore import RestoreJob, Restorer
 from pipeline.runtime.state import Backend, MemoryBackend, PartitionStore, RocksBackend
 from pipeline.runtime.transactions import StuckCall, Transactor, Write, is_fatal
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,34 +17,35 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline.infra.kafka import KafkaSetupError, consumer_config
-from pipeline.infra.logs import fields
+from pipeline.infra.retry import Backoff, retrying
+from pipeline.infra.settings import Settings
+from pipeline.kafka import KafkaSetupError, consumer_config
+from pipeline.logs import fields
 from pipeline.runtime.processor import Topology
 from pipeline.runtime.state import Backend, PartitionStore
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RESTORE_TIMEOUT_SECONDS: Final = 600.0
 #: How long an assignment waits for the previous owner's open transaction to be resolved.
 STABLE_OFFSETS_SECONDS: Final = 300.0
+_EVERY_HALF_SECOND: Final = Backoff(initial=0.5, maximum=0.5, jitter=0.0)
 #: Changes written to a backend at once while restoring.
 CHUNK: Final = 10_000
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 60.0) -> tuple[int, int]:
     """Low and high (last stable, read committed) offsets; retried while a new topic's leader is elected."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if time.monotonic() > deadline:
-                raise KafkaSetupError(
-                    f"cannot read the offsets of {topic} partition {partition} ({exc.args[0]}): check the brokers"
-                ) from exc
-            time.sleep(0.5)
+    asking = retrying(
+        "reading watermark offsets", transient=KafkaException, seconds=timeout, backoff=_EVERY_HALF_SECOND, topic=topic
+    )
+    try:
+        low, high = asking(consumer.get_watermark_offsets, TopicPartition(topic, partition), timeout=10)
+    except KafkaException as exc:
+        raise KafkaSetupError(
+            f"cannot read the offsets of {topic} partition {partition} ({exc.args[0]}): check the brokers"
+        ) from exc
+    return int(low), int(high)
 
 
 def reader(settings: Settings, name: str) -> Consumer:
@@ -128,16 +129,14 @@ def committed_offsets(consumer: Consumer, tps: list[TopicPartition]) -> dict[tup
     until that transaction is committed or aborted. Only then is the changelog read, so that it
     holds whatever that transaction wrote.
     """
-    deadline = time.monotonic() + STABLE_OFFSETS_SECONDS
-    while True:
-        try:
-            found = consumer.committed(tps, timeout=30)
-            break
-        except KafkaException as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.info("waiting for stable committed offsets", extra=fields(error=str(exc.args[0])))
-            time.sleep(0.5)
+    asking = retrying(
+        "waiting for stable committed offsets",
+        transient=KafkaException,
+        seconds=STABLE_OFFSETS_SECONDS,
+        backoff=_EVERY_HALF_SECOND,
+        level=logging.INFO,  # expected while the previous owner's transaction is open
+    )
+    found = asking(consumer.committed, tps, timeout=30)
     out = {}
     for tp in found:
         offset = tp.offset

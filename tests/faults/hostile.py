@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import Outgoing
 from tests.support import T0
 

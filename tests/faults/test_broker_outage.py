@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.local_kafka import LocalKafka
+from pipeline.infra.settings import Settings
+from pipeline.local_kafka import LocalKafka
 from pipeline.rules.config import DAY
-from pipeline.settings import Settings
 from tests.faults.harness import (
     Replay,
     StoreProcess,

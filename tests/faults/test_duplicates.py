@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     Outgoing,
     StoreProcess,

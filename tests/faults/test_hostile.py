@@ -11,8 +11,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.contract.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
-from pipeline.settings import Settings
+from pipeline.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
+from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     Outgoing,
     RssSampler,

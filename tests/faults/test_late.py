@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.contract.events import LateRecord
-from pipeline.settings import Settings
+from pipeline.events import LateRecord
+from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     StoreProcess,
     WorkerPool,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import Replay, StoreProcess, WorkerPool, check_exact, keyed, scrape, traffic_lines
 from tests.support import wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     StoreProcess,
     WorkerPool,

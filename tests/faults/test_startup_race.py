@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.faults.harness import MeteringRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -29,8 +29,8 @@ WAITING = "waiting for the metering service starting on"
 #: A reader that opens the embedded database itself (no store serves yet) and keeps it for a while.
 HOLD_DATABASE = """
 import sys, time
-from cli.usage_command import open_client, reach_store
-from pipeline.settings import Settings
+from consumers.usage_command import open_client, reach_store
+from pipeline.infra.settings import Settings
 settings = Settings.from_env().with_clickhouse_default()
 hold = reach_store(settings)
 client = open_client(settings)
@@ -67,7 +67,7 @@ class Pollers:
         while not self._stop.is_set():
             started = time.monotonic()
             done = subprocess.run(
-                [sys.executable, "-m", "cli", "usage", "--format", "csv"],
+                [sys.executable, "-m", "pipeline", "usage", "--format", "csv"],
                 env=self.env,
                 capture_output=True,
                 text=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from pipeline.stream.worker import EXIT_FENCED
 from tests.faults.harness import Replay, StoreProcess, WorkerPool, check_exact, keyed, scrape, traffic_lines
 from tests.support import wait_until

@@ -15,11 +15,11 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from pipeline.infra.kafka import partition_of, producer_config
+from pipeline.infra.settings import Settings
+from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.book import AccountOrders, create_order
 from pipeline.orders.events import OrderCreated, PaymentUpdated
 from pipeline.orders.providers import BUILT_IN
-from pipeline.settings import Settings
 from pipeline.stream import orders_changelog
 from pipeline.stream.orders import changelog_topic, setup_topics
 from tests.processes import ChildProcesses

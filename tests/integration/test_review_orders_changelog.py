@@ -18,10 +18,10 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline.contract.events import FundsAdded
-from pipeline.infra.kafka import partition_of, producer_config
+from pipeline.events import FundsAdded
+from pipeline.infra.settings import Settings
+from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.events import OrderCreated
-from pipeline.settings import Settings
 from tests.processes import ChildProcesses
 from tests.support import wait_until
 

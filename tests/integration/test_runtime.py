@@ -16,11 +16,11 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline.infra import failpoints
+from pipeline import failpoints
+from pipeline.infra.settings import Settings
 from pipeline.runtime import Effects, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
 from pipeline.runtime.restore import restore
 from pipeline.runtime.state import MemoryBackend, RocksBackend
-from pipeline.settings import Settings
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.settings import Settings
+from pipeline.infra.settings import Settings
 from tests.metric_names import exported_series
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"

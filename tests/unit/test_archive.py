@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from devtools import traffic
-from pipeline.contract.partitioner import partition_of
+from pipeline import traffic
+from pipeline.infra.settings import Topics
+from pipeline.partitioner import partition_of
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.runtime.processor import Record
 from pipeline.runtime.state import PartitionStore, RocksBackend
-from pipeline.settings import Topics
 from pipeline.stream.archive import StoreArchive
 from pipeline.stream.partition import PartitionMeter
 from tests.support import T0

@@ -13,8 +13,8 @@ import msgspec
 from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import FEEDS, PlanSink
-from pipeline.contract.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded
-from pipeline.settings import Settings
+from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded
+from pipeline.infra.settings import Settings
 from tests.unit.test_clickhouse_plans import snapshot
 
 FEED = {feed.name: feed for feed in FEEDS}

@@ -19,8 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from console.auth import AuthError, KeysUnavailableError, _JwksUrl
-from console.settings import read_console_settings
 from consumers.clickhouse import Client
+from pipeline.infra.settings import read_console_settings
 from tests.console_support import bearer, console_settings, http, make_app, serve_console
 
 

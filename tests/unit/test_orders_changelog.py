@@ -10,14 +10,14 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pipeline.contract.events import AccountChanged, ms_to_datetime
-from pipeline.infra.kafka import partition_of
+from pipeline.events import AccountChanged, ms_to_datetime
+from pipeline.infra.settings import Settings
+from pipeline.kafka import partition_of
 from pipeline.orders.book import AccountOrders, create_order, payment_event_id, update_payment
 from pipeline.orders.events import OrderCreated
 from pipeline.orders.providers import BUILT_IN, PaymentOutcome
 from pipeline.runtime import Effects, PartitionStore, Record
 from pipeline.runtime.state import MemoryBackend
-from pipeline.settings import Settings
 from pipeline.stream import orders_changelog, orders_partition
 from pipeline.stream.orders import OrderProcessor
 from pipeline.stream.orders_partition import OrderPartition

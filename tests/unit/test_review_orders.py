@@ -13,12 +13,12 @@ import uuid
 import msgspec
 from confluent_kafka import Producer
 
-from pipeline.contract.events import ms_to_datetime
-from pipeline.infra.kafka import partition_of, producer_config
+from pipeline.events import ms_to_datetime
+from pipeline.infra.settings import Settings
+from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.events import OrderCreated
 from pipeline.orders.providers import BUILT_IN, PaymentOutcome
 from pipeline.rules.billing import derived_id
-from pipeline.settings import Settings
 from pipeline.stream.balance_partition import Input
 from pipeline.stream.orders_partition import OrderOutputs, OrderPartition
 from tests.support import T0

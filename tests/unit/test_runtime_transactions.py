@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from pipeline.infra.settings import Settings
 from pipeline.runtime import transactions
 from pipeline.runtime.transactions import StuckCall, Transactor
-from pipeline.settings import Settings
 
 
 class FakeProducer:

@@ -22,9 +22,10 @@ from prometheus_client import REGISTRY
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.fake import FakeSessionWriter
 from consumers.clickhouse.store import SessionWriter
-from consumers.sink import Backoff, ClickHouseSink, decode_record
-from pipeline.contract.events import BillingSessionRecord
-from pipeline.settings import Settings
+from consumers.sink import ClickHouseSink, decode_record
+from pipeline.events import BillingSessionRecord
+from pipeline.infra.retry import Backoff
+from pipeline.infra.settings import Settings
 
 TOPIC = "billing-sessions"
 T0 = datetime(2026, 11, 1, 10, tzinfo=UTC)

@@ -77,8 +77,8 @@ from consumers.clickhouse import connect
 from devtools.demo import DemoTraffic
 from devtools.local_kafka import LocalKafka
 from pipeline.infra import metrics
+from pipeline.infra.settings import Settings
 from pipeline.rules.config import MINUTE, SECOND, RulesConfig
-from pipeline.settings import Settings
 
 NAME: Final = "final_to_queryable"
 TARGET_P99_SECONDS: Final = 2.0

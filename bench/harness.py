@@ -27,9 +27,9 @@ from typing import Any, Final
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from pipeline.decode import to_ms
+from devtools.local_kafka import LocalKafka, LocalKafkaError, free_port
+from pipeline.contract.decode import to_ms
 from pipeline.infra.settings import Settings, Topics
-from pipeline.local_kafka import LocalKafka, LocalKafkaError, free_port
 from pipeline.stream.worker import changelog_topics
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -92,11 +92,11 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, log_path: Path, metrics_port: int) -> subprocess.Popen[bytes]:
-    """One `python -m pipeline worker`, as production runs it."""
+    """One `python -m cli worker`, as production runs it."""
     log = log_path.open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "worker", "--metrics-port", str(metrics_port)],
+            [sys.executable, "-m", "cli", "worker", "--metrics-port", str(metrics_port)],
             env=child_env(settings),
             stdout=log,
             stderr=subprocess.STDOUT,

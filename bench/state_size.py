@@ -1,6 +1,6 @@
 """The worker's state: memory per open conversation, and bytes on disk per dedupe id (a day at 10,000 events/s).
 
-No broker: realistic traffic (``pipeline.traffic``, fixed seed) goes through one
+No broker: realistic traffic (``devtools.traffic``, fixed seed) goes through one
 ``PartitionMeter`` per partition exactly as the worker feeds it (batches of its partition's
 messages, the compiled engine), and each batch's state changes are written, as the worker's
 runtime writes them after a commit, to a RocksDB backend per partition (``pipeline.runtime``).
@@ -32,9 +32,10 @@ from typing import Any, Final
 from harness import HISTORY_START_MS, environment, write_result
 from rich.console import Console
 
-from pipeline import native, traffic
+from devtools import traffic
+from pipeline.contract.partitioner import partition_of
+from pipeline.infra import native
 from pipeline.infra.settings import Topics
-from pipeline.partitioner import partition_of
 from pipeline.rules import meter as meter_module
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.runtime.processor import Record

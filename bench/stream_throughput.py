@@ -77,8 +77,8 @@ from devtools.produce import produce
 from pipeline.compute import compute
 from pipeline.contract.decode import to_ms
 from pipeline.infra.report import render
+from pipeline.infra.settings import Settings
 from pipeline.rules.config import RulesConfig
-from pipeline.settings import Settings
 
 NAME: Final = "stream_throughput"
 SAMPLE_EVERY: Final = 0.25  # the sink's and the workers' /metrics

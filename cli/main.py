@@ -20,9 +20,9 @@ from pipeline.contract.events import MAX_IDLE_TIMEOUT_MINUTES, MIN_IDLE_TIMEOUT_
 from pipeline.infra import logs
 from pipeline.infra.progress import FileProgress
 from pipeline.infra.report import FORMATS, Format, render
+from pipeline.infra.settings import Settings, SettingsError
 from pipeline.rules.attribution import PERIODS, Period, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
-from pipeline.settings import Settings, SettingsError
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_SETTINGS = 78
@@ -241,7 +241,7 @@ def reconcile(
 
     Exit status: 0 no differences (or all repaired), 1 differences remain, 2 an error.
     """
-    from pipeline.reconcile import reconcile_command
+    from cli.reconcile import reconcile_command
 
     sys.exit(
         reconcile_command(
@@ -503,7 +503,7 @@ def entitlement(port: int | None) -> None:
 def notify(metrics_port: int | None) -> None:
     """Log every balance alert and, with METERING_WEBHOOK_URL, deliver it to the webhook (signed, retried)."""
     from consumers.notifier import run_notifier
-    from pipeline.settings import SettingsError
+    from pipeline.infra.settings import SettingsError
 
     try:
         code = run_notifier(load_settings(), metrics_port)

@@ -30,9 +30,9 @@ from consumers.reports.operators import (
 )
 from pipeline.contract.events import ExtensionDeclined, ExtensionGranted
 from pipeline.infra.publish import Publisher
+from pipeline.infra.settings import Settings
 from pipeline.orders.events import PaymentResult, PaymentUpdated
 from pipeline.rules.billing import derived_id
-from pipeline.settings import Settings
 
 __all__ = [
     "ActionError",

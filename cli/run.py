@@ -1,6 +1,6 @@
 """`metering run`: the whole pipeline on one machine, in the foreground, stopped cleanly by a signal.
 
-This process owns its data directory (``consumers.store_lock``: taken before anything else, so
+This process owns its data directory (``cli.store_lock``: taken before anything else, so
 a command reading the embedded database never races its start) and the embedded ClickHouse
 (sink, usage API, its metrics); the stream workers run as child processes, restarted if they
 die. Kafka is ``METERING_KAFKA_BOOTSTRAP`` when it is set; otherwise the data directory's own
@@ -29,14 +29,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from consumers.service import StoreEndpoints, serve_store
-from consumers.store_lock import DataDirBusyError, StoreLock
-from pipeline.demo import DemoTraffic
+from cli.service import StoreEndpoints, serve_store
+from cli.store_lock import DataDirBusyError, StoreLock
+from devtools.demo import DemoTraffic
+from devtools.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
 from pipeline.infra.http import HTTPError, local_get
+from pipeline.infra.kafka import ensure_topics
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.kafka import ensure_topics
-from pipeline.local_kafka import LocalKafka, free_port, running_broker, stop_running_broker
-from pipeline.logs import fields
 from pipeline.stream.worker import changelog_topics
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def _start_worker(settings: Settings, worker: _Worker) -> None:
     env["METERING_LOG_FORMAT"] = "json"
     out = worker.log_path.open("ab")
     worker.process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *worker.command], env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "cli", *worker.command], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     worker.started_at = time.monotonic()
     log.info(

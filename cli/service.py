@@ -29,11 +29,11 @@ from consumers.clickhouse.client import Client, redact
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import plan_sinks
 from consumers.sink import ClickHouseSink
-from pipeline import metrics
+from pipeline.infra import metrics
 from pipeline.infra.http import HTTPError, local_get
+from pipeline.infra.kafka import KafkaSetupError, ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.kafka import KafkaSetupError, ensure_topics, wait_for_broker
-from pipeline.logs import fields
 from pipeline.stream.orders import ensure_account_topics
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def _connect_when_free(settings: Settings, stop: threading.Event) -> Client:
     """ClickHouse; an embedded database another process has open for a moment is waited for, not a failed start.
 
     Commands of this project never open it while a store owns the data directory
-    (``consumers.store_lock``); this covers the others, for ``DATABASE_WAIT_SECONDS``.
+    (``cli.store_lock``); this covers the others, for ``DATABASE_WAIT_SECONDS``.
     """
     deadline = time.monotonic() + DATABASE_WAIT_SECONDS
     told = False

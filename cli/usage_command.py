@@ -3,7 +3,7 @@
 A ClickHouse server is queried directly. An embedded chDB database can be open in one
 process only: when a store process (``metering run``/``sink``) serves, its API answers; while
 one starts, the command waits for it (saying so) under the data directory's lock protocol
-(``consumers.store_lock``); otherwise the database is opened here, under a shared hold that
+(``cli.store_lock``); otherwise the database is opened here, under a shared hold that
 keeps a starting store out until it is closed. A database locked by a process outside that
 protocol is reported with its pid and what to do.
 """
@@ -16,15 +16,15 @@ from datetime import date
 from pathlib import Path
 from typing import Final, TypeVar
 
+from cli.service import discovery_file, find_running_store, read_discovery, read_token, token_file
+from cli.store_client import TIMEOUT_SECONDS, StoreClient, StoreHttpError, StoreUnreachableError
+from cli.store_lock import ReaderHold, holder, try_reader_hold
 from consumers.clickhouse import ClickHouseUnavailableError, Client, connect, migrate, parse_url
 from consumers.clickhouse.client import redact
 from consumers.clickhouse.errors import MissingTablesError
 from consumers.clickhouse.usage import named_query
-from consumers.plans_report import PlansQuery, plans_query, plans_report
-from consumers.service import discovery_file, find_running_store, read_discovery, read_token, token_file
-from consumers.store_client import TIMEOUT_SECONDS, StoreClient, StoreHttpError, StoreUnreachableError
-from consumers.store_lock import ReaderHold, holder, try_reader_hold
-from consumers.usage_report import UsageParameterError, UsageQuery, usage_query, usage_report
+from consumers.reports.plans import PlansQuery, plans_query, plans_report
+from consumers.reports.usage import UsageParameterError, UsageQuery, usage_query, usage_report
 from pipeline.infra.settings import Settings
 
 __all__ = [

@@ -28,8 +28,8 @@ from typing import Any, Final, Protocol
 import httpx
 import jwt
 
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import ConsoleSettings
-from pipeline.logs import fields
 
 __all__ = [
     "LEEWAY_SECONDS",

@@ -25,11 +25,11 @@ from pipeline.balance.money import format_amount
 from pipeline.balance.notices import AppView, app_status, notices
 from pipeline.balance.periods import next_period_start, period_start
 from pipeline.balance.plans import DEFAULT_CURRENCY
-from pipeline.decode import to_ms
-from pipeline.events import ms_to_datetime
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import ms_to_datetime
+from pipeline.infra.publish import Publisher
 from pipeline.infra.settings import Settings, Topics
 from pipeline.orders.providers import BUILT_IN
-from pipeline.publish import Publisher
 
 __all__ = [
     "AppRow",
@@ -54,7 +54,7 @@ PROVIDERS: Final = "payment_providers"
 
 def billing_extras(settings: Settings, client: Any, database: str) -> dict[str, Any]:
     """What the store process adds to the console's context for these sections."""
-    from pipeline.publish import KafkaPublisher  # noqa: PLC0415 - the Kafka client loads only where it serves
+    from pipeline.infra.publish import KafkaPublisher  # noqa: PLC0415 - the Kafka client loads only where it serves
 
     return {
         CATALOG: load_catalog(settings.plan_catalog),

@@ -31,12 +31,12 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from pipeline import metrics
-from pipeline.decode import to_ms
-from pipeline.events import BalanceSnapshot, format_ms
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import BalanceSnapshot, format_ms
+from pipeline.infra import metrics
+from pipeline.infra.kafka import consumer_config, ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
-from pipeline.logs import fields
 from pipeline.runtime.restore import watermarks
 
 log = logging.getLogger(__name__)

@@ -25,12 +25,12 @@ import httpx
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline import metrics
-from pipeline.events import BalanceAlert
+from pipeline.contract.events import BalanceAlert
+from pipeline.infra import metrics
+from pipeline.infra.kafka import consumer_config, ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
 from pipeline.infra.retry import Backoff, retrying
 from pipeline.infra.settings import Settings, SettingsError
-from pipeline.kafka import consumer_config, ensure_topics, wait_for_broker
-from pipeline.logs import fields
 
 log = logging.getLogger(__name__)
 

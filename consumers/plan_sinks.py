@@ -28,8 +28,8 @@ import msgspec
 from consumers.clickhouse.plans import PlanStore, record_key
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import ClickHouseSink, ConsumerFactory
-from pipeline.decode import decode_input
-from pipeline.events import AccountChanged, AgentTransfer, BalanceSnapshot, PlanEvent, Rejection
+from pipeline.contract.decode import decode_input
+from pipeline.contract.events import AccountChanged, AgentTransfer, BalanceSnapshot, PlanEvent, Rejection
 from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
 from pipeline.orders.events import InvoiceIssued, OrderState, decode_order_message

@@ -21,13 +21,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.store import SessionWriter
-from pipeline import failpoints
-from pipeline.events import BillingSessionRecord
-from pipeline.infra.retry import Backoff
-from pipeline.infra.settings import Settings
-from pipeline.kafka import consumer_config
-from pipeline.logs import fields
-from pipeline.metrics import (
+from pipeline.contract.events import BillingSessionRecord
+from pipeline.infra import failpoints
+from pipeline.infra.kafka import consumer_config
+from pipeline.infra.logs import fields
+from pipeline.infra.metrics import (
     CONSUMER_LAG,
     FINAL_TO_QUERYABLE_SECONDS,
     SINK_BATCH_ROWS,
@@ -37,6 +35,8 @@ from pipeline.metrics import (
     SINK_LAST_SUCCESS,
     SINK_ROWS,
 )
+from pipeline.infra.retry import Backoff
+from pipeline.infra.settings import Settings
 
 __all__ = ["Backoff", "ClickHouseSink", "KafkaConsumer", "KafkaMessage", "SinkError", "decode_record"]
 

@@ -1,6 +1,6 @@
 """Live demo traffic for `metering run --demo`: the pipeline visibly at work, on a laptop.
 
-The conversations are ``pipeline.traffic``'s, paced against the wall clock (event time is now),
+The conversations are ``devtools.traffic``'s, paced against the wall clock (event time is now),
 so usage, open conversations and billing sessions move on the dashboards as they would in
 production. Each app gets a plan and funds first (some apps little, so a balance alert shows
 up within minutes), and about one message in ``garbage_every`` is garbage, so the
@@ -22,12 +22,12 @@ from typing import Any, Final, Protocol
 import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipeline import traffic
+from devtools import traffic
 from pipeline.balance.catalog import PlanCatalog, load_catalog
-from pipeline.events import format_ms, ms_to_datetime
+from pipeline.contract.events import format_ms, ms_to_datetime
+from pipeline.infra.kafka import producer_config
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
-from pipeline.logs import fields
 
 log = logging.getLogger(__name__)
 

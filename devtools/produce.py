@@ -30,7 +30,7 @@ from pipeline.contract.events import INPUT_TYPES, AccountChanged, AgentTransfer,
 from pipeline.infra.kafka import KafkaSetupError, admin, missing_topics, producer_config, wait_for_broker
 from pipeline.infra.logs import fields
 from pipeline.infra.progress import FileProgress, OnProgress
-from pipeline.settings import Settings, Topics
+from pipeline.infra.settings import Settings, Topics
 
 log = logging.getLogger(__name__)
 

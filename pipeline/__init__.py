@@ -4,8 +4,6 @@
 ``pipeline.infra.native``) or "interpreted"; the results are the same either way.
 """
 
-from pipeline.infra import moved as _moved
 from pipeline.infra import native as _native
 
 ENGINE = _native.choose()
-_moved.install()  # transitional: old module paths for files other branches rewrite (pipeline/infra/moved.py)

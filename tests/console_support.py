@@ -25,10 +25,10 @@ from console.context import ConsoleContext
 from console.server import ConsoleServer
 from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.plans import PlanStore
-from pipeline.decode import decode_event
-from pipeline.events import BalanceSnapshot, Rejection
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import BalanceSnapshot, Rejection
 from pipeline.infra.settings import ConsoleSettings
-from pipeline.records import billing_session_record
+from pipeline.stream.records import billing_session_record
 from tests.support import FAR_FUTURE, meter_run
 
 SECRET = "s" * 40

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.decode import decode_event, to_ms
-from pipeline.events import Event, Rejection, format_ms
+from pipeline.contract.decode import decode_event, to_ms
+from pipeline.contract.events import Event, Rejection, format_ms
 from pipeline.infra.settings import Settings, Topics
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter

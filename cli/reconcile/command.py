@@ -17,11 +17,11 @@ from cli.reconcile.render import render_report, summary_text
 from cli.reconcile.run import reconcile
 from cli.reconcile.store import open_store
 from cli.reconcile.truth import Truth, truth_from_archive, truth_from_topics
+from cli.usage_command import StoreBusyError
 from consumers.clickhouse import ClickHouseError
-from consumers.usage_command import StoreBusyError
+from pipeline.infra.kafka import KafkaSetupError
+from pipeline.infra.report import Format
 from pipeline.infra.settings import Settings
-from pipeline.kafka import KafkaSetupError
-from pipeline.report import Format
 
 EXIT_ERROR: Final = 2
 

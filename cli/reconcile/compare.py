@@ -13,7 +13,7 @@ from typing import Literal
 from cli.reconcile.period import Period
 from cli.reconcile.truth import Truth
 from consumers.clickhouse.reconcile import SessionVoid, StoredSession, bucket_of
-from pipeline.events import MAX_FUTURE_MS, format_ms
+from pipeline.contract.events import MAX_FUTURE_MS, format_ms
 from pipeline.rules.attribution import DayOf, UsageRow
 from pipeline.rules.model import BillingSession
 

@@ -6,8 +6,8 @@ import json
 from typing import Any, Final
 
 from cli.reconcile.run import Report
-from pipeline.events import format_ms
-from pipeline.report import Format, render
+from pipeline.contract.events import format_ms
+from pipeline.infra.report import Format, render
 from pipeline.rules.attribution import USAGE_COLUMNS
 
 METRICS: Final = USAGE_COLUMNS[3:]

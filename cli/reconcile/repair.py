@@ -23,8 +23,8 @@ from cli.reconcile.period import Period
 from cli.reconcile.store import ReconcileStore
 from cli.reconcile.truth import Truth
 from consumers.clickhouse.reconcile import MAX_BATCH, ReconcileRun, RepairBatch
-from pipeline.records import billing_session_record
 from pipeline.rules.attribution import UsageRow
+from pipeline.stream.records import billing_session_record
 
 T = TypeVar("T")
 

@@ -7,6 +7,9 @@ from typing import Final, Protocol
 import msgspec
 
 from cli.reconcile.period import Period, ReconcileError
+from cli.store_client import StoreClient, StoreHttpError, StoreUnreachableError
+from cli.store_lock import ReaderHold
+from cli.usage_command import OnWait, StoreBusyError, open_client, reach_store, store_client
 from consumers.clickhouse import ClickHouseUnavailableError, Client
 from consumers.clickhouse.client import redact
 from consumers.clickhouse.reconcile import (
@@ -17,9 +20,6 @@ from consumers.clickhouse.reconcile import (
     apply_batch,
     snapshot,
 )
-from consumers.store_client import StoreClient, StoreHttpError, StoreUnreachableError
-from consumers.store_lock import ReaderHold
-from consumers.usage_command import OnWait, StoreBusyError, open_client, reach_store, store_client
 from pipeline.infra.settings import Settings
 
 _API_TIMEOUT_SECONDS: Final = 600.0

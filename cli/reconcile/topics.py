@@ -16,11 +16,11 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from rich.console import Console
 
 from cli.reconcile.period import ReconcileError
-from pipeline.decode import decode_event
-from pipeline.events import PlanChanged, Rejection
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import PlanChanged, Rejection
+from pipeline.infra.kafka import KafkaSetupError, consumer_config
+from pipeline.infra.progress import FileProgress, OnProgress
 from pipeline.infra.settings import Settings
-from pipeline.kafka import KafkaSetupError, consumer_config
-from pipeline.progress import FileProgress, OnProgress
 from pipeline.rules.config import MINUTE
 from pipeline.stream.partition import place
 

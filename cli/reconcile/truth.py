@@ -17,8 +17,8 @@ from rich.console import Console
 from cli.reconcile.period import Period, ReconcileError
 from cli.reconcile.topics import dump_topics
 from pipeline.compute import ComputeResult, compute
+from pipeline.infra.progress import FileProgress
 from pipeline.infra.settings import Settings
-from pipeline.progress import FileProgress
 from pipeline.rules.attribution import UsageBook, UsageRow
 from pipeline.rules.config import RulesConfig
 from pipeline.rules.model import BillingSession

@@ -20,9 +20,9 @@ from console.context import ConsoleContext
 from console.deps import console_context, operator_router
 from consumers.clickhouse import Client
 from consumers.clickhouse.reconcile import PeriodRequest, RepairBatch, apply_batch, snapshot
-from consumers.plans_report import parse_plans_parameters, plans_report
-from consumers.usage_report import CONTENT_TYPES, UsageParameterError, check_period, parse_parameters, usage_report
-from pipeline.report import Format
+from consumers.reports.plans import parse_plans_parameters, plans_report
+from consumers.reports.usage import CONTENT_TYPES, UsageParameterError, check_period, parse_parameters, usage_report
+from pipeline.infra.report import Format
 from pipeline.rules.attribution import UnknownZoneError
 
 router = operator_router(tags=["operators"])

@@ -45,12 +45,12 @@ from pipeline.balance.money import decimals_of, format_amount, format_money, is_
 from pipeline.balance.notices import AppView
 from pipeline.balance.periods import plan_change
 from pipeline.balance.plans import DEFAULT_CURRENCY
-from pipeline.decode import to_ms
-from pipeline.events import ExtensionRequested, OwnerChanged, ms_to_datetime
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import ExtensionRequested, OwnerChanged, ms_to_datetime
+from pipeline.infra.publish import Publisher
 from pipeline.infra.settings import Topics
 from pipeline.orders.book import description_of
 from pipeline.orders.events import OrderCreated
-from pipeline.publish import Publisher
 
 router = billing_router(prefix="/api/v1", tags=["plans"])
 #: An amount's text: 15 digits, a point and 6 decimals fit with room for spaces (orders stay bounded, docs/orders.md).

@@ -1,6 +1,6 @@
 """The ClickHouse side of `metering reconcile`: what is billed for a period, and the corrections.
 
-``pipeline.reconcile`` decides; this module only reads and writes, so that the same few
+``cli.reconcile`` decides; this module only reads and writes, so that the same few
 operations serve a direct connection and the running service's API (which receives them as
 JSON, hence the msgspec structs: one definition validates both).
 

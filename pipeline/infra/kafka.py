@@ -15,10 +15,10 @@ from typing import Any, Final
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from pipeline.contract.partitioner import partition_of
+from pipeline.infra.logs import fields
 from pipeline.infra.retry import Backoff, retrying
 from pipeline.infra.settings import Settings
-from pipeline.logs import fields
-from pipeline.partitioner import partition_of
 
 __all__ = [
     "PARTITIONER",

@@ -3,7 +3,7 @@
 A console action (a plan change, an order) and an operator's decision (an extension granted, a
 payment recorded) is one event on a billing topic; the caller answers only once the brokers
 acknowledged it, so a 2xx means the change is durable and will be applied. The producer is
-idempotent (``pipeline.kafka.producer_config``) and keyed as events.md says; the ids of these
+idempotent (``pipeline.infra.kafka.producer_config``) and keyed as events.md says; the ids of these
 events are derived from what they are about, so publishing one twice applies it once.
 """
 
@@ -15,8 +15,8 @@ from typing import Final, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from pipeline.infra.kafka import producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
 
 DELIVERY_TIMEOUT_SECONDS: Final = 30.0
 

@@ -17,7 +17,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from pipeline.logs import fields
+from pipeline.infra.logs import fields
 
 __all__ = ["Backoff", "retrying"]
 

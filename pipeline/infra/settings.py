@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Final
 from urllib.parse import quote
 
-from pipeline.events import DEFAULT_TOPIC_OF_TYPE
+from pipeline.contract.events import DEFAULT_TOPIC_OF_TYPE
 from pipeline.infra import setting_rules as rule
 from pipeline.infra.sections import Var, parsed, read_section, section_env
 from pipeline.infra.setting_rules import MIN_SECRET_LENGTH

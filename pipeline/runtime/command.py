@@ -8,11 +8,11 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline import metrics
-from pipeline.logs import fields
+from pipeline.infra import metrics
+from pipeline.infra.logs import fields
+from pipeline.infra.settings import Settings
 from pipeline.runtime.engine import FencedError, RuntimeConfig, StreamRuntime
 from pipeline.runtime.processor import Topology
-from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

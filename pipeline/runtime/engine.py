@@ -59,10 +59,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from pipeline import metrics
+from pipeline.infra import metrics
+from pipeline.infra.kafka import admin, consumer_config
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.kafka import admin, consumer_config
-from pipeline.logs import fields
 from pipeline.runtime.processor import Effects, PartitionProcessor, Record, Topology
 from pipeline.runtime.restore import RestoreJob, Restorer
 from pipeline.runtime.state import Backend, MemoryBackend, PartitionStore, RocksBackend
@@ -129,6 +129,38 @@ def _merged(records: list[Record]) -> list[Record]:
     if len(by_topic) < 2:
         return records
     return list(heapq.merge(*by_topic.values(), key=_sent))
+
+
+def _split(part: _Partition, records: list[Record], cut: int | None) -> tuple[list[Record], int]:
+    """The records sent up to ``cut`` (each topic's up to its first one after it), the others held in ``part``;
+    and the bytes held."""
+    if cut is None:
+        return records, 0
+    kept, held = [], part.held
+    first_held: set[str] = set()
+    held_bytes = 0
+    for r in records:  # each topic's records in log order
+        if r.topic in first_held or r.timestamp > cut:
+            first_held.add(r.topic)
+            held.append(r)
+            held_bytes += len(r.value)
+        else:
+            kept.append(r)
+    return kept, held_bytes
+
+
+def _offsets(part: _Partition, kept: list[Record], offsets: dict[tuple[str, int], int]) -> None:
+    """The offsets the batch commits for ``part``: after its last record kept per input, none without one."""
+    last: dict[str, int] = {}
+    for r in reversed(kept):
+        if r.topic not in last:
+            last[r.topic] = r.offset + 1
+    for topic in part.topology.inputs:
+        tp = (topic, part.number)
+        if topic in last:
+            offsets[tp] = last[topic]
+        else:
+            offsets.pop(tp, None)
 
 
 @dataclass(frozen=True)
@@ -499,17 +531,13 @@ class StreamRuntime:
         consumer has wrong must not stop the other); beyond ``HOLD_RECORDS`` the inputs ahead are
         paused. Returns the partition ends that may be applied (none of an input with held records).
         """
-        consumer = self.consumer
-        assert consumer is not None
-        limit = records_left = self.config.batch_size
-        bytes_left = BATCH_BYTES
+        budget = [self.config.batch_size, BATCH_BYTES]  # what released holds may still add to this batch
         self._deferred = False
-        if ends:
-            for topic, partition, offset in ends:
-                topology = self._by_input.get(topic)
-                part = None if topology is None else self._parts.get((topology.name, partition))
-                if part is not None and part.ordered:
-                    part.ends[topic] = offset
+        for topic, partition, offset in ends:
+            topology = self._by_input.get(topic)
+            part = None if topology is None else self._parts.get((topology.name, partition))
+            if part is not None and part.ordered:
+                part.ends[topic] = offset
         self._ask_unfetched_ends(groups)
         holding: set[tuple[str, int]] = set()
         reached_ends: list[tuple[str, int, int]] = []
@@ -523,98 +551,96 @@ class StreamRuntime:
             records = (part.held + new if new else part.held) if part.held else new
             assert records is not None
             part.held = []
-            number = part.number
-            after: dict[str, int] = {}
-            for r in reversed(records):
-                if r.topic not in after:
-                    after[r.topic] = r.offset + 1
-                    part.sent[r.topic] = r.timestamp
-                    if len(after) == len(part.topology.inputs):
-                        break
-            cut: int | None = None
-            behind: list[str] = []
-            for topic in part.topology.inputs:
-                delivered = after.get(topic, part.next[topic])
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, number), cached=True)
-                end = part.ends.get(topic, -1)
-                if (0 <= high <= delivered) or end >= max(high, delivered):
-                    part.given_up.discard(topic)
-                    continue  # every record of it is in hand
-                if topic in part.given_up:
-                    if topic not in after:
-                        continue  # waited for in vain: not again before it delivers
-                    part.given_up.discard(topic)
-                behind.append(topic)
-                reached = part.sent.get(topic, -1)
-                asked = self._log_end.get((topic, number)) if high < 0 and end < 0 else None
-                if asked is not None and asked[0] <= delivered:
-                    reached = max(reached, asked[1])  # all of it was in hand when the broker was asked
-                cut = reached if cut is None else min(cut, reached)
-            if cut is not None and part.held_since is not None and monotonic - part.held_since > HOLD_SECONDS:
-                log.warning(
-                    "an input of a partition stayed behind: its other inputs' records go on without waiting for it",
-                    extra=fields(role=self.config.role, topology=part.topology.name, partition=number, inputs=behind),
-                )
-                part.given_up.update(behind)
-                cut = None
-            kept, held_bytes = records, 0
-            if cut is not None:
-                kept, held = [], part.held
-                first_held: set[str] = set()
-                for r in records:  # each topic's records in log order
-                    if r.topic in first_held or r.timestamp > cut:
-                        first_held.add(r.topic)
-                        held.append(r)
-                        held_bytes += len(r.value)
-                    else:
-                        kept.append(r)
-            if part.held:
-                if part.held_since is None:
-                    part.held_since = monotonic
-                self._pause_ahead(part, held_bytes)
-            else:
-                part.held_since = None
-                if part.paused:
-                    with contextlib.suppress(KafkaException):
-                        consumer.resume(part.paused)
-                    part.paused = []
+            kept, held_bytes = _split(part, records, self._cut(part, records, monotonic))
+            self._pause_or_resume(part, held_bytes, monotonic)
             if released and kept:
-                # Released all at once, a long hold would be one huge batch: a batch at a time (records and
-                # bytes), the earliest sent first, while no more is consumed (``_step``).
-                kept = _merged(kept)
-                size = 0
-                for i, r in enumerate(kept):
-                    size += len(r.value)
-                    if i >= records_left or size > bytes_left:
-                        at = i if i > 0 or records_left < limit else 1  # one record at least per batch
-                        part.held[:0] = kept[at:]
-                        kept = kept[:at]
-                        self._deferred = True
-                        break
-                records_left = max(0, records_left - len(kept))
-                bytes_left = max(0, bytes_left - size)
-            last: dict[str, int] = {}
-            for r in reversed(kept):
-                if r.topic not in last:
-                    last[r.topic] = r.offset + 1
-            for topic in part.topology.inputs:
-                tp = (topic, number)
-                if topic in last:
-                    offsets[tp] = last[topic]
-                else:
-                    offsets.pop(tp, None)
+                kept = self._release_held(part, kept, budget)
+            _offsets(part, kept, offsets)
             if kept:
                 groups[key] = kept
             else:
                 groups.pop(key, None)
             held_topics = {r.topic for r in part.held}
-            holding.update((t, number) for t in held_topics)
+            holding.update((t, part.number) for t in held_topics)
             if released:
                 # an end reached while records of its input were held applies once none is
-                reached_ends.extend((t, number, o) for t, o in part.ends.items() if t not in held_topics)
+                reached_ends.extend((t, part.number, o) for t, o in part.ends.items() if t not in held_topics)
         if holding:
             ends = [e for e in ends if (e[0], e[1]) not in holding]
         return ends + reached_ends if reached_ends else ends
+
+    def _cut(self, part: _Partition, records: list[Record], monotonic: float) -> int | None:
+        """The Kafka timestamp records of ``part`` may reach in this batch (None: any): the last sent of each
+        input behind that has delivered; none of an input waited for ``HOLD_SECONDS`` in vain."""
+        consumer = self.consumer
+        assert consumer is not None
+        number = part.number
+        after: dict[str, int] = {}
+        for r in reversed(records):
+            if r.topic not in after:
+                after[r.topic] = r.offset + 1
+                part.sent[r.topic] = r.timestamp
+                if len(after) == len(part.topology.inputs):
+                    break
+        cut: int | None = None
+        behind: list[str] = []
+        for topic in part.topology.inputs:
+            delivered = after.get(topic, part.next[topic])
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, number), cached=True)
+            end = part.ends.get(topic, -1)
+            if (0 <= high <= delivered) or end >= max(high, delivered):
+                part.given_up.discard(topic)
+                continue  # every record of it is in hand
+            if topic in part.given_up:
+                if topic not in after:
+                    continue  # waited for in vain: not again before it delivers
+                part.given_up.discard(topic)
+            behind.append(topic)
+            reached = part.sent.get(topic, -1)
+            asked = self._log_end.get((topic, number)) if high < 0 and end < 0 else None
+            if asked is not None and asked[0] <= delivered:
+                reached = max(reached, asked[1])  # all of it was in hand when the broker was asked
+            cut = reached if cut is None else min(cut, reached)
+        if cut is not None and part.held_since is not None and monotonic - part.held_since > HOLD_SECONDS:
+            log.warning(
+                "an input of a partition stayed behind: its other inputs' records go on without waiting for it",
+                extra=fields(role=self.config.role, topology=part.topology.name, partition=number, inputs=behind),
+            )
+            part.given_up.update(behind)
+            return None
+        return cut
+
+    def _pause_or_resume(self, part: _Partition, held_bytes: int, monotonic: float) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        if part.held:
+            if part.held_since is None:
+                part.held_since = monotonic
+            self._pause_ahead(part, held_bytes)
+            return
+        part.held_since = None
+        if part.paused:
+            with contextlib.suppress(KafkaException):
+                consumer.resume(part.paused)
+            part.paused = []
+
+    def _release_held(self, part: _Partition, kept: list[Record], budget: list[int]) -> list[Record]:
+        """Released all at once, a long hold would be one huge batch: a batch at a time (records and bytes),
+        the earliest sent first, while no more is consumed (``_step``); the rest waits in ``part.held``."""
+        kept = _merged(kept)
+        records_left, bytes_left = budget
+        size = 0
+        for i, r in enumerate(kept):
+            size += len(r.value)
+            if i >= records_left or size > bytes_left:
+                at = i if i > 0 or records_left < self.config.batch_size else 1  # one record at least per batch
+                part.held[:0] = kept[at:]
+                kept = kept[:at]
+                self._deferred = True
+                break
+        budget[0] = max(0, records_left - len(kept))
+        budget[1] = max(0, bytes_left - size)
+        return kept
 
     def _ask_unfetched_ends(self, groups: dict[Key, list[Record]]) -> None:
         """Ask the broker the log ends of inputs the consumer knows nothing of (an empty partition reports neither
@@ -720,7 +746,7 @@ class StreamRuntime:
         except KafkaException as exc:
             self._send_failed = exc
 
-    def _commit(self) -> list[_Work]:
+    def _commit(self) -> list[_Work]:  # noqa: PLR0912 - every way a transaction ends, in one retry loop
         """Commit the open transaction, or abort it and write its works again until they commit; the works
         committed (those of partitions still in hand)."""
         attempt = 0

@@ -17,10 +17,10 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.infra.kafka import KafkaSetupError, consumer_config
+from pipeline.infra.logs import fields
 from pipeline.infra.retry import Backoff, retrying
 from pipeline.infra.settings import Settings
-from pipeline.kafka import KafkaSetupError, consumer_config
-from pipeline.logs import fields
 from pipeline.runtime.processor import Topology
 from pipeline.runtime.state import Backend, PartitionStore
 

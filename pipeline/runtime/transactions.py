@@ -33,10 +33,10 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from pipeline import failpoints
+from pipeline.infra import failpoints
+from pipeline.infra.kafka import producer_config
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
-from pipeline.logs import fields
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from pipeline import metrics
 from pipeline.balance.ledger import BalanceConfig
-from pipeline.events import BalanceSnapshot
-from pipeline.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
-from pipeline.logs import fields
+from pipeline.contract.events import BalanceSnapshot
+from pipeline.infra import metrics
+from pipeline.infra.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
+from pipeline.infra.settings import Settings
 from pipeline.runtime import Effects, PartitionStore, Record, Topology
 from pipeline.runtime.command import processor_config, run_until_stopped
-from pipeline.settings import Settings
 from pipeline.stream.balance_partition import AppRecord, BalancePartition, Input, Outputs, encode
 
 log = logging.getLogger(__name__)

@@ -16,17 +16,17 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
-from pipeline import metrics
-from pipeline.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
-from pipeline.logs import fields
+from pipeline.infra import metrics
+from pipeline.infra.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
+from pipeline.infra.logs import fields
+from pipeline.infra.settings import Settings
 from pipeline.orders.events import encode as encode_order
 from pipeline.orders.providers import BUILT_IN, PaymentProvider
-from pipeline.records import encode as encode_record
 from pipeline.runtime import Effects, PartitionStore, Record, Topology
 from pipeline.runtime.command import processor_config, run_until_stopped
-from pipeline.settings import Settings
 from pipeline.stream.balance_partition import Input
 from pipeline.stream.orders_partition import OrderOutputs, OrderPartition
+from pipeline.stream.records import encode as encode_record
 
 log = logging.getLogger(__name__)
 

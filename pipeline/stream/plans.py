@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from pipeline.balance.plans import TimeoutSchedule
-from pipeline.decode import decode_event
-from pipeline.events import PlanChanged, Rejection
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import PlanChanged, Rejection
+from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
-from pipeline.logs import fields
 from pipeline.stream.partition import BatchResult, PartitionMeter
 
 log = logging.getLogger(__name__)

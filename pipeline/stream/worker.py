@@ -20,6 +20,7 @@ from typing import Final
 from pipeline.infra import metrics
 from pipeline.infra.kafka import ensure_topics, wait_for_broker
 from pipeline.infra.logs import fields
+from pipeline.infra.settings import Settings
 from pipeline.rules.config import SECOND, IdleTimeouts
 from pipeline.runtime import (
     Effects,
@@ -30,7 +31,6 @@ from pipeline.runtime import (
 )
 from pipeline.runtime.command import processor_config, run_until_stopped
 from pipeline.runtime.state import RocksBackend
-from pipeline.settings import Settings
 from pipeline.stream.archive import StoreArchive
 from pipeline.stream.partition import CLOCK_KEY, BatchResult, PartitionMeter
 from pipeline.stream.plans import PlanFeed

@@ -26,12 +26,12 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
+from cli.service import StoreEndpoints, serve_store
 from console.auth import issue_token
-from consumers.service import StoreEndpoints, serve_store
-from pipeline.decode import to_ms
+from pipeline.contract.decode import to_ms
+from pipeline.infra.kafka import producer_config
 from pipeline.infra.settings import ConsoleSettings, Settings
-from pipeline.kafka import producer_config
-from pipeline.records import billing_session_record, encode
+from pipeline.stream.records import billing_session_record, encode
 from tests.browser.browser import LAPTOP, artifacts_dir, launch
 from tests.browser.traffic import Traffic, make_traffic, plan_events, seats
 from tests.processes import ChildProcesses

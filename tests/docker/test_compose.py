@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline import traffic
+from devtools import traffic
+from devtools.local_kafka import free_port
+from devtools.produce import produce
 from pipeline.compute import compute
-from pipeline.decode import to_ms
+from pipeline.contract.decode import to_ms
+from pipeline.infra.kafka import ensure_topics, missing_topics, partition_of
 from pipeline.infra.settings import Settings
-from pipeline.kafka import ensure_topics, missing_topics, partition_of
-from pipeline.local_kafka import free_port
-from pipeline.produce import produce
 from pipeline.rules.attribution import zone
 from pipeline.rules.config import RulesConfig
 

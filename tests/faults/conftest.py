@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.local_kafka import LocalKafka
 from pipeline.infra.settings import Settings
-from pipeline.local_kafka import LocalKafka
 from tests.faults.harness import StoreProcess, WorkerPool
 from tests.integration.conftest import create_topics, settings
 

@@ -1,10 +1,10 @@
 """What the fault scenarios drive and how they check the result: real processes, exact comparisons.
 
-- :class:`StoreProcess` runs the store (``python -m pipeline sink``: sink, usage API, chDB) as a
+- :class:`StoreProcess` runs the store (``python -m cli sink``: sink, usage API, chDB) as a
   process of its own, with its own chDB directory, so that it can be SIGKILLed and given
-  failpoints (``pipeline/failpoints.py``); :class:`MeteringRun` runs the whole stack
+  failpoints (``pipeline/infra/failpoints.py``); :class:`MeteringRun` runs the whole stack
   (``metering run``: broker, workers, store) and kills all of it at once.
-- :class:`WorkerPool` is the integration tests' ``Workers`` (``python -m pipeline worker``
+- :class:`WorkerPool` is the integration tests' ``Workers`` (``python -m cli worker``
   children) with their metrics, memory and a supervisor that restarts a worker that exited.
 - :class:`Replay` produces events (or any bytes) from a thread, paced if asked, as a platform
   producer would: idempotent, keyed as docs/events.md says, retried by librdkafka.
@@ -38,13 +38,13 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.service import StoreEndpoints, pid_alive, read_discovery, read_token
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.decode import decode_event
-from pipeline.events import AgentTransfer, AlertDelivered, ConversationTurn, Rejection, format_ms
+from cli.main import main
+from cli.service import StoreEndpoints, pid_alive, read_discovery, read_token
+from devtools import traffic
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import AgentTransfer, AlertDelivered, ConversationTurn, Rejection, format_ms
+from pipeline.infra.kafka import ensure_topics, partition_of, producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import ensure_topics, partition_of, producer_config
 from pipeline.rules.config import RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.stream.worker import changelog_topics
@@ -482,7 +482,7 @@ def read_stored(settings: Settings) -> Stored:
 
 
 class StoreProcess:
-    """The store as production runs it alone: ``python -m pipeline sink`` (sink, usage API, metrics, chDB)."""
+    """The store as production runs it alone: ``python -m cli sink`` (sink, usage API, metrics, chDB)."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         assert settings.clickhouse_url.startswith("chdb://"), "the store process owns an embedded chDB"
@@ -500,7 +500,7 @@ class StoreProcess:
         env = {**os.environ, **self.settings.to_env(), "METERING_LOG_FORMAT": "json", "METERING_FAILPOINTS": failpoints}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "sink"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "cli", "sink"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         process = self.process
 
@@ -581,7 +581,7 @@ class MeteringRun:
         self.starts += 1
         with (self.log_dir / f"run-{self.starts}.log").open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "run"],
+                [sys.executable, "-m", "cli", "run"],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,

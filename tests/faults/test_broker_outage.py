@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.local_kafka import LocalKafka
 from pipeline.infra.settings import Settings
-from pipeline.local_kafka import LocalKafka
 from pipeline.rules.config import DAY
 from tests.faults.harness import (
     Replay,

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
+from pipeline.contract.events import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter
 from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     Outgoing,

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pipeline.events import LateRecord
+from pipeline.contract.events import LateRecord
 from pipeline.infra.settings import Settings
 from tests.faults.harness import (
     StoreProcess,

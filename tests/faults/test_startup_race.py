@@ -29,7 +29,7 @@ WAITING = "waiting for the metering service starting on"
 #: A reader that opens the embedded database itself (no store serves yet) and keeps it for a while.
 HOLD_DATABASE = """
 import sys, time
-from consumers.usage_command import open_client, reach_store
+from cli.usage_command import open_client, reach_store
 from pipeline.infra.settings import Settings
 settings = Settings.from_env().with_clickhouse_default()
 hold = reach_store(settings)
@@ -67,7 +67,7 @@ class Pollers:
         while not self._stop.is_set():
             started = time.monotonic()
             done = subprocess.run(
-                [sys.executable, "-m", "pipeline", "usage", "--format", "csv"],
+                [sys.executable, "-m", "cli", "usage", "--format", "csv"],
                 env=self.env,
                 capture_output=True,
                 text=True,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from devtools.local_kafka import LocalKafka, free_port, running_broker
 from pipeline.infra.settings import Settings
-from pipeline.local_kafka import LocalKafka, free_port, running_broker
 from tests.faults.harness import (
     MeteringRun,
     check_exact,
@@ -57,7 +57,7 @@ def test_whole_stack_sigkilled_mid_replay_then_metering_run_again(stack_settings
 def _produce_command(run: MeteringRun, lines: list[bytes], path: Path) -> None:
     """`metering produce --file` beside the run, with its settings but no METERING_KAFKA_BOOTSTRAP, as a user does."""
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "produce", "--file", str(write_lines(path, lines))],
+        [sys.executable, "-m", "cli", "produce", "--file", str(write_lines(path, lines))],
         env=run.env(),
         capture_output=True,
         text=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumers.service import StoreEndpoints, serve_store
+from cli.service import StoreEndpoints, serve_store
 from pipeline.infra.settings import Settings
 from tests.processes import ChildProcesses
 from tests.support import pipeline_settings
@@ -43,7 +43,7 @@ def settings(
 
 
 class Workers(ChildProcesses):
-    """Stream workers (``python -m pipeline worker``)."""
+    """Stream workers (``python -m cli worker``)."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         super().__init__(settings, log_dir, "worker", "worker metrics")
@@ -81,7 +81,7 @@ def store(settings: Settings) -> Iterator[StoreEndpoints]:
 
 @pytest.fixture
 def order_processors(settings: Settings, tmp_path: Path) -> Iterator[ChildProcesses]:
-    """Order processors (``python -m pipeline orders process``), killed at the end if still running."""
+    """Order processors (``python -m cli orders process``), killed at the end if still running."""
     pool = ChildProcesses(settings, tmp_path, "orders", "order metrics")
     try:
         yield pool

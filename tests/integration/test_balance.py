@@ -49,7 +49,7 @@ from consumers.entitlement import BalanceStateFeed, EntitlementModel, Entitlemen
 from consumers.notifier import EVENT_ID_HEADER, SIGNATURE_HEADER, Notifier, Webhook, verify
 from pipeline.balance.ledger import BalanceConfig, Ledger
 from pipeline.balance.money import format_money
-from pipeline.events import (
+from pipeline.contract.events import (
     AgentsSubscribed,
     BalanceAlert,
     BalanceSnapshot,
@@ -58,13 +58,13 @@ from pipeline.events import (
     PlanChanged,
     ms_to_datetime,
 )
+from pipeline.infra.kafka import producer_config
 from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
-from pipeline.records import billing_session_record, encode
 from pipeline.rules.config import MINUTE
 from pipeline.rules.model import BillingSession, Kind
 from pipeline.stream.balance import group_id
+from pipeline.stream.records import billing_session_record, encode
 from tests.balance_support import ACCOUNT, funds, plan, session
 from tests.processes import ChildProcesses
 from tests.support import T0, wait_until
@@ -83,7 +83,7 @@ _alert = msgspec.json.Decoder(BalanceAlert)
 
 
 class BalanceProcess(ChildProcesses):
-    """``python -m pipeline balance``, as `metering run` starts it."""
+    """``python -m cli balance``, as `metering run` starts it."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         super().__init__(settings, log_dir, "balance", "balance metrics")

@@ -25,10 +25,9 @@ import pytest
 from confluent_kafka import Producer
 
 from console.auth import issue_token
-from console.settings import ConsoleSettings
 from pipeline.contract.events import BillingSessionRecord
 from pipeline.infra.kafka import producer_config
-from pipeline.settings import Settings, Topics
+from pipeline.infra.settings import ConsoleSettings, Settings, Topics
 from tests.faults.harness import StoreProcess
 from tests.support import wait_until
 

@@ -1,8 +1,8 @@
 """Plan & usage and Orders & invoices end to end: the console, the real broker, the order and balance processors.
 
 The store (ClickHouse, sinks, the console on a free port) runs in a thread of the test; the order
-and balance processors run as child processes (``python -m pipeline orders process`` and
-``python -m pipeline balance``), as `metering run` starts them. What each test proves:
+and balance processors run as child processes (``python -m cli orders process`` and
+``python -m cli balance``), as `metering run` starts them. What each test proves:
 
 - an order goes to payment, funds, balance and invoice: the app's balance in ``GET /api/v1/apps``
   grows by the amount once the payment succeeded, ``GET /api/v1/orders`` shows it paid with its
@@ -35,15 +35,15 @@ import pytest
 from confluent_kafka import Producer
 from pypdf import PdfReader
 
+from cli.plan_actions import decide_extension, record_payment
+from cli.service import StoreEndpoints
 from console.auth import deployment_secret, issue_token
-from consumers.plan_actions import decide_extension, record_payment
-from consumers.service import StoreEndpoints
-from pipeline.events import PlanChanged, ms_to_datetime
+from pipeline.contract.events import PlanChanged, ms_to_datetime
+from pipeline.infra.kafka import producer_config
+from pipeline.infra.publish import KafkaPublisher
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
 from pipeline.orders.events import PaymentUpdated
-from pipeline.publish import KafkaPublisher
-from pipeline.records import billing_session_record, encode
+from pipeline.stream.records import billing_session_record, encode
 from tests.balance_support import session
 from tests.processes import ChildProcesses
 from tests.support import wait_until
@@ -347,6 +347,6 @@ def test_an_expired_plan_is_entitled_again_once_an_extension_is_granted(
 
 
 def _request_stored(settings: Settings, request_id: str) -> bool:
-    from consumers.plan_actions import extension_requests  # noqa: PLC0415
+    from cli.plan_actions import extension_requests  # noqa: PLC0415
 
     return any(r.request_id == request_id for r in extension_requests(settings, request=request_id))

@@ -19,10 +19,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
-from pipeline.cli import with_data_dir_broker
+from cli.main import with_data_dir_broker
+from cli.run import _broker
+from devtools.local_kafka import LocalKafka, LocalKafkaError, _is_kafka_process, running_broker
 from pipeline.infra.settings import Settings
-from pipeline.local_kafka import LocalKafka, LocalKafkaError, _is_kafka_process, running_broker
-from pipeline.run import _broker
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,7 @@ def test_produce_consume_and_read_back_after_restart(kafka: LocalKafka) -> None:
 START_AND_LEAVE = """
 import sys, time
 from pathlib import Path
-from pipeline.local_kafka import LocalKafka
+from devtools.local_kafka import LocalKafka
 broker = LocalKafka(Path(sys.argv[1]), heap_mb=256, die_with_parent=sys.argv[2] == "die")
 broker.start(timeout=180)
 broker._finalizer.detach()  # as after a SIGKILL: no clean stop at exit

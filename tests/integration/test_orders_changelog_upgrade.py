@@ -15,8 +15,8 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from pipeline.infra.kafka import partition_of, producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.book import AccountOrders, create_order
 from pipeline.orders.events import OrderCreated, PaymentUpdated
 from pipeline.orders.providers import BUILT_IN

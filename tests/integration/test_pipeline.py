@@ -1,4 +1,4 @@
-"""End to end on the real broker, real workers (``python -m pipeline worker``) and embedded ClickHouse.
+"""End to end on the real broker, real workers (``python -m cli worker``) and embedded ClickHouse.
 
 Every test replays a generated file of realistic traffic and requires `metering usage --format
 csv --by day` to equal `metering compute` on the same file, line for line.
@@ -17,14 +17,14 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumers.service import StoreEndpoints
-from consumers.usage_command import usage_text
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.events import DeadLetter
+from cli.main import main
+from cli.service import StoreEndpoints
+from cli.usage_command import usage_text
+from devtools import traffic
+from devtools.produce import produce
+from pipeline.contract.events import DeadLetter
+from pipeline.infra.kafka import producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
-from pipeline.produce import produce
 from tests.integration.conftest import Workers
 from tests.support import T0, wait_until
 

@@ -16,12 +16,12 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumers.service import StoreEndpoints
-from consumers.usage_command import plans_text, usage_text
-from pipeline.decode import to_ms
-from pipeline.events import format_ms
+from cli.service import StoreEndpoints
+from cli.usage_command import plans_text, usage_text
+from pipeline.contract.decode import to_ms
+from pipeline.contract.events import format_ms
+from pipeline.infra.kafka import producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import producer_config
 from tests.support import wait_until
 from tests.unit.test_clickhouse_plans import at, session, snapshot
 

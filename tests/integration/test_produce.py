@@ -16,12 +16,12 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from rich.console import Console
 
-from pipeline import traffic
-from pipeline.decode import decode_event
-from pipeline.events import Rejection, format_ms
+from devtools import traffic
+from devtools.produce import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, produce, produce_command
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import Rejection, format_ms
+from pipeline.infra.kafka import KafkaSetupError, partition_of
 from pipeline.infra.settings import Settings, Topics
-from pipeline.kafka import KafkaSetupError, partition_of
-from pipeline.produce import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, produce, produce_command
 
 pytestmark = pytest.mark.integration
 

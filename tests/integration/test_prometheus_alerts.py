@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from pipeline.events import format_ms
+from devtools.local_kafka import free_port
+from devtools.produce import produce
+from pipeline.contract.events import format_ms
 from pipeline.infra.settings import Settings
-from pipeline.local_kafka import free_port
-from pipeline.produce import produce
 from tests.integration.conftest import Workers
 from tests.integration.prometheus_server import PrometheusServer
 
@@ -213,13 +213,13 @@ def _publish(settings: Settings, path: Path, events: list[dict[str, Any]]) -> No
 
 @pytest.fixture
 def balance_processor(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``python -m pipeline balance`` as a child process, as in production; yields its metrics target."""
+    """``python -m cli balance`` as a child process, as in production; yields its metrics target."""
     port = free_port()
     log = tmp_path / "balance.log"
     env = {**os.environ, **settings.to_env(), "METERING_LOG_FORMAT": "json"}
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "balance", "--metrics-port", str(port)],
+            [sys.executable, "-m", "cli", "balance", "--metrics-port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -35,9 +35,9 @@ from consumers.clickhouse.reconcile import StoredSession, runs, snapshot
 from devtools import traffic
 from devtools.produce import produce
 from pipeline.contract.events import LateRecord
+from pipeline.infra.settings import Settings
 from pipeline.rules.attribution import USAGE_COLUMNS
 from pipeline.rules.config import HOUR
-from pipeline.settings import Settings
 from tests.integration.conftest import Workers
 from tests.late_traffic import late_scenarios
 from tests.support import T0, in_time_order, meter_run, wait_until

@@ -18,9 +18,9 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline.events import FundsAdded
+from pipeline.contract.events import FundsAdded
+from pipeline.infra.kafka import partition_of, producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.events import OrderCreated
 from tests.processes import ChildProcesses
 from tests.support import wait_until

@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline import failpoints
+from pipeline.infra import failpoints
 from pipeline.infra.settings import Settings
 from pipeline.runtime import Effects, PartitionStore, Record, RuntimeConfig, StreamRuntime, Topology
 from pipeline.runtime.restore import restore

@@ -17,16 +17,16 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
+from cli.service import StoreEndpoints, discovery_file, serve_store
+from cli.usage_command import usage_text
 from consumers.clickhouse import ClickHouseWriteError, Client, SessionStore, migrate, usage
-from consumers.service import StoreEndpoints, discovery_file, serve_store
 from consumers.sink import ClickHouseSink
-from consumers.usage_command import usage_text
-from pipeline.agent_book import AGENT_COLUMNS
-from pipeline.events import BillingSessionRecord
+from pipeline.contract.events import BillingSessionRecord
+from pipeline.infra.kafka import partition_of, producer_config
+from pipeline.infra.report import render
 from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
-from pipeline.kafka import partition_of, producer_config
-from pipeline.report import render
+from pipeline.rules.agent_book import AGENT_COLUMNS
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageRow
 
 pytestmark = pytest.mark.integration

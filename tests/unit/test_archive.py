@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import traffic
+from devtools import traffic
+from pipeline.contract.partitioner import partition_of
 from pipeline.infra.settings import Topics
-from pipeline.partitioner import partition_of
 from pipeline.rules.config import IdleTimeouts, RulesConfig
 from pipeline.runtime.processor import Record
 from pipeline.runtime.state import PartitionStore, RocksBackend

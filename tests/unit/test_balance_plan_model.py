@@ -29,8 +29,8 @@ from pipeline.balance.money import decimals_of, format_amount, is_currency, mino
 from pipeline.balance.notices import AppView, app_status, notices
 from pipeline.balance.periods import add_months, next_period_start, period_start, plan_change
 from pipeline.balance.plans import TimeoutSchedule
-from pipeline.decode import decode_event, to_ms
-from pipeline.events import (
+from pipeline.contract.decode import decode_event, to_ms
+from pipeline.contract.events import (
     ExtensionDeclined,
     ExtensionGranted,
     ExtensionRequested,
@@ -467,9 +467,9 @@ def test_a_replaced_plan_never_sets_the_idle_timeout() -> None:
 
 
 def test_account_changed_has_its_own_topic_and_key_and_is_refused_elsewhere() -> None:
-    from pipeline.events import AccountChanged, OwnerChanged  # noqa: PLC0415
+    from devtools.produce import _routes  # noqa: PLC0415
+    from pipeline.contract.events import AccountChanged, OwnerChanged  # noqa: PLC0415
     from pipeline.infra.settings import Topics  # noqa: PLC0415
-    from pipeline.produce import _routes  # noqa: PLC0415
 
     routes = _routes(Topics())
     assert routes[AccountChanged] == ("billing-accounts", "account_id")

@@ -21,14 +21,14 @@ from prometheus_client import REGISTRY
 from consumers.entitlement import EntitlementModel, EntitlementServer
 from consumers.notifier import sign, verify, webhook_of
 from pipeline.balance.ledger import BalanceConfig, Ledger
-from pipeline.events import AgentsSubscribed, BalanceSnapshot, ms_to_datetime
+from pipeline.contract.events import AgentsSubscribed, BalanceSnapshot, ms_to_datetime
+from pipeline.infra.kafka import partition_of
 from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings, SettingsError
-from pipeline.kafka import partition_of
-from pipeline.records import billing_session_record, encode
 from pipeline.rules.config import DAY, HOUR, MINUTE
 from pipeline.rules.model import BillingSession
 from pipeline.stream.balance_partition import BalancePartition, Input, Outputs, bucket_key, head_key
+from pipeline.stream.records import billing_session_record, encode
 from tests.balance_support import ACCOUNT, APP, funds, plan, session
 from tests.support import T0
 

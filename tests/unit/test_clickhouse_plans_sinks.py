@@ -13,7 +13,7 @@ import msgspec
 from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
 from consumers.plan_sinks import FEEDS, PlanSink
-from pipeline.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded
+from pipeline.contract.events import AgentsSubscribed, AgentTransfer, BalanceSnapshot, FundsAdded
 from pipeline.infra.settings import Settings
 from tests.unit.test_clickhouse_plans import snapshot
 

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from cli.main import main
 from console.app import ROUTERS, create_app
 from console.auth import Authenticator, deployment_secret, secret_file
 from console.context import ConsoleContext
 from console.deps import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, billing_router, csrf_token
 from consumers.clickhouse import Client, migrate
-from pipeline.cli import main
 from pipeline.infra.settings import read_console_settings
 from tests.console_support import (
     ACCOUNT,

@@ -38,20 +38,20 @@ from click.testing import CliRunner
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, start_http_server
 
 import sql
+from cli.main import main
 from consumers.clickhouse import Client, SessionStore, migrate
 from consumers.clickhouse.plans import PlanStore
 from consumers.clickhouse.usage import named_query
 from consumers.grafana import DASHBOARDS, render
 from consumers.grafana.bind import BindingError, bind
 from consumers.grafana.variables import MATCH_ALL, ZONE_NAME
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.decode import decode_event
-from pipeline.events import AlertDelivered, BalanceSnapshot, ConversationTurn, format_ms, ms_to_datetime
+from devtools import traffic
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import AlertDelivered, BalanceSnapshot, ConversationTurn, format_ms, ms_to_datetime
 from pipeline.infra.settings import Settings
-from pipeline.records import billing_session_record
 from pipeline.rules.attribution import USAGE_COLUMNS, zone
 from pipeline.rules.config import DAY, HOUR
+from pipeline.stream.records import billing_session_record
 from tests.grafana import (
     ALL,
     Grafana,

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from pipeline import traffic
+from devtools import traffic
+from devtools.demo import DemoTraffic, plan_events
 from pipeline.balance.catalog import load_catalog
-from pipeline.decode import decode_event
-from pipeline.demo import DemoTraffic, plan_events
-from pipeline.events import Rejection
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import Rejection
+from pipeline.infra.kafka import PARTITIONER
 from pipeline.infra.settings import Settings
-from pipeline.kafka import PARTITIONER
 
 JITTER_S = traffic.TrafficShape().jitter_ms / 1000
 

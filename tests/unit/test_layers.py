@@ -32,25 +32,9 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("console, CLI and developer tooling", ("console", "cli", "devtools")),
 )
 
-#: Until the merge of the layout with the branches that rewrite them: modules another branch moves, and
-#: the old paths those files still import (pipeline/infra/moved.py). Imports of them count at their new
-#: place; the files themselves are that branch's to rewrite. Empty this at the merge.
-PENDING: Final = {
-    "pipeline.settings": "pipeline.infra.settings",
-    "console.settings": "pipeline.infra.settings",
-    "pipeline.reconcile": "cli.reconcile",
-    "pipeline.events": "pipeline.contract.events",
-    "pipeline.decode": "pipeline.contract.decode",
-    "pipeline.kafka": "pipeline.infra.kafka",
-    "pipeline.logs": "pipeline.infra.logs",
-    "pipeline.metrics": "pipeline.infra.metrics",
-    "pipeline.progress": "pipeline.infra.progress",
-    "pipeline.records": "pipeline.stream.records",
-    "pipeline.report": "pipeline.infra.report",
-    "consumers.store_client": "cli.store_client",
-    "consumers.store_lock": "cli.store_lock",
-    "consumers.usage_command": "cli.usage_command",
-}
+#: Modules moved while another branch still imports them at their old paths: imports of them count at their
+#: new place. Empty: every branch is merged.
+PENDING: Final[dict[str, str]] = {}
 
 
 @dataclass(frozen=True)

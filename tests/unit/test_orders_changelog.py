@@ -10,9 +10,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pipeline.events import AccountChanged, ms_to_datetime
+from pipeline.contract.events import AccountChanged, ms_to_datetime
+from pipeline.infra.kafka import partition_of
 from pipeline.infra.settings import Settings
-from pipeline.kafka import partition_of
 from pipeline.orders.book import AccountOrders, create_order, payment_event_id, update_payment
 from pipeline.orders.events import OrderCreated
 from pipeline.orders.providers import BUILT_IN, PaymentOutcome

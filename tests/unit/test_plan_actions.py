@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumers.clickhouse import Client
-from consumers.clickhouse.plans import PlanStore
-from consumers.plan_actions import (
+from cli.plan_actions import (
     ActionError,
     OrderView,
     decide_extension,
@@ -19,7 +17,9 @@ from consumers.plan_actions import (
     query_order_state,
     record_payment,
 )
-from pipeline.events import ExtensionDeclined, ExtensionGranted, ExtensionRequested
+from consumers.clickhouse import Client
+from consumers.clickhouse.plans import PlanStore
+from pipeline.contract.events import ExtensionDeclined, ExtensionGranted, ExtensionRequested
 from pipeline.infra.settings import Settings
 from pipeline.orders.events import OrderState
 from tests.console_support import OPERATOR_TOKEN, RecordingPublisher, bearer, http, make_app, order_record, token
@@ -75,7 +75,7 @@ def test_a_request_is_decided_once_and_payments_are_keyed_by_account(
     PlanStore(chdb_client, database).insert([request("r1"), request("r2")], "test:decide")
     settings = Settings()
     monkeypatch.setattr(
-        "consumers.plan_actions.extension_requests",
+        "cli.plan_actions.extension_requests",
         lambda _settings, request=None, account=None: query_extension_requests(chdb_client, database, request=request),
     )
     publisher = RecordingPublisher()
@@ -90,7 +90,7 @@ def test_a_request_is_decided_once_and_payments_are_keyed_by_account(
     with pytest.raises(ActionError, match="no extension request"):
         decide_extension(settings, publisher, "nope", grant=True)
     monkeypatch.setattr(
-        "consumers.plan_actions.order_state",
+        "cli.plan_actions.order_state",
         lambda _settings, account, order: query_order_state(chdb_client, database, account=account, order=order),
     )
     PlanStore(chdb_client, database).insert([order_state("o-1", "pending")], "test:order")
@@ -134,7 +134,7 @@ def test_a_payment_the_processor_would_not_apply_is_refused_saying_why(  # noqa:
         "test:orders",
     )
     monkeypatch.setattr(
-        "consumers.plan_actions.order_state",
+        "cli.plan_actions.order_state",
         lambda _settings, account, order: query_order_state(chdb_client, database, account=account, order=order),
     )
     publisher = RecordingPublisher()

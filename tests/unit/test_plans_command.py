@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli.main import main
+from cli.service import StoreEndpoints, discovery_file, token_file
+from cli.usage_command import plans_text
 from consumers.clickhouse import Client, SessionStore, migrate
 from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.plans import PLAN_COLUMNS, PlanStore
-from consumers.plans_report import plans_query, plans_report
-from consumers.service import StoreEndpoints, discovery_file, token_file
-from consumers.usage_command import plans_text
-from consumers.usage_report import UsageParameterError
-from pipeline.cli import main
-from pipeline.decode import to_ms
+from consumers.reports.plans import plans_query, plans_report
+from consumers.reports.usage import UsageParameterError
+from pipeline.contract.decode import to_ms
 from pipeline.infra.settings import Settings
 from tests.balance_support import funds, plan
 from tests.console_support import OPERATOR_TOKEN, serve_console

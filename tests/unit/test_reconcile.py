@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from cli.main import main
 from cli.reconcile import (
     ApiStore,
     DirectStore,
@@ -40,20 +41,19 @@ from cli.reconcile import (
     truth_from_archive,
 )
 from cli.reconcile.topics import _Filter
+from cli.service import StoreEndpoints, discovery_file, token_file
 from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, StoredSession, apply_batch, runs, snapshot
 from consumers.clickhouse.usage import named_query
-from consumers.service import StoreEndpoints, discovery_file, token_file
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.events import format_ms
+from devtools import traffic
+from pipeline.contract.events import format_ms
+from pipeline.infra.kafka import partition_of
+from pipeline.infra.report import render
 from pipeline.infra.settings import Settings, Topics
-from pipeline.kafka import partition_of
-from pipeline.records import billing_session_record
-from pipeline.report import render
 from pipeline.rules.attribution import USAGE_COLUMNS, DayOf, UsageBook, UsageRow, zone
 from pipeline.rules.config import DAY, HOUR, MINUTE, RulesConfig
 from pipeline.rules.model import BillingSession
+from pipeline.stream.records import billing_session_record
 from tests.console_support import serve_console
 from tests.late_traffic import late_scenarios, stream_run, write_stream
 from tests.support import T0, Conversation, alert, in_time_order, meter_run

@@ -13,9 +13,9 @@ import uuid
 import msgspec
 from confluent_kafka import Producer
 
-from pipeline.events import ms_to_datetime
+from pipeline.contract.events import ms_to_datetime
+from pipeline.infra.kafka import partition_of, producer_config
 from pipeline.infra.settings import Settings
-from pipeline.kafka import partition_of, producer_config
 from pipeline.orders.events import OrderCreated
 from pipeline.orders.providers import BUILT_IN, PaymentOutcome
 from pipeline.rules.billing import derived_id

@@ -15,11 +15,11 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from pipeline.infra.settings import Settings
 from pipeline.runtime import engine
 from pipeline.runtime.engine import RuntimeConfig, StreamRuntime, _Partition
 from pipeline.runtime.processor import PartitionProcessor, Record, Topology
 from pipeline.runtime.state import PartitionStore
-from pipeline.settings import Settings
 
 TURNS, TRANSFERS = "turns", "transfers"
 

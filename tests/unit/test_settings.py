@@ -21,8 +21,8 @@ from consumers.clickhouse import parse_url
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.errors import ClickHouseConfigError
 from pipeline.balance.catalog import DEFAULT_CATALOG
+from pipeline.infra.kafka import consumer_config
 from pipeline.infra.settings import PREFIX, ROOT, ConsoleSettings, Settings, SettingsError, Topics
-from pipeline.kafka import consumer_config
 from pipeline.rules.config import DAY, HOUR, MINUTE, SECOND, RulesConfig
 
 Getter = Callable[[Settings], Any]

@@ -23,7 +23,7 @@ from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.fake import FakeSessionWriter
 from consumers.clickhouse.store import SessionWriter
 from consumers.sink import ClickHouseSink, decode_record
-from pipeline.events import BillingSessionRecord
+from pipeline.contract.events import BillingSessionRecord
 from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
 

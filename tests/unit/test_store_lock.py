@@ -1,4 +1,4 @@
-"""The data directory's lock protocol (``consumers.store_lock``) and how readers reach the store through it.
+"""The data directory's lock protocol (``cli.store_lock``) and how readers reach the store through it.
 
 ``flock`` locks belong to open files, so a second open in this process conflicts as another
 process would; where the point is a holder that dies (the kernel lets its lock go) or is named,
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.service import StoreEndpoints, discovery_file
-from consumers.store_lock import (
+from cli.service import StoreEndpoints, discovery_file
+from cli.store_lock import (
     DataDirBusyError,
     Holder,
     ReaderHold,
@@ -31,13 +31,13 @@ from consumers.store_lock import (
     process_start_time,
     try_reader_hold,
 )
-from consumers.usage_command import StoreBusyError, reach_store
+from cli.usage_command import StoreBusyError, reach_store
 from pipeline.infra.settings import Settings
 
 HOLD_AS_STORE = """
 import sys, time
 from pathlib import Path
-from consumers.store_lock import StoreLock
+from cli.store_lock import StoreLock
 lock = StoreLock.acquire(Path(sys.argv[1]), "metering run")
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))

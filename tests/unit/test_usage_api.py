@@ -1,6 +1,6 @@
 """The usage HTTP API on the session's embedded chDB: `metering compute`'s CSV, clear 400s, probes.
 
-Also `metering usage`/`migrate` logic (``consumers.usage_command``): asking a running store
+Also `metering usage`/`migrate` logic (``cli.usage_command``): asking a running store
 found through its discovery file, or opening the embedded database directly.
 """
 
@@ -22,19 +22,19 @@ import pytest
 from click.testing import CliRunner
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from cli.main import main
+from cli.service import StoreEndpoints, discovery_file, find_running_store, token_file
+from cli.usage_command import migrate_text, usage_text
 from consumers.clickhouse import Client, SessionStore, migrate, usage
 from consumers.clickhouse.migrations import load_migrations
 from consumers.clickhouse.plans import PlanStore, usage_with_agents
-from consumers.service import StoreEndpoints, discovery_file, find_running_store, token_file
-from consumers.usage_command import migrate_text, usage_text
-from consumers.usage_report import UsageParameterError, usage_columns, usage_query, usage_report
-from pipeline import traffic
-from pipeline.cli import main
-from pipeline.decode import decode_event
-from pipeline.events import AgentsSubscribed, AgentTransfer, Rejection
+from consumers.reports.usage import UsageParameterError, usage_columns, usage_query, usage_report
+from devtools import traffic
+from pipeline.contract.decode import decode_event
+from pipeline.contract.events import AgentsSubscribed, AgentTransfer, Rejection
+from pipeline.infra.report import render
 from pipeline.infra.settings import Settings
-from pipeline.records import billing_session_record
-from pipeline.report import render
+from pipeline.stream.records import billing_session_record
 from tests.console_support import OPERATOR_TOKEN, serve_console
 from tests.support import T0, meter_run
 

@@ -634,8 +634,18 @@ class StreamRuntime:
             size += len(r.value)
             if i >= records_left or size > bytes_left:
                 at = i if i > 0 or records_left < self.config.batch_size else 1  # one record at least per batch
-                part.held[:0] = kept[at:]
+                rest = kept[at:]
                 kept = kept[:at]
+                # An input with few records left goes whole: one left for later would hold the clock back
+                # (``lagging``) for every batch of the other's until then.
+                counts: dict[str, int] = {}
+                for x in rest:
+                    counts[x.topic] = counts.get(x.topic, 0) + 1
+                few = {t for t, n in counts.items() if n <= self.config.batch_size // 10}
+                if few and len(few) < len(counts):
+                    kept.extend(x for x in rest if x.topic in few)
+                    rest = [x for x in rest if x.topic not in few]
+                part.held[:0] = rest
                 self._deferred = True
                 break
         budget[0] = max(0, records_left - len(kept))

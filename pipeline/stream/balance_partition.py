@@ -132,6 +132,18 @@ def reject(
     invalid[key] = invalid.get(key, 0) + 1
 
 
+def misrouted(key: str, partition: int, partitions: int, key_named: str) -> Rejection | None:
+    """The rejection of a message keyed for another partition (whose processor holds the key's state), if it is."""
+    expected = partition_of(key.encode(), partitions)
+    if expected == partition:
+        return None
+    return Rejection(
+        "misrouted",
+        f"misrouted: key {key!r} belongs on partition {expected}, not {partition}; produce with the key "
+        f"{key_named} and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
+    )
+
+
 def head_key(app_id: str) -> bytes:
     return f"h{SEP}{app_id}".encode()
 
@@ -295,14 +307,9 @@ class BalancePartition:
 
     def _misrouted(self, message: Input, app_id: str, now_ms: int, out: Outputs) -> bool:
         """Dead-letter a message keyed for another partition (its app's state lives there); whether it was."""
-        expected = partition_of(app_id.encode(), self.partitions)
-        if expected == self.partition:
+        rejection = misrouted(app_id, self.partition, self.partitions, "events.md names (app_id)")
+        if rejection is None:
             return False
-        rejection = Rejection(
-            "misrouted",
-            f"misrouted: key {app_id!r} belongs on partition {expected}, not {self.partition}; produce with "
-            "the key events.md names (app_id) and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
-        )
         self._dead(message, rejection, now_ms, out)
         return True
 

@@ -231,6 +231,16 @@ def _errors_since(path: Path, offset: int, limit: int = 12) -> list[str]:
     return found
 
 
+def _run_tool(cmd: list[str], timeout: float, doing: str) -> subprocess.CompletedProcess[str]:
+    """Run a one-shot tool (Maven, Kafka's storage tool) without input, its output kept; a hang is an error."""
+    try:
+        return subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LocalKafkaError(f"{doing} took over {timeout:.0f} s.") from exc
+
+
 def _terminate(proc: subprocess.Popen[bytes], timeout: float, pid_file: Path) -> None:
     """SIGTERM the broker's process group, SIGKILL it after ``timeout`` s; module-level so a finalizer can run it."""
     if proc.poll() is None:
@@ -458,14 +468,7 @@ class LocalKafka:
         _log.info("Fetching Kafka %s jars into %s", version, lib)
         started = time.monotonic()
         try:
-            result = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=_MVN_TIMEOUT_S,
-                check=False,
-            )
+            result = _run_tool(cmd, _MVN_TIMEOUT_S, f"Fetching Kafka {version} with Maven")
             if result.returncode != 0 or not (partial / f"kafka_2.13-{version}.jar").is_file():
                 output = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
                 raise LocalKafkaError(
@@ -474,8 +477,6 @@ class LocalKafka:
                 )
             shutil.rmtree(lib, ignore_errors=True)
             partial.rename(lib)
-        except subprocess.TimeoutExpired as exc:
-            raise LocalKafkaError(f"Fetching Kafka {version} with Maven took over {_MVN_TIMEOUT_S:.0f} s.") from exc
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         _log.info("Fetched Kafka %s in %.1f s", version, time.monotonic() - started)
@@ -660,19 +661,7 @@ class LocalKafka:
             cluster_id,
             "--ignore-formatted",
         ]
-        try:
-            result = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=_FORMAT_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise LocalKafkaError(
-                f"Formatting {self.data_dir / KRAFT_DIR} took over {_FORMAT_TIMEOUT_S:.0f} s."
-            ) from exc
+        result = _run_tool(cmd, _FORMAT_TIMEOUT_S, f"Formatting {self.data_dir / KRAFT_DIR}")
         with (self.data_dir / OUT_FILE).open("a") as out:
             out.write(result.stdout + result.stderr)
         if result.returncode != 0:

@@ -362,22 +362,22 @@ def charge(state: AppBalance, session: BillingSession, config: BalanceConfig) ->
 
 def apply_funds(state: AppBalance, event: FundsAdded) -> Step:
     """Credit a top-up in its own currency (never converted)."""
-    if event.event_id in state.funds_seen:
+    step = _book_funds(state, event, state.funds_seen, add)
+    if step.outcome == Outcome.DUPLICATE:
         state.counters.funds_duplicate += 1
-        return Step(Outcome.DUPLICATE, [])
-    t = _book_funds(state, event, state.funds_seen, add)
-    state.counters.funds_added += 1
-    return Step(Outcome.APPLIED, _crossing(state, t))
+    else:
+        state.counters.funds_added += 1
+    return step
 
 
 def apply_refund(state: AppBalance, event: FundsRefunded) -> Step:
     """Take money paid back out of the funds, in its own currency (a refunded order)."""
-    if event.event_id in state.refunds_seen:
+    step = _book_funds(state, event, state.refunds_seen, sub)
+    if step.outcome == Outcome.DUPLICATE:
         state.counters.other_duplicate += 1
-        return Step(Outcome.DUPLICATE, [])
-    t = _book_funds(state, event, state.refunds_seen, sub)
-    state.counters.refunds += 1
-    return Step(Outcome.APPLIED, _crossing(state, t))
+    else:
+        state.counters.refunds += 1
+    return step
 
 
 def _book_funds(
@@ -385,8 +385,10 @@ def _book_funds(
     event: FundsAdded | FundsRefunded,
     seen: dict[str, int],
     change: Callable[[Decimal, Decimal], Decimal],
-) -> int:
-    """Move the funds of the event's currency by its amount (``add`` or ``sub``); the event's time."""
+) -> Step:
+    """Move the funds of the event's currency by its amount (``add`` or ``sub``), once per event id."""
+    if event.event_id in seen:
+        return Step(Outcome.DUPLICATE, [])
     t = to_ms(event.occurred_at)
     if not state.account_id:
         state.account_id = event.account_id
@@ -395,7 +397,7 @@ def _book_funds(
     tally.funds = change(tally.funds, parse_decimal(event.amount))
     state.opened = True
     state._saw(t)
-    return t
+    return Step(Outcome.APPLIED, _crossing(state, t))
 
 
 def request_extension(state: AppBalance, event: ExtensionRequested) -> Step:

@@ -29,6 +29,7 @@ __all__ = [
     "missing_topics",
     "partition_of",
     "producer_config",
+    "require_co_partitioned",
     "wait_for_broker",
 ]
 
@@ -146,6 +147,18 @@ def _wait_listed(client: AdminClient, names: list[str], timeout: float = 15.0) -
         if all(n in existing for n in names) or time.monotonic() > deadline:
             return existing
         time.sleep(0.1)
+
+
+def require_co_partitioned(settings: Settings, names: Iterable[str], *, who: str, key: str) -> None:
+    """Refuse topics a processor reads together (inputs and changelog) unless their partition counts agree."""
+    found = admin(settings).list_topics(timeout=15).topics
+    counts = {name: len(found[name].partitions) for name in names}
+    if len(set(counts.values())) != 1:
+        listed = ", ".join(f"{n} has {c}" for n, c in counts.items())
+        raise KafkaSetupError(
+            f"{who} needs co-partitioned topics keyed by {key}, but {listed} partitions: "
+            "give them the same partition count (METERING_PARTITIONS)"
+        )
 
 
 def missing_topics(settings: Settings, names: Iterable[str]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Final
 from pipeline.balance.ledger import BalanceConfig
 from pipeline.contract.events import BalanceSnapshot
 from pipeline.infra import metrics
-from pipeline.infra.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
+from pipeline.infra.kafka import ensure_topics, require_co_partitioned, wait_for_broker
 from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
 from pipeline.runtime import Effects, PartitionStore, Record, Topology
@@ -57,14 +57,7 @@ def setup_topics(settings: Settings) -> None:
         config={"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES)},
     )
     names = (topics.plans, topics.billing_sessions, changelog_topic(settings))
-    found = admin(settings).list_topics(timeout=15).topics
-    counts = {name: len(found[name].partitions) for name in names}
-    if len(set(counts.values())) != 1:
-        listed = ", ".join(f"{n} has {c}" for n, c in counts.items())
-        raise KafkaSetupError(
-            f"the balance needs co-partitioned topics keyed by app_id, but {listed} partitions: "
-            "give them the same partition count (METERING_PARTITIONS)"
-        )
+    require_co_partitioned(settings, names, who="the balance", key="app_id")
 
 
 @dataclass(frozen=True, slots=True)

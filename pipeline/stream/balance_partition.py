@@ -132,6 +132,18 @@ def reject(
     invalid[key] = invalid.get(key, 0) + 1
 
 
+def misrouted(key: str, partition: int, partitions: int, key_named: str) -> Rejection | None:
+    """The rejection of a message keyed for another partition (whose processor holds the key's state), if it is."""
+    expected = partition_of(key.encode(), partitions)
+    if expected == partition:
+        return None
+    return Rejection(
+        "misrouted",
+        f"misrouted: key {key!r} belongs on partition {expected}, not {partition}; produce with the key "
+        f"{key_named} and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
+    )
+
+
 def head_key(app_id: str) -> bytes:
     return f"h{SEP}{app_id}".encode()
 
@@ -293,15 +305,13 @@ class BalancePartition:
             record.balance.account_id = account_id
         return record
 
-    def _misrouted(self, app_id: str) -> Rejection | None:
-        expected = partition_of(app_id.encode(), self.partitions)
-        if expected == self.partition:
-            return None
-        return Rejection(
-            "misrouted",
-            f"misrouted: key {app_id!r} belongs on partition {expected}, not {self.partition}; produce with "
-            "the key events.md names (app_id) and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
-        )
+    def _misrouted(self, message: Input, app_id: str, now_ms: int, out: Outputs) -> bool:
+        """Dead-letter a message keyed for another partition (its app's state lives there); whether it was."""
+        rejection = misrouted(app_id, self.partition, self.partitions, "events.md names (app_id)")
+        if rejection is None:
+            return False
+        self._dead(message, rejection, now_ms, out)
+        return True
 
     def _dead(self, message: Input, rejection: Rejection, now_ms: int, out: Outputs) -> None:
         reject(message, rejection, now_ms, out.dead, out.invalid)
@@ -311,9 +321,7 @@ class BalancePartition:
         if isinstance(decoded, Rejection):
             self._dead(message, decoded, now_ms, out)
             return
-        rejection = self._misrouted(decoded.app_id)
-        if rejection is not None:
-            self._dead(message, rejection, now_ms, out)
+        if self._misrouted(message, decoded.app_id, now_ms, out):
             return
         session = billing_session_of(decoded)
         record = self._app(session.app_id, session.account_id)
@@ -361,9 +369,7 @@ class BalancePartition:
             )
             self._dead(message, rejection, now_ms, out)
             return
-        misrouted = self._misrouted(event.app_id)
-        if misrouted is not None:
-            self._dead(message, misrouted, now_ms, out)
+        if self._misrouted(message, event.app_id, now_ms, out):
             return
         record = self._app(event.app_id, event.account_id)
         if isinstance(event, AgentsSubscribed):

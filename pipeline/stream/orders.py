@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from pipeline.infra import metrics
-from pipeline.infra.kafka import KafkaSetupError, admin, ensure_topics, wait_for_broker
+from pipeline.infra.kafka import ensure_topics, require_co_partitioned, wait_for_broker
 from pipeline.infra.logs import fields
 from pipeline.infra.settings import Settings
 from pipeline.orders.events import encode as encode_order
@@ -61,14 +61,7 @@ def setup_topics(settings: Settings) -> None:
     ensure_topics(settings, [topics.plans, topics.dlq])
     ensure_topics(settings, [changelog_topic(settings)], config={"cleanup.policy": "compact"})
     names = (topics.orders, topics.accounts, changelog_topic(settings))
-    found = admin(settings).list_topics(timeout=15).topics
-    counts = {name: len(found[name].partitions) for name in names}
-    if len(set(counts.values())) != 1:
-        listed = ", ".join(f"{n} has {c}" for n, c in counts.items())
-        raise KafkaSetupError(
-            f"the order processor needs co-partitioned topics keyed by account_id, but {listed} partitions: "
-            "give them the same partition count (METERING_PARTITIONS)"
-        )
+    require_co_partitioned(settings, names, who="the order processor", key="account_id")
 
 
 class OrderProcessor:

@@ -19,7 +19,6 @@ import msgspec
 
 from pipeline.contract.decode import decode_input
 from pipeline.contract.events import AccountChanged, DeadLetter, FundsAdded, FundsRefunded, Rejection
-from pipeline.infra.kafka import partition_of
 from pipeline.orders.book import (
     AccountOrders,
     Order,
@@ -33,7 +32,7 @@ from pipeline.orders.events import InvoiceIssued, OrderCreated, OrderState, Paym
 from pipeline.orders.events import encode as encode_order_message
 from pipeline.orders.providers import PaymentProvider
 from pipeline.stream import orders_changelog as changelog
-from pipeline.stream.balance_partition import Input, reject
+from pipeline.stream.balance_partition import Input, misrouted, reject
 from pipeline.stream.records import encode as encode_record
 
 #: The largest record (key and value) the processor produces: far below the producer's
@@ -240,13 +239,8 @@ class OrderPartition:
         return None
 
     def _book(self, message: Input, account_id: str, now_ms: int, out: OrderOutputs) -> AccountOrders | None:
-        expected = partition_of(account_id.encode(), self.partitions)
-        if expected != self.partition:
-            rejection = Rejection(
-                "misrouted",
-                f"misrouted: key {account_id!r} belongs on partition {expected}, not {self.partition}; produce with "
-                "the key account_id and a Java-compatible murmur2 partitioner (librdkafka: murmur2_random)",
-            )
+        rejection = misrouted(account_id, self.partition, self.partitions, "account_id")
+        if rejection is not None:
             self._dead(message, rejection, now_ms, out)
             return None
         book = self.books.get(account_id)

@@ -14,8 +14,10 @@ import contextlib
 import logging
 import shutil
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Final
+
+from prometheus_client import Counter
 
 from pipeline.infra import metrics
 from pipeline.infra.kafka import ensure_topics, wait_for_broker
@@ -176,23 +178,33 @@ def observe(results: Sequence[BatchResult]) -> None:
         for topic, n in r.late_by_topic.items():
             metrics.EVENTS_LATE.labels(topic).inc(n)
         s = r.stats
-        for result, n in (
-            ("billable", s.sessions_billable),
-            ("non_interactive", s.sessions_non_interactive),
-            ("test", s.sessions_test),
-        ):
-            if n:
-                metrics.CONVERSATION_SESSIONS.labels(result).inc(n)
-        for k, n in (("usage", s.usage_sessions), ("voice", s.voice_sessions), ("alert", s.alert_sessions)):
-            if n:
-                metrics.BILLING_SESSIONS.labels(k).inc(n)
-        for anomaly, n in (
-            ("ended_without_start", s.transfers_ended_without_start),
-            ("started_while_open", s.transfers_started_while_open),
-            ("left_open", s.transfers_left_open),
-        ):
-            if n:
-                metrics.TRANSFER_ANOMALIES.labels(anomaly).inc(n)
+        _count(
+            metrics.CONVERSATION_SESSIONS,
+            (
+                ("billable", s.sessions_billable),
+                ("non_interactive", s.sessions_non_interactive),
+                ("test", s.sessions_test),
+            ),
+        )
+        _count(
+            metrics.BILLING_SESSIONS,
+            (("usage", s.usage_sessions), ("voice", s.voice_sessions), ("alert", s.alert_sessions)),
+        )
+        _count(
+            metrics.TRANSFER_ANOMALIES,
+            (
+                ("ended_without_start", s.transfers_ended_without_start),
+                ("started_while_open", s.transfers_started_while_open),
+                ("left_open", s.transfers_left_open),
+            ),
+        )
+
+
+def _count(counter: Counter, by_label: Iterable[tuple[str, int]]) -> None:
+    """Add each non-zero figure to the counter's series of its label (a zero creates no series)."""
+    for label, n in by_label:
+        if n:
+            counter.labels(label).inc(n)
 
 
 def topologies(settings: Settings, plans: PlanFeed) -> list[Topology]:

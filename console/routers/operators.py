@@ -94,7 +94,7 @@ async def reconcile_sessions(request: Request, context: Context) -> Response:
     try:
         period = await _decoded(request, PeriodRequest)
         check_period(period.start, period.end, period.timezone)
-    except (*_BODY_ERRORS, UsageParameterError, UnknownZoneError, ValueError, OSError) as e:
+    except (msgspec.ValidationError, msgspec.DecodeError, UsageParameterError, UnknownZoneError, ValueError, OSError) as e:  # noqa: E501
         return _bad_body("/reconcile/sessions", e)
     answer = await run_in_threadpool(
         snapshot, context.client, context.database, start=period.start, end=period.end, tz=period.timezone
@@ -110,7 +110,7 @@ async def reconcile_sessions(request: Request, context: Context) -> Response:
 async def reconcile_repair(request: Request, context: Context) -> Response:
     try:
         batch = await _decoded(request, RepairBatch)
-    except _BODY_ERRORS as e:
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
         return _bad_body("/reconcile/repair", e)
     try:
         outcome = await run_in_threadpool(apply_batch, context.client, context.database, batch)
@@ -121,12 +121,8 @@ async def reconcile_repair(request: Request, context: Context) -> Response:
 
 B = TypeVar("B")
 
-#: What a JSON body of the wrong syntax or shape raises.
-_BODY_ERRORS: tuple[type[Exception], ...] = (msgspec.ValidationError, msgspec.DecodeError)
-
-
 async def _decoded(request: Request, body_type: type[B]) -> B:
-    """The request's JSON body as ``body_type``; one of ``_BODY_ERRORS`` if it is not one."""
+    """The request's JSON body as ``body_type``; msgspec's DecodeError or ValidationError if it is not one."""
     return msgspec.json.decode(await request.body(), type=body_type)
 
 

@@ -200,13 +200,11 @@ def usage(
     fmt: Format,
 ) -> None:
     """Per-app usage from ClickHouse (asks the running service when the database is embedded)."""
-    from cli.usage_command import StoreBusyError, usage_text
-    from consumers.clickhouse import ClickHouseError
-    from consumers.reports.usage import UsageParameterError
+    from cli.usage_command import usage_text
 
     settings = load_settings()
-    try:
-        text = usage_text(
+    _write_report(
+        lambda: usage_text(
             settings,
             start=start.date() if start else None,
             end=end.date() if end else None,
@@ -217,6 +215,17 @@ def usage(
             fmt=fmt,
             on_wait=_waiting,
         )
+    )
+
+
+def _write_report(text_of: Callable[[], str]) -> None:
+    """A report's text on stdout; a wrong parameter as click's usage error, a store out of reach as exit status 1."""
+    from cli.usage_command import StoreBusyError
+    from consumers.clickhouse import ClickHouseError
+    from consumers.reports.usage import UsageParameterError
+
+    try:
+        text = text_of()
     except UsageParameterError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
     except (StoreBusyError, ClickHouseError) as exc:
@@ -266,21 +275,14 @@ def plans(ctx: click.Context, account: str | None, month: str | None, tz_name: s
     """
     if ctx.invoked_subcommand is not None:
         return
-    from cli.usage_command import StoreBusyError, plans_text
-    from consumers.clickhouse import ClickHouseError
-    from consumers.reports.usage import UsageParameterError
+    from cli.usage_command import plans_text
 
     settings = load_settings()
-    try:
-        text = plans_text(
+    _write_report(
+        lambda: plans_text(
             settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt, on_wait=_waiting
         )
-    except UsageParameterError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
-    except (StoreBusyError, ClickHouseError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(1)
-    sys.stdout.write(text)
+    )
 
 
 @plans.command("requests")

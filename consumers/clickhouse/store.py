@@ -96,18 +96,14 @@ def insert_deduplicated(
             column_oriented=column_oriented,
             settings=settings,
         )
-    except OperationalError as exc:
-        raise ClickHouseWriteError(
-            f"{where} did not complete: {exc}. The database is unreachable or timed out; {retry}",
-            code=exc.code,
-            transient=True,
-        ) from exc
     except DatabaseError as exc:
-        raise ClickHouseWriteError(
-            f"{where} was refused (ClickHouse code {exc.code}): {exc}. {check}",
-            code=exc.code,
-            transient=False,
-        ) from exc
+        transient = isinstance(exc, OperationalError)  # unreachable or timed out, unlike a refusal
+        message = (
+            f"{where} did not complete: {exc}. The database is unreachable or timed out; {retry}"
+            if transient
+            else f"{where} was refused (ClickHouse code {exc.code}): {exc}. {check}"
+        )
+        raise ClickHouseWriteError(message, code=exc.code, transient=transient) from exc
 
 
 class SessionWriter(Protocol):

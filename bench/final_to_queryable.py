@@ -40,7 +40,6 @@ import queue
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -54,6 +53,7 @@ from confluent_kafka.admin import AdminClient
 from harness import (
     BenchError,
     Sampler,
+    Workspace,
     cpu_shares,
     create_topics,
     environment,
@@ -63,8 +63,8 @@ from harness import (
     log_tail,
     median,
     quantile,
+    run_in_workspace,
     scrape,
-    start_broker,
     start_worker,
     stop_process,
     write_result,
@@ -156,30 +156,17 @@ def main() -> int:
         parser.error("--runs, --rate, --seconds and --sink-batch-seconds must be positive")
 
     console = Console()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
-    broker: LocalKafka | None = None
-    ok = False
-    try:
-        broker = start_broker(tmp / "kafka", console)
-        plan = Plan(broker, tmp, tmp / "clickhouse", args, console)
+
+    def measure(workspace: Workspace) -> None:
+        broker = workspace.start_broker()
+        plan = Plan(broker, workspace.tmp, workspace.tmp / "clickhouse", args, console)
         runs: list[Run] = []
         for i in range(1, args.runs + 1):
             for batch in batches:  # interleaved, so drift in the machine's load hits every setting alike
                 runs.append(run_once(plan, i, batch))
         report(console, args, batches, runs)
-        ok = True
-        return 0
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/] {exc}", highlight=False)
-        console.print(f"files kept in {tmp}")
-        return 1
-    finally:
-        if broker is not None:
-            broker.stop()
-        if ok and not args.keep_files:
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif ok:
-            console.print(f"files kept in {tmp}")
+
+    return run_in_workspace("bench-latency-", args.keep_files, console, measure)
 
 
 # -- one run -------------------------------------------------------------------------------

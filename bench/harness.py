@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +61,43 @@ def start_broker(directory: Path, console: Console) -> LocalKafka:
         raise BenchError(f"the local Kafka broker did not start: {exc}") from exc
     console.print(f"Kafka broker up on {broker.bootstrap} (pid {broker.pid}) in {time.monotonic() - started:.1f} s")
     return broker
+
+
+class Workspace:
+    """One invocation's temporary directory and the broker started in it, for :func:`run_in_workspace`."""
+
+    def __init__(self, tmp: Path, console: Console) -> None:
+        self.tmp = tmp
+        self.console = console
+        self.broker: LocalKafka | None = None
+
+    def start_broker(self) -> LocalKafka:
+        self.broker = start_broker(self.tmp / "kafka", self.console)
+        return self.broker
+
+
+def run_in_workspace(prefix: str, keep_files: bool, console: Console, measure: Callable[[Workspace], None]) -> int:
+    """Run ``measure`` in a fresh temporary directory; the exit status (1 on :class:`BenchError`).
+
+    The broker always stops; the files go only after a good run (kept after a failure, to read the logs).
+    """
+    workspace = Workspace(Path(tempfile.mkdtemp(prefix=prefix)), console)
+    ok = False
+    try:
+        measure(workspace)
+        ok = True
+        return 0
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/] {exc}", highlight=False)
+        console.print(f"files kept in {workspace.tmp}")
+        return 1
+    finally:
+        if workspace.broker is not None:
+            workspace.broker.stop()
+        if ok and not keep_files:
+            shutil.rmtree(workspace.tmp, ignore_errors=True)
+        elif ok:
+            console.print(f"files kept in {workspace.tmp}")
 
 
 def fresh_settings(base: Settings, data_dir: Path) -> Settings:

@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ from harness import (
     BenchError,
     Sampler,
     Snapshot,
+    Workspace,
     child_env,
     cpu_shares,
     create_topics,
@@ -60,8 +60,8 @@ from harness import (
     log_tail,
     median,
     peak_rss_mib,
+    run_in_workspace,
     scrape,
-    start_broker,
     start_worker,
     stop_process,
     write_result,
@@ -156,35 +156,22 @@ def main() -> int:
         parser.error(f"--profile needs py-spy at {PY_SPY}")
 
     console = Console()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    broker: LocalKafka | None = None
-    ok = False
-    try:
-        path = tmp / "events.jsonl"
+
+    def measure(workspace: Workspace) -> None:
+        path = workspace.tmp / "events.jsonl"
         expected = prepare(path, args.events, args.seed, console)
-        broker = start_broker(tmp / "kafka", console)
-        plan = Plan(broker, tmp, path, expected, args.workers, args.timeout, console, args.keep_files)
+        broker = workspace.start_broker()
+        plan = Plan(broker, workspace.tmp, path, expected, args.workers, args.timeout, console, args.keep_files)
         runs = [run_once(plan, i) for i in range(1, args.runs + 1)]
         profile_run: Run | None = None
         profile_summary: dict[str, Any] | None = None
         if profile:
-            out = tmp / "profile.txt"
+            out = workspace.tmp / "profile.txt"
             profile_run = run_once(plan, 0, (out, args.profile_seconds))
             profile_summary = summarize_profile(out, args.profile_seconds)
         report(plan, args, runs, profile_run, profile_summary)
-        ok = True
-        return 0
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/] {exc}", highlight=False)
-        console.print(f"files kept in {tmp}")
-        return 1
-    finally:
-        if broker is not None:
-            broker.stop()
-        if ok and not args.keep_files:
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif ok:
-            console.print(f"files kept in {tmp}")
+
+    return run_in_workspace("bench-throughput-", args.keep_files, console, measure)
 
 
 # -- preparation ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from rich.console import Console
@@ -23,6 +23,9 @@ from pipeline.infra.report import FORMATS, Format, render
 from pipeline.infra.settings import Settings, SettingsError
 from pipeline.rules.attribution import PERIODS, Period, UnknownZoneError, zone
 from pipeline.rules.config import MINUTE, RulesConfig
+
+if TYPE_CHECKING:
+    from pipeline.infra.publish import Publisher
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_SETTINGS = 78
@@ -197,13 +200,11 @@ def usage(
     fmt: Format,
 ) -> None:
     """Per-app usage from ClickHouse (asks the running service when the database is embedded)."""
-    from cli.usage_command import StoreBusyError, usage_text
-    from consumers.clickhouse import ClickHouseError
-    from consumers.reports.usage import UsageParameterError
+    from cli.usage_command import usage_text
 
     settings = load_settings()
-    try:
-        text = usage_text(
+    _write_report(
+        lambda: usage_text(
             settings,
             start=start.date() if start else None,
             end=end.date() if end else None,
@@ -214,6 +215,17 @@ def usage(
             fmt=fmt,
             on_wait=_waiting,
         )
+    )
+
+
+def _write_report(text_of: Callable[[], str]) -> None:
+    """A report's text on stdout; a wrong parameter as click's usage error, a store out of reach as exit status 1."""
+    from cli.usage_command import StoreBusyError
+    from consumers.clickhouse import ClickHouseError
+    from consumers.reports.usage import UsageParameterError
+
+    try:
+        text = text_of()
     except UsageParameterError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
     except (StoreBusyError, ClickHouseError) as exc:
@@ -263,21 +275,14 @@ def plans(ctx: click.Context, account: str | None, month: str | None, tz_name: s
     """
     if ctx.invoked_subcommand is not None:
         return
-    from cli.usage_command import StoreBusyError, plans_text
-    from consumers.clickhouse import ClickHouseError
-    from consumers.reports.usage import UsageParameterError
+    from cli.usage_command import plans_text
 
     settings = load_settings()
-    try:
-        text = plans_text(
+    _write_report(
+        lambda: plans_text(
             settings, account=account, month=month, tz=tz_name or settings.timezone, fmt=fmt, on_wait=_waiting
         )
-    except UsageParameterError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter}") from exc
-    except (StoreBusyError, ClickHouseError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(1)
-    sys.stdout.write(text)
+    )
 
 
 @plans.command("requests")
@@ -301,17 +306,12 @@ def plans_requests(account: str | None, show_all: bool) -> None:
 def plans_extend(request_id: str, days: int | None) -> None:
     """Grant an extension request: the plan's term ends that many days later."""
     from cli.plan_actions import decide_extension
-    from pipeline.infra.publish import KafkaPublisher
 
-    def act(settings: Settings) -> str:
-        publisher = KafkaPublisher(settings)
-        try:
-            found = decide_extension(settings, publisher, request_id, grant=True, days=days)
-        finally:
-            publisher.close()
+    def act(settings: Settings, publisher: Publisher) -> str:
+        found = decide_extension(settings, publisher, request_id, grant=True, days=days)
         return f"granted {days or found.days} days to {found.app_id} ({found.account_id}), request {request_id}\n"
 
-    sys.stdout.write(_run_action(act))
+    sys.stdout.write(_run_publishing(act))
 
 
 @plans.command("decline")
@@ -320,17 +320,12 @@ def plans_extend(request_id: str, days: int | None) -> None:
 def plans_decline(request_id: str, reason: str | None) -> None:
     """Decline an extension request: the term stays as it is."""
     from cli.plan_actions import decide_extension
-    from pipeline.infra.publish import KafkaPublisher
 
-    def act(settings: Settings) -> str:
-        publisher = KafkaPublisher(settings)
-        try:
-            found = decide_extension(settings, publisher, request_id, grant=False, reason=reason)
-        finally:
-            publisher.close()
+    def act(settings: Settings, publisher: Publisher) -> str:
+        found = decide_extension(settings, publisher, request_id, grant=False, reason=reason)
         return f"declined request {request_id} of {found.app_id} ({found.account_id})\n"
 
-    sys.stdout.write(_run_action(act))
+    sys.stdout.write(_run_publishing(act))
 
 
 T = TypeVar("T")
@@ -348,6 +343,20 @@ def _run_action(act: Callable[[Settings], T]) -> T:
     except (ActionError, StoreBusyError, ClickHouseError, PublishError) as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
+
+
+def _run_publishing(act: Callable[[Settings, Publisher], T]) -> T:
+    """:func:`_run_action` for an action that publishes: one Kafka producer, closed whatever happens."""
+    from pipeline.infra.publish import KafkaPublisher
+
+    def with_publisher(settings: Settings) -> T:
+        publisher = KafkaPublisher(settings)
+        try:
+            return act(settings, publisher)
+        finally:
+            publisher.close()
+
+    return _run_action(with_publisher)
 
 
 @main.group()
@@ -372,25 +381,20 @@ def _payment_command(status: str, summary: str) -> Callable[..., None]:
     @click.option("--reason", default=None, help="Why (shown on a failed order).")
     def command(order_id: str, account: str, reference: str | None, reason: str | None) -> None:
         from cli.plan_actions import record_payment
-        from pipeline.infra.publish import KafkaPublisher
 
-        def act(settings: Settings) -> str:
-            publisher = KafkaPublisher(settings)
-            try:
-                record_payment(
-                    settings,
-                    publisher,
-                    account_id=account,
-                    order_id=order_id,
-                    status=status,  # type: ignore[arg-type]
-                    reference=reference,
-                    reason=reason,
-                )
-            finally:
-                publisher.close()
+        def act(settings: Settings, publisher: Publisher) -> str:
+            record_payment(
+                settings,
+                publisher,
+                account_id=account,
+                order_id=order_id,
+                status=status,  # type: ignore[arg-type]
+                reference=reference,
+                reason=reason,
+            )
             return f"order {order_id} of {account}: {status} recorded; the order processor applies it\n"
 
-        sys.stdout.write(_run_action(act))
+        sys.stdout.write(_run_publishing(act))
 
     command.__doc__ = summary
     return command

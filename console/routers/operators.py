@@ -91,16 +91,15 @@ _JSON_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"app
     openapi_extra=_JSON_BODY,
 )
 async def reconcile_sessions(request: Request, context: Context) -> Response:
-    body = await request.body()
     try:
-        period = msgspec.json.decode(body, type=PeriodRequest)
+        period = await _decoded(request, PeriodRequest)
         check_period(period.start, period.end, period.timezone)
     except (msgspec.ValidationError, msgspec.DecodeError, UsageParameterError, UnknownZoneError, ValueError, OSError) as e:  # noqa: E501
-        return JSONResponse({"error": f"/reconcile/sessions: {e}", "parameter": "body"}, status_code=400)
+        return _bad_body("/reconcile/sessions", e)
     answer = await run_in_threadpool(
         snapshot, context.client, context.database, start=period.start, end=period.end, tz=period.timezone
     )
-    return Response(msgspec.json.encode(answer), media_type="application/json")
+    return _json(answer)
 
 
 @router.post(
@@ -109,13 +108,28 @@ async def reconcile_sessions(request: Request, context: Context) -> Response:
     openapi_extra=_JSON_BODY,
 )
 async def reconcile_repair(request: Request, context: Context) -> Response:
-    body = await request.body()
     try:
-        batch = msgspec.json.decode(body, type=RepairBatch)
+        batch = await _decoded(request, RepairBatch)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        return JSONResponse({"error": f"/reconcile/repair: {e}", "parameter": "body"}, status_code=400)
+        return _bad_body("/reconcile/repair", e)
     try:
         outcome = await run_in_threadpool(apply_batch, context.client, context.database, batch)
     except ValueError as e:
-        return JSONResponse({"error": f"/reconcile/repair: {e}", "parameter": "body"}, status_code=400)
-    return Response(msgspec.json.encode(outcome), media_type="application/json")
+        return _bad_body("/reconcile/repair", e)
+    return _json(outcome)
+
+
+B = TypeVar("B")
+
+async def _decoded(request: Request, body_type: type[B]) -> B:
+    """The request's JSON body as ``body_type``; msgspec's DecodeError or ValidationError if it is not one."""
+    return msgspec.json.decode(await request.body(), type=body_type)
+
+
+def _bad_body(route: str, error: Exception) -> JSONResponse:
+    """400 for a body ``route`` cannot use, naming the route and the parameter."""
+    return JSONResponse({"error": f"{route}: {error}", "parameter": "body"}, status_code=400)
+
+
+def _json(answer: Any) -> Response:
+    return Response(msgspec.json.encode(answer), media_type="application/json")

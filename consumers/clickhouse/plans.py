@@ -17,11 +17,9 @@ from typing import Any, Final
 
 import msgspec
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from consumers.clickhouse.client import check_database_name
-from consumers.clickhouse.errors import ClickHouseWriteError
-from consumers.clickhouse.store import INSERT_SETTINGS
+from consumers.clickhouse.store import insert_deduplicated
 from consumers.clickhouse.usage import Period, named_query, usage
 from pipeline.balance.money import format_money
 from pipeline.contract.decode import to_ms
@@ -240,30 +238,18 @@ class PlanStore:
                 self._insert(table, names, _columns(rows, names), len(rows), token)
 
     def _insert(self, table: str, names: tuple[str, ...], columns: list[list[Any]], n: int, token: str) -> None:
-        where = f"insert of {n} rows into {self._database}.{table} (token {token!r})"
-        try:
-            self._client.insert(
-                table,
-                columns,
-                column_names=list(names),
-                database=self._database,
-                column_oriented=True,
-                settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
-            )
-        except OperationalError as exc:
-            raise ClickHouseWriteError(
-                f"{where} did not complete: {exc}. The database is unreachable or timed out; retry with the "
-                "same token.",
-                code=exc.code,
-                transient=True,
-            ) from exc
-        except DatabaseError as exc:
-            raise ClickHouseWriteError(
-                f"{where} was refused (ClickHouse code {exc.code}): {exc}. Check that migrations 005, 010 and 011 ran "
-                "(metering run applies the migrations).",
-                code=exc.code,
-                transient=False,
-            ) from exc
+        insert_deduplicated(
+            self._client,
+            self._database,
+            table,
+            columns,
+            names=names,
+            token=token,
+            column_oriented=True,
+            where=f"insert of {n} rows into {self._database}.{table} (token {token!r})",
+            retry="retry with the same token.",
+            check="Check that migrations 005, 010 and 011 ran (metering run applies the migrations).",
+        )
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -27,13 +27,11 @@ from datetime import date, timedelta
 from typing import Annotated, Any, Final, Literal
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from msgspec import Meta, Struct, field
 
 from consumers.clickhouse.client import check_database_name
 from consumers.clickhouse.counts import BUCKET_MS, bucket_of, key_of, recount, recount_period
-from consumers.clickhouse.errors import ClickHouseWriteError
-from consumers.clickhouse.store import INSERT_SETTINGS, SessionStore
+from consumers.clickhouse.store import SessionStore, insert_deduplicated
 from consumers.clickhouse.usage import named_query, usage
 from pipeline.contract.events import BillingSessionRecord
 from pipeline.rules.attribution import UsageRow
@@ -272,22 +270,15 @@ def _insert(
     token: str | None,
     what: str,
 ) -> None:
-    settings = dict(INSERT_SETTINGS)
-    if token is not None:
-        settings["insert_deduplication_token"] = token
-    try:
-        client.insert(table, rows, column_names=names, database=database, settings=settings)
-    except OperationalError as exc:
-        raise ClickHouseWriteError(
-            f"writing {what} into {database}.{table} did not complete: {exc}. The database is unreachable or "
-            "timed out; run the same reconcile again (what was written is recognised and not written twice).",
-            code=exc.code,
-            transient=True,
-        ) from exc
-    except DatabaseError as exc:
-        raise ClickHouseWriteError(
-            f"writing {what} into {database}.{table} was refused (ClickHouse code {exc.code}): {exc}. "
-            "Check that migration 004 ran (`metering migrate`, or restart the service).",
-            code=exc.code,
-            transient=False,
-        ) from exc
+    insert_deduplicated(
+        client,
+        database,
+        table,
+        rows,
+        names=names,
+        token=token,
+        column_oriented=False,
+        where=f"writing {what} into {database}.{table}",
+        retry="run the same reconcile again (what was written is recognised and not written twice).",
+        check="Check that migration 004 ran (`metering migrate`, or restart the service).",
+    )

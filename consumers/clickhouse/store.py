@@ -66,6 +66,46 @@ INSERT_SETTINGS: Final[dict[str, Any]] = {
 }
 
 
+def insert_deduplicated(
+    client: Client,
+    database: str,
+    table: str,
+    data: Sequence[Sequence[Any]],
+    *,
+    names: Sequence[str],
+    token: str | None,
+    column_oriented: bool,
+    where: str,
+    retry: str,
+    check: str,
+) -> None:
+    """One synchronous insert deduplicated by ``token`` (None: by block content); failures as ClickHouseWriteError.
+
+    ``where`` names the insert in the messages, ``retry`` says how to retry after a timeout
+    (transient), ``check`` what to check after a refusal (not transient).
+    """
+    settings = dict(INSERT_SETTINGS)
+    if token is not None:
+        settings["insert_deduplication_token"] = token
+    try:
+        client.insert(
+            table,
+            data,
+            column_names=list(names),
+            database=database,
+            column_oriented=column_oriented,
+            settings=settings,
+        )
+    except DatabaseError as exc:
+        transient = isinstance(exc, OperationalError)  # unreachable or timed out, unlike a refusal
+        message = (
+            f"{where} did not complete: {exc}. The database is unreachable or timed out; {retry}"
+            if transient
+            else f"{where} was refused (ClickHouse code {exc.code}): {exc}. {check}"
+        )
+        raise ClickHouseWriteError(message, code=exc.code, transient=transient) from exc
+
+
 class SessionWriter(Protocol):
     """The one storage operation the billing-sessions sink needs.
 
@@ -111,29 +151,18 @@ class SessionStore:
         if reconcile_run_id is not None:
             columns.append([reconcile_run_id] * len(records))
             names.append("reconcile_run_id")
-        try:
-            self._client.insert(
-                TABLE,
-                columns,
-                column_names=names,
-                database=self._database,
-                column_oriented=True,
-                settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
-            )
-        except OperationalError as exc:
-            raise ClickHouseWriteError(
-                f"insert of {len(records)} billing sessions into {self.table} (token {token!r}) did not complete: "
-                f"{exc}. The database is unreachable or timed out; retry the same batch with the same token.",
-                code=exc.code,
-                transient=True,
-            ) from exc
-        except DatabaseError as exc:
-            raise ClickHouseWriteError(
-                f"insert of {len(records)} billing sessions into {self.table} (token {token!r}) was refused "
-                f"(ClickHouse code {exc.code}): {exc}. Check that the migrations ran (metering run applies them).",
-                code=exc.code,
-                transient=False,
-            ) from exc
+        insert_deduplicated(
+            self._client,
+            self._database,
+            TABLE,
+            columns,
+            names=names,
+            token=token,
+            column_oriented=True,
+            where=f"insert of {len(records)} billing sessions into {self.table} (token {token!r})",
+            retry="retry the same batch with the same token.",
+            check="Check that the migrations ran (metering run applies them).",
+        )
         recount(self._client, self._database, {key_of(r.account_id, r.app_id, _ms(r.started_at)) for r in records})
 
 

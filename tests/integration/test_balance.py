@@ -215,6 +215,44 @@ def expected_view(ledger: Ledger, app_id: str) -> dict[str, Any]:
     }
 
 
+def funded_apps(apps: list[str]) -> list[PlanChanged | FundsAdded]:
+    """A plan and 60.00 of funds a minute before T0 per app: where the stream scenarios start."""
+    return [
+        e
+        for app in apps
+        for e in (
+            plan(T0 - MINUTE, event_id=f"p-{app}", app_id=app),
+            funds("60.00", T0 - MINUTE, event_id=f"f-{app}", app_id=app),
+        )
+    ]
+
+
+def ledger_over(
+    setup: list[PlanChanged | FundsAdded], sessions: list[BillingSession]
+) -> tuple[Ledger, list[BalanceAlert]]:
+    """The ledger after the setup events then the sessions, and every alert it raised on the way."""
+    ledger = Ledger()
+    expected: list[BalanceAlert] = []
+    for event in setup:
+        expected += apply(ledger, event)
+    for s in sessions:
+        expected += ledger.charge(s)
+    return ledger, expected
+
+
+def assert_balances_and_alert_ids_match(
+    settings: Settings, apps: list[str], ledger: Ledger, expected: list[BalanceAlert]
+) -> None:
+    """Each app's snapshot is the ledger's view and its alerts carry the ledger's ids, in order."""
+    latest = snapshots(settings)
+    produced = alerts(settings)
+    for app in apps:
+        assert view(latest[app]) == expected_view(ledger, app), app
+        assert [a.alert_event_id for a in produced if a.app_id == app] == [
+            a.alert_event_id for a in expected if a.app_id == app
+        ], app
+
+
 def view(snap: BalanceSnapshot) -> dict[str, Any]:
     return {
         "funds": snap.funds,
@@ -366,14 +404,7 @@ def test_sigkill_mid_transaction_restart_and_every_session_twice_charge_once_and
     the restarted processor counts exactly one duplicate per session, and `balance-alerts` holds exactly
     low, depleted, recovered per app with the ledger's ids."""
     apps = ["kill-a", "kill-b", "kill-c"]
-    setup = [
-        e
-        for app in apps
-        for e in (
-            plan(T0 - MINUTE, event_id=f"p-{app}", app_id=app),
-            funds("60.00", T0 - MINUTE, event_id=f"f-{app}", app_id=app),
-        )
-    ]
+    setup = funded_apps(apps)
     sessions = [session(f"{app}-{k}", T0 + k * MINUTE, app_id=app) for k in range(150) for app in apps]
     top_ups = [funds("500.00", T0 + 200 * MINUTE, event_id=f"f2-{app}", app_id=app) for app in apps]
 
@@ -403,12 +434,7 @@ def test_sigkill_mid_transaction_restart_and_every_session_twice_charge_once_and
         "the copies and the top-ups to be consumed",
     )
 
-    ledger = Ledger()
-    expected: list[BalanceAlert] = []
-    for event in setup:
-        expected += apply(ledger, event)
-    for s in sessions:
-        expected += ledger.charge(s)
+    ledger, expected = ledger_over(setup, sessions)
     for event in top_ups:
         expected += ledger.apply_funds(event)
 
@@ -579,14 +605,7 @@ def test_a_second_processor_joining_mid_stream_takes_over_partitions_without_dou
     their changelog state to it), every session is delivered twice: one charge per session, one alert per
     crossing, both instances in service at the end."""
     apps = [f"pair-{i}" for i in range(8)]
-    setup = [
-        e
-        for app in apps
-        for e in (
-            plan(T0 - MINUTE, event_id=f"p-{app}", app_id=app),
-            funds("60.00", T0 - MINUTE, event_id=f"f-{app}", app_id=app),
-        )
-    ]
+    setup = funded_apps(apps)
     sessions = [session(f"{app}-{k}", T0 + k * MINUTE, app_id=app) for k in range(80) for app in apps]
     half = len(sessions) // 2
     first = processors.start(METERING_BATCH_SIZE="50")
@@ -618,19 +637,8 @@ def test_a_second_processor_joining_mid_stream_takes_over_partitions_without_dou
         )
 
     wait_until(charged_all, 90, "every session charged by the pair")
-    ledger = Ledger()
-    expected: list[BalanceAlert] = []
-    for event in setup:
-        expected += apply(ledger, event)
-    for s in sessions:
-        expected += ledger.charge(s)
-    latest = snapshots(settings)
-    produced = alerts(settings)
-    for app in apps:
-        assert view(latest[app]) == expected_view(ledger, app), app
-        assert [a.alert_event_id for a in produced if a.app_id == app] == [
-            a.alert_event_id for a in expected if a.app_id == app
-        ], app
+    ledger, expected = ledger_over(setup, sessions)
+    assert_balances_and_alert_ids_match(settings, apps, ledger, expected)
     assert any(r["apps"] > 0 for r in restored_by_joiner()), "the joining instance took over partitions with state"
 
 
@@ -659,14 +667,7 @@ def test_a_replay_of_both_topics_from_the_beginning_changes_nothing(
     """The processor stopped (SIGTERM: it exits 0), the group rewound to offset 0 and started again: every
     input is a copy of one the restored state has applied, so no alert, no new snapshot, no charge."""
     apps = ["replay-a", "replay-b"]
-    setup = [
-        e
-        for app in apps
-        for e in (
-            plan(T0 - MINUTE, event_id=f"p-{app}", app_id=app),
-            funds("60.00", T0 - MINUTE, event_id=f"f-{app}", app_id=app),
-        )
-    ]
+    setup = funded_apps(apps)
     sessions = [session(f"{app}-{k}", T0 + k * MINUTE, app_id=app) for k in range(70) for app in apps]
     first = processors.start()
     produce(settings, plan_messages(settings, setup))
@@ -706,14 +707,7 @@ def test_transactions_that_fail_before_commit_are_aborted_and_processed_again_ex
     is aborted, the state restored from the changelog and the input re-read from the committed offsets, until
     commits succeed again; the result is exactly the ledger's, alerts included."""
     apps = ["abort-a", "abort-b"]
-    setup = [
-        e
-        for app in apps
-        for e in (
-            plan(T0 - MINUTE, event_id=f"p-{app}", app_id=app),
-            funds("60.00", T0 - MINUTE, event_id=f"f-{app}", app_id=app),
-        )
-    ]
+    setup = funded_apps(apps)
     sessions = [session(f"{app}-{k}", T0 + k * MINUTE, app_id=app) for k in range(70) for app in apps]
     process = processors.start(
         METERING_FAILPOINTS="balance.before_commit=fail:3@3", METERING_BATCH_SIZE="20", **PER_BATCH
@@ -725,19 +719,8 @@ def test_transactions_that_fail_before_commit_are_aborted_and_processed_again_ex
     wait_until(lambda: group_caught_up(settings, settings.topics.billing_sessions), 60, "every session consumed")
     assert process.poll() is None, processors.logs()
 
-    ledger = Ledger()
-    expected: list[BalanceAlert] = []
-    for event in setup:
-        expected += apply(ledger, event)
-    for s in sessions:
-        expected += ledger.charge(s)
-    latest = snapshots(settings)
-    produced = alerts(settings)
-    for app in apps:
-        assert view(latest[app]) == expected_view(ledger, app), app
-        assert [a.alert_event_id for a in produced if a.app_id == app] == [
-            a.alert_event_id for a in expected if a.app_id == app
-        ], app
+    ledger, expected = ledger_over(setup, sessions)
+    assert_balances_and_alert_ids_match(settings, apps, ledger, expected)
     metrics = scrape(url)
     assert metrics[("metering_balance_transactions_aborted_total", ())] > 0
     assert metrics[("metering_sessions_charged_total", (("kind", "usage"),))] == len(sessions)

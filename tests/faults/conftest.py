@@ -8,6 +8,7 @@ harness.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,21 +40,15 @@ def stack_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def pool(stack_settings: Settings, tmp_path: Path) -> Iterator[WorkerPool]:
-    workers = WorkerPool(stack_settings, tmp_path)
-    try:
+    with closing(WorkerPool(stack_settings, tmp_path)) as workers:
         yield workers
-    finally:
-        workers.close()
 
 
 @pytest.fixture
 def store(stack_settings: Settings, tmp_path: Path) -> Iterator[StoreProcess]:
     """The store process, not started yet (``store.start(failpoints=...)``)."""
-    process = StoreProcess(stack_settings, tmp_path)
-    try:
+    with closing(StoreProcess(stack_settings, tmp_path)) as process:
         yield process
-    finally:
-        process.close()
 
 
 @pytest.fixture

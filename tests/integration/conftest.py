@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,8 @@ class Workers(ChildProcesses):
 
 @pytest.fixture
 def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(settings, tmp_path)
-    try:
+    with closing(Workers(settings, tmp_path)) as pool:
         yield pool
-    finally:
-        pool.close()
 
 
 @pytest.fixture
@@ -82,8 +80,5 @@ def store(settings: Settings) -> Iterator[StoreEndpoints]:
 @pytest.fixture
 def order_processors(settings: Settings, tmp_path: Path) -> Iterator[ChildProcesses]:
     """Order processors (``python -m cli orders process``), killed at the end if still running."""
-    pool = ChildProcesses(settings, tmp_path, "orders", "order metrics")
-    try:
+    with closing(ChildProcesses(settings, tmp_path, "orders", "order metrics")) as pool:
         yield pool
-    finally:
-        pool.close()

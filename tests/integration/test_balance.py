@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,11 +98,8 @@ class BalanceProcess(ChildProcesses):
 
 @pytest.fixture
 def processors(settings: Settings, tmp_path: Path) -> Iterator[BalanceProcess]:
-    pool = BalanceProcess(settings, tmp_path)
-    try:
+    with closing(BalanceProcess(settings, tmp_path)) as pool:
         yield pool
-    finally:
-        pool.close()
 
 
 def produce(settings: Settings, messages: list[tuple[str, str, bytes]]) -> None:

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -65,21 +66,15 @@ class Processes(ChildProcesses):
 
 @pytest.fixture
 def orders(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
-    pool = Processes(settings, tmp_path, "orders", "order metrics")
-    pool.subcommand = ("process",)
-    try:
+    with closing(Processes(settings, tmp_path, "orders", "order metrics")) as pool:
+        pool.subcommand = ("process",)
         yield pool
-    finally:
-        pool.close()
 
 
 @pytest.fixture
 def balances(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
-    pool = Processes(settings, tmp_path, "balance", "balance metrics")
-    try:
+    with closing(Processes(settings, tmp_path, "balance", "balance metrics")) as pool:
         yield pool
-    finally:
-        pool.close()
 
 
 class Console:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from pipeline.contract.decode import decode_event, to_ms
 from pipeline.contract.events import Event, Rejection, format_ms
@@ -22,6 +23,9 @@ from pipeline.infra.settings import Settings, Topics
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.rules.model import BillingSession
+
+if TYPE_CHECKING:
+    from consumers.sink import ClickHouseSink
 
 T0 = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 FAR_FUTURE = 2**60
@@ -269,3 +273,37 @@ def pipeline_settings(
         "sink_batch_seconds": 0.2,
     }
     return Settings(**{**fields, **changes})
+
+
+class SinkThread:
+    """A sink's ``run`` in a daemon thread for the length of a ``with`` block; ``error`` keeps what it raised.
+
+    The unit (fake consumer) and integration (real broker) sink tests differ only in how long they wait.
+    """
+
+    def __init__(self, sink: ClickHouseSink, *, assigned_within: float, joined_within: float) -> None:
+        self.sink = sink
+        self.assigned_within = assigned_within
+        self.joined_within = joined_within
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.sink.run(self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        assert self.sink.wait_assigned(self.assigned_within), "the sink got no partitions"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(self.joined_within)
+        assert not self.thread.is_alive()

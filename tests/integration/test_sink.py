@@ -28,6 +28,7 @@ from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
 from pipeline.rules.agent_book import AGENT_COLUMNS
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageRow
+from tests.support import SinkThread
 
 pytestmark = pytest.mark.integration
 
@@ -99,30 +100,11 @@ def produce(settings: Settings, records: Sequence[BillingSessionRecord], duplica
     return sent
 
 
-class Running:
+class Running(SinkThread):
     """A sink run in a thread; ``error`` keeps what ``run`` raised."""
 
     def __init__(self, sink: ClickHouseSink) -> None:
-        self.sink = sink
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.sink.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        assert self.sink.wait_assigned(30), "the sink got no partitions"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+        super().__init__(sink, assigned_within=30, joined_within=30)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -178,16 +160,11 @@ class SimulatedCrash(RuntimeError):
     pass
 
 
-class CrashAfterFirstInsert:
+class CrashAfterFirstInsert(Recording):
     """Inserts one block into ClickHouse, then dies before the sink can commit anything."""
 
-    def __init__(self, inner: SessionStore) -> None:
-        self.inner = inner
-        self.inserted: list[str] = []
-
     def insert(self, records: Sequence[BillingSessionRecord], token: str) -> None:
-        self.inner.insert(records, token)
-        self.inserted.append(token)
+        super().insert(records, token)
         raise SimulatedCrash("the sink process dies between the ClickHouse insert and the Kafka commit")
 
 
@@ -240,7 +217,7 @@ def test_a_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_twic
         wait_for(lambda: run.error is not None, what="the simulated crash")
     assert isinstance(run.error, SimulatedCrash)
     assert first.committed_offsets() == {}
-    (crashed_token,) = crashing.inserted
+    (crashed_token,) = crashing.tokens
     assert stored_sessions(chdb_client, settings.clickhouse_database)[1] > 0  # the block is in ClickHouse
 
     recording = Recording(store)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from consumers.sink import ClickHouseSink, decode_record
 from pipeline.contract.events import BillingSessionRecord
 from pipeline.infra.retry import Backoff
 from pipeline.infra.settings import Settings
+from tests.support import SinkThread
 
 TOPIC = "billing-sessions"
 T0 = datetime(2026, 11, 1, 10, tzinfo=UTC)
@@ -202,7 +202,7 @@ class RecordingWriter:
         self.events.append(("insert", token))
 
 
-class Harness:
+class Harness(SinkThread):
     """A sink over a FakeConsumer and a RecordingWriter, run in a thread."""
 
     def __init__(
@@ -225,29 +225,8 @@ class Harness:
             return self.consumer
 
         writer = self.writer if wrap is None else wrap(self.writer)
-        self.sink = ClickHouseSink(settings, writer, factory, backoff=FAST)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.sink.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def __enter__(self) -> Harness:
-        self.thread.start()
-        assert self.sink.wait_assigned(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+        sink = ClickHouseSink(settings, writer, factory, backoff=FAST)
+        super().__init__(sink, assigned_within=5, joined_within=10)
 
     def committed(self) -> dict[int, int]:
         return dict(c for commit in self.consumer.commits for c in commit)

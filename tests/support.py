@@ -97,6 +97,23 @@ def alert(offset: float | str, app_id: str = "support-bot", account_id: str = "a
     }
 
 
+def turn(**changes: Any) -> dict[str, Any]:
+    """The events.md example turn, with ``changes`` applied (a value of ``...`` removes the field)."""
+    event: dict[str, Any] = {
+        "type": "conversation_turn",
+        "event_id": "7f9c-01",
+        "occurred_at": "2026-11-01T10:00:00.000Z",
+        "account_id": "acme",
+        "app_id": "support-bot",
+        "conversation_id": "c-881",
+        "user_id": "u-17",
+        "channel": "web",
+        "speaker": "user",
+    }
+    event.update(changes)
+    return {k: v for k, v in event.items() if v is not ...}
+
+
 def decode(event: dict[str, Any]) -> tuple[int, Event]:
     decoded = decode_event(json.dumps(event).encode(), FAR_FUTURE)
     assert not isinstance(decoded, Rejection), decoded

@@ -34,28 +34,12 @@ from pipeline.contract.events import (
     format_ms,
 )
 from pipeline.stream.records import dead_letter, encode
+from tests.support import turn
 
 NOW = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 HOUR = 3_600_000
 RECEIVED = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 EVENT_SCHEMA = schemas.validator("event")
-
-
-def turn(**changes: Any) -> dict[str, Any]:
-    """The events.md example turn, with ``changes`` applied (a value of ``...`` removes the field)."""
-    event: dict[str, Any] = {
-        "type": "conversation_turn",
-        "event_id": "7f9c-01",
-        "occurred_at": "2026-11-01T10:00:00.000Z",
-        "account_id": "acme",
-        "app_id": "support-bot",
-        "conversation_id": "c-881",
-        "user_id": "u-17",
-        "channel": "web",
-        "speaker": "user",
-    }
-    event.update(changes)
-    return {k: v for k, v in event.items() if v is not ...}
 
 
 def plan(**changes: Any) -> dict[str, Any]:

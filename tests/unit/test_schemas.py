@@ -35,6 +35,7 @@ from pipeline.contract.events import (
     Rejection,
     ms_to_datetime,
 )
+from tests.support import turn
 
 NOW = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -437,20 +438,7 @@ def test_decoder_is_more_lenient_than_the_schema_on_timestamp_forms() -> None:
 # -- (d) output records validate against their schemas --------------------------------------------
 
 T = ms_to_datetime(NOW)
-VALID_TURN = encode(
-    {
-        "type": "conversation_turn",
-        "event_id": "7f9c-01",
-        "occurred_at": "2026-11-01T10:00:00.000Z",
-        "account_id": "acme",
-        "app_id": "support-bot",
-        "conversation_id": "c-881",
-        "user_id": "u-17",
-        "channel": "web",
-        "speaker": "user",
-        "x_extra": {"nested": [1, 2]},
-    }
-)
+VALID_TURN = encode(turn(x_extra={"nested": [1, 2]}))
 BALANCES: list[tuple[Literal["low", "depleted", "recovered"], str]] = [
     ("low", "49.99"),
     ("depleted", "-0.15"),

@@ -17,9 +17,10 @@ import pytest
 from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.usage import Period, UnknownZoneError, named_query
 from pipeline.contract.decode import to_ms
-from pipeline.contract.events import BillingSessionRecord, ms_to_datetime
+from pipeline.contract.events import BillingSessionRecord
 from pipeline.rules.attribution import USAGE_COLUMNS, UsageBook, UsageRow, zone
 from pipeline.rules.model import BillingSession, Kind
+from pipeline.stream.records import billing_session_record
 
 # -- building sessions -------------------------------------------------------------------------------
 
@@ -232,28 +233,6 @@ def random_sessions(seed: int, n: int) -> list[BillingSession]:
     return out
 
 
-def to_record(s: BillingSession) -> BillingSessionRecord:
-    return BillingSessionRecord(
-        billing_session_id=s.billing_session_id,
-        kind=s.kind,
-        account_id=s.account_id,
-        app_id=s.app_id,
-        conversation_session_id=s.conversation_session_id,
-        conversation_id=s.conversation_id,
-        user_id=s.user_id,
-        channel=s.channel,
-        session_index=s.session_index,
-        started_at=ms_to_datetime(s.started_ms),
-        ended_at=ms_to_datetime(s.ended_ms),
-        conversation_started_at=None
-        if s.conversation_started_ms is None
-        else ms_to_datetime(s.conversation_started_ms),
-        bot_ms=s.bot_ms,
-        agent_ms=s.agent_ms,
-        alert_id=s.alert_id,
-    )
-
-
 def by_period(rows: Sequence[UsageRow], period: Period) -> list[UsageRow]:
     """Roll the book's day rows up into weeks or months (counts are additive over days)."""
     sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0] * 5)
@@ -269,7 +248,7 @@ def by_period(rows: Sequence[UsageRow], period: Period) -> list[UsageRow]:
 def test_agrees_with_the_offline_book_in_every_zone_and_period(chdb_client: Client, database: str) -> None:
     sessions = random_sessions(seed=8, n=3000)
     store = SessionStore(chdb_client, database)
-    records = [to_record(s) for s in sessions]
+    records = [billing_session_record(s) for s in sessions]
     for i in range(0, len(records), 500):
         store.insert(records[i : i + 500], f"batch-{i}")
     replayed = random.Random(1).sample(records, 400)

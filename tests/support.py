@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from hypothesis import strategies as st
+
 from pipeline.contract.decode import decode_event, to_ms
 from pipeline.contract.events import Event, Rejection, format_ms
 from pipeline.infra.settings import Settings, Topics
-from pipeline.rules.config import MINUTE, RulesConfig
+from pipeline.rules.config import MINUTE, SECOND, RulesConfig
 from pipeline.rules.meter import Meter
 from pipeline.rules.model import BillingSession
 
@@ -30,6 +32,14 @@ if TYPE_CHECKING:
 T0 = to_ms(datetime(2026, 11, 1, 10, 0, tzinfo=UTC))
 FAR_FUTURE = 2**60
 _ids = itertools.count(1)
+
+#: Gaps between a conversation's events for property tests: around the 90 s and 15 min boundaries of the rules.
+GAPS = st.one_of(
+    st.integers(0, 90 * SECOND),
+    st.integers(90 * SECOND, 14 * MINUTE),
+    st.sampled_from([15 * MINUTE - 1, 15 * MINUTE, 15 * MINUTE + 1]),
+    st.integers(16 * MINUTE, 90 * MINUTE),
+)
 
 
 def at(offset: float | str, base: int = T0) -> int:

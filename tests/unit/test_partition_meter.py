@@ -25,7 +25,7 @@ from pipeline.rules.config import DAY, MINUTE, SECOND, IdleTimeouts, RulesConfig
 from pipeline.rules.meter import LATE_CLOCK, LATE_FINAL, NEVER
 from pipeline.stream.partition import CLOCK_KEY, BatchResult, Message, PartitionMeter
 from pipeline.stream.records import billing_session_record, encode
-from tests.support import T0, Conversation, alert, decode, in_time_order, meter_run
+from tests.support import GAPS, T0, Conversation, alert, decode, in_time_order, meter_run
 
 PARTITIONS = 6
 PARTITION = 5
@@ -128,13 +128,6 @@ def clock(meter: PartitionMeter) -> int:
 
 
 # -- generated traffic --------------------------------------------------------------------
-
-GAPS = st.one_of(
-    st.integers(0, 90 * SECOND),
-    st.integers(90 * SECOND, 14 * MINUTE),
-    st.sampled_from([15 * MINUTE - 1, 15 * MINUTE, 15 * MINUTE + 1]),
-    st.integers(16 * MINUTE, 90 * MINUTE),
-)
 
 
 @st.composite

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from pipeline.contract.events import format_ms
 from pipeline.rules.billing import conversation_session_id
-from pipeline.rules.config import MINUTE, SECOND, RulesConfig
+from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import ClockWire, ConversationState, ConversationWire, Meter, Outcome, PartitionClock
 from pipeline.rules.model import BillingSession
 from tests.support import (
+    GAPS,
     T0,
     bot_time_between,
     decode,
@@ -28,13 +29,6 @@ from tests.support import (
 
 CONFIG = RulesConfig()
 LATENESS = CONFIG.allowed_lateness_ms
-
-GAPS = st.one_of(
-    st.integers(0, 90 * SECOND),
-    st.integers(90 * SECOND, 14 * MINUTE),
-    st.sampled_from([15 * MINUTE - 1, 15 * MINUTE, 15 * MINUTE + 1]),
-    st.integers(16 * MINUTE, 90 * MINUTE),
-)
 
 
 @st.composite

@@ -190,6 +190,13 @@ def group_caught_up(settings: Settings, topic: str) -> bool:
         consumer.close()
 
 
+def inputs_caught_up(settings: Settings) -> bool:
+    """The balance group has consumed everything on both of its input topics."""
+    return group_caught_up(settings, settings.topics.billing_sessions) and group_caught_up(
+        settings, settings.topics.plans
+    )
+
+
 def apply(ledger: Ledger, event: PlanChanged | FundsAdded) -> list[BalanceAlert]:
     return ledger.apply_plan(event) if isinstance(event, PlanChanged) else ledger.apply_funds(event)
 
@@ -424,10 +431,7 @@ def test_sigkill_mid_transaction_restart_and_every_session_twice_charge_once_and
     wait_until(charged_all, 90, "every session charged after the restart")
     produce(settings, session_messages(settings, sessions) + plan_messages(settings, top_ups + setup))
     wait_until(
-        lambda: (
-            group_caught_up(settings, settings.topics.billing_sessions)
-            and group_caught_up(settings, settings.topics.plans)
-        ),
+        lambda: inputs_caught_up(settings),
         60,
         "the copies and the top-ups to be consumed",
     )
@@ -681,10 +685,7 @@ def test_a_replay_of_both_topics_from_the_beginning_changes_nothing(
     second = processors.start()
     url = processors.metrics_url(second)
     wait_until(
-        lambda: (
-            group_caught_up(settings, settings.topics.billing_sessions)
-            and group_caught_up(settings, settings.topics.plans)
-        ),
+        lambda: inputs_caught_up(settings),
         60,
         "the replay to be consumed",
     )

@@ -100,6 +100,13 @@ def produce(settings: Settings, records: Sequence[BillingSessionRecord], duplica
     return sent
 
 
+def produced_over_every_partition(settings: Settings, tag: str) -> tuple[list[str], list[BillingSessionRecord], int]:
+    """Apps covering every partition, their ``tag``-named records, produced with copies: (apps, records, sent)."""
+    apps = apps_covering(settings.partitions)
+    records = [r for app in apps for r in records_of(app, tag)]
+    return apps, records, produce(settings, records)
+
+
 class Running(SinkThread):
     """A sink run in a thread; ``error`` keeps what ``run`` raised."""
 
@@ -189,9 +196,7 @@ class Outage:
 def test_sessions_over_six_partitions_with_duplicates_count_exactly_once(
     settings: Settings, store: SessionStore, chdb_client: Client
 ) -> None:
-    apps = apps_covering(settings.partitions)
-    records = [r for app in apps for r in records_of(app, "a")]
-    sent = produce(settings, records)
+    apps, records, sent = produced_over_every_partition(settings, "a")
     assert sent > len(records)
     delays_before = REGISTRY.get_sample_value("metering_session_visible_delay_seconds_count") or 0.0
     sink = ClickHouseSink(settings, Recording(store), backoff=FAST)
@@ -208,9 +213,7 @@ def test_sessions_over_six_partitions_with_duplicates_count_exactly_once(
 def test_a_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_twice(
     settings: Settings, store: SessionStore, chdb_client: Client
 ) -> None:
-    apps = apps_covering(settings.partitions)
-    records = [r for app in apps for r in records_of(app, "b")]
-    sent = produce(settings, records)
+    apps, records, sent = produced_over_every_partition(settings, "b")
     crashing = CrashAfterFirstInsert(store)
     first = ClickHouseSink(settings, crashing, backoff=FAST)
     with Running(first) as run:
@@ -235,9 +238,7 @@ def test_a_crash_between_insert_and_commit_loses_nothing_and_counts_nothing_twic
 def test_a_clickhouse_outage_backs_off_shows_lag_and_catches_up(
     settings: Settings, store: SessionStore, chdb_client: Client
 ) -> None:
-    apps = apps_covering(settings.partitions)
-    records = [r for app in apps for r in records_of(app, "c")]
-    sent = produce(settings, records)
+    apps, records, sent = produced_over_every_partition(settings, "c")
     failures_before = REGISTRY.get_sample_value("metering_sink_insert_failures_total") or 0.0
     outage = Outage(store, failures=5)
     sink = ClickHouseSink(settings, outage, backoff=FAST)

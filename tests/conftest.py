@@ -10,14 +10,14 @@ METERING_TEST_KAFKA_BOOTSTRAP to use an existing cluster instead of starting the
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from consumers.clickhouse import Client, connect, migrate
+from consumers.clickhouse import Client, connect
 from devtools.local_kafka import LocalKafka
+from tests.support import migrated_database
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,5 @@ def chdb_client(chdb_path: Path) -> Iterator[Client]:
 @pytest.fixture
 def database(chdb_client: Client) -> Iterator[str]:
     """A migrated database of the test's own."""
-    name = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, name)
-    yield name
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": name})
+    with migrated_database(chdb_client) as name:
+        yield name

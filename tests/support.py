@@ -11,7 +11,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from hypothesis import strategies as st
 
+from consumers.clickhouse import Client, migrate
 from pipeline.contract.decode import decode_event, to_ms
 from pipeline.contract.events import Event, Rejection, format_ms
 from pipeline.infra.settings import Settings, Topics
@@ -334,3 +336,14 @@ class SinkThread:
         self.stop.set()
         self.thread.join(self.joined_within)
         assert not self.thread.is_alive()
+
+
+@contextmanager
+def migrated_database(client: Client) -> Iterator[str]:
+    """A uuid-named database with every migration applied, dropped on the way out (tests share one chDB)."""
+    name = f"t_{uuid.uuid4().hex}"
+    migrate(client, name)
+    try:
+        yield name
+    finally:
+        client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": name})

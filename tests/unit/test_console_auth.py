@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import stat
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,7 @@ from console.app import ROUTERS, create_app
 from console.auth import Authenticator, deployment_secret, secret_file
 from console.context import ConsoleContext
 from console.deps import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, billing_router, csrf_token
-from consumers.clickhouse import Client, migrate
+from consumers.clickhouse import Client
 from pipeline.infra.settings import read_console_settings
 from tests.console_support import (
     ACCOUNT,
@@ -41,6 +40,7 @@ from tests.console_support import (
     make_app,
     token,
 )
+from tests.support import migrated_database
 
 poke = billing_router(prefix="/api/v1/test")
 
@@ -52,10 +52,8 @@ def poke_route() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def auth_db(chdb_client: Client) -> Iterator[str]:
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        yield database
 
 
 def app_with_poke(client: Client, database: str, **changes: Any) -> FastAPI:

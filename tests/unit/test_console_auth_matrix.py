@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 
 from console.app import RouteInfo, api_routes
 from console.deps import Audience
-from consumers.clickhouse import Client, migrate
+from consumers.clickhouse import Client
 from consumers.clickhouse.plans import PlanStore
 from tests.console_support import (
     ACCOUNT,
@@ -43,7 +43,7 @@ from tests.console_support import (
     token,
     unsigned_token,
 )
-from tests.support import Conversation, alert
+from tests.support import Conversation, alert, migrated_database
 
 APP = "acme-support"
 OTHER_APP = "globex-sales"
@@ -54,15 +54,13 @@ PATH_VALUES = {"invoice_id": INVOICE}
 
 @pytest.fixture(scope="module")
 def matrix_db(chdb_client: Client) -> Iterator[str]:
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    ours = Conversation("c-acme", app_id=APP, account_id=ACCOUNT).user(0).bot(1).user(3).events
-    theirs = Conversation("c-globex", app_id=OTHER_APP, account_id=OTHER_ACCOUNT).user(0).bot(2).events
-    fill(chdb_client, database, [*ours, *theirs, alert(5, app_id=APP, account_id=ACCOUNT)])
-    # an app on a plan with a term (extension requests) and an invoice of the account (its PDF)
-    PlanStore(chdb_client, database).insert([plan_snapshot(APP), issued_invoice(INVOICE)], "matrix:billing")
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        ours = Conversation("c-acme", app_id=APP, account_id=ACCOUNT).user(0).bot(1).user(3).events
+        theirs = Conversation("c-globex", app_id=OTHER_APP, account_id=OTHER_ACCOUNT).user(0).bot(2).events
+        fill(chdb_client, database, [*ours, *theirs, alert(5, app_id=APP, account_id=ACCOUNT)])
+        # an app on a plan with a term (extension requests) and an invoice of the account (its PDF)
+        PlanStore(chdb_client, database).insert([plan_snapshot(APP), issued_invoice(INVOICE)], "matrix:billing")
+        yield database
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ operation are bounded to keep the run to a minute or two on a small machine.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,19 +16,19 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from console.app import OPENAPI_URL
-from consumers.clickhouse import Client, migrate
+from consumers.clickhouse import Client
 from tests.console_support import ACCOUNT, OPERATOR_TOKEN, fill, make_app, token
-from tests.support import Conversation, alert
+from tests.support import Conversation, alert, migrated_database
 
 
 @pytest.fixture(scope="module")
 def fuzz_db(chdb_client: Client) -> Iterator[str]:
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    events = Conversation("c-1", app_id="support-bot", account_id=ACCOUNT).user(0).bot(1).transfer("started", 2).events
-    fill(chdb_client, database, [*events, alert(3, app_id="support-bot", account_id=ACCOUNT)])
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        events = (
+            Conversation("c-1", app_id="support-bot", account_id=ACCOUNT).user(0).bot(1).transfer("started", 2).events
+        )
+        fill(chdb_client, database, [*events, alert(3, app_id="support-bot", account_id=ACCOUNT)])
+        yield database
 
 
 @pytest.fixture(scope="module")

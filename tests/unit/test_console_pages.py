@@ -20,16 +20,15 @@ from console import login_link
 from console.pages import SIGNED_IN_COOKIE, STATIC_DIR
 from consumers.clickhouse import Client, migrate
 from tests.console_support import ACCOUNT, console_settings, http, make_app, token
+from tests.support import migrated_database
 
 PAGES = ("/console/usage", "/console/plans", "/console/orders")
 
 
 @pytest.fixture(scope="module")
 def pages_db(chdb_client: Client) -> Iterator[str]:
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        yield database
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,13 +20,13 @@ from fastapi.testclient import TestClient
 from cli.main import main
 from console.routers import exports
 from console.routers.exports import MAX_CONCURRENT_EXPORTS, MAX_EXPORTS_PER_ACCOUNT, ExportSlots
-from consumers.clickhouse import Client, migrate
+from consumers.clickhouse import Client
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, SessionVoid, apply_batch
 from consumers.reports.sessions import SESSION_COLUMNS
 from devtools import traffic
 from pipeline.contract.decode import to_ms
 from tests.console_support import bearer, console_settings, fill, http, make_app, token
-from tests.support import Conversation, in_time_order, wait_until
+from tests.support import Conversation, in_time_order, migrated_database, wait_until
 
 SHAPE = traffic.TrafficShape(accounts=2, apps_per_account=3, conversations_per_minute=0.05)
 T0 = to_ms(datetime(2026, 5, 1, 10, tzinfo=UTC))
@@ -45,11 +44,9 @@ def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def export_db(chdb_client: Client, events_file: Path) -> Iterator[str]:
     import json  # noqa: PLC0415
 
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    fill(chdb_client, database, [json.loads(line) for line in events_file.read_bytes().splitlines()], replay=True)
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        fill(chdb_client, database, [json.loads(line) for line in events_file.read_bytes().splitlines()], replay=True)
+        yield database
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -24,12 +23,13 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cli.main import main
-from consumers.clickhouse import Client, migrate
+from consumers.clickhouse import Client
 from devtools import traffic
 from pipeline.contract.decode import to_ms
 from pipeline.contract.events import format_ms
 from pipeline.rules.attribution import period_label
 from tests.console_support import bearer, console_settings, fill, http, make_app, token
+from tests.support import migrated_database
 
 SHAPE = traffic.TrafficShape(accounts=2, apps_per_account=3, conversations_per_minute=0.006)
 ACCOUNT = "acct-00"
@@ -71,12 +71,10 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[st
 
 @pytest.fixture(scope="module")
 def usage_db(chdb_client: Client, events: tuple[Path, list[dict[str, Any]]]) -> Iterator[str]:
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    _, evs = events
-    fill(chdb_client, database, evs, "usage", replay=True)
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        _, evs = events
+        fill(chdb_client, database, evs, "usage", replay=True)
+        yield database
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 from cli.main import main
 from cli.service import StoreEndpoints, discovery_file, token_file
 from cli.usage_command import plans_text
-from consumers.clickhouse import Client, SessionStore, migrate
+from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.counts import key_of, recount
 from consumers.clickhouse.plans import PLAN_COLUMNS, PlanStore
 from consumers.reports.plans import plans_query, plans_report
@@ -30,6 +29,7 @@ from pipeline.contract.decode import to_ms
 from pipeline.infra.settings import Settings
 from tests.balance_support import funds, plan
 from tests.console_support import OPERATOR_TOKEN, serve_console
+from tests.support import migrated_database
 from tests.unit.test_clickhouse_plans import ACCOUNT, at, session, snapshot
 
 HEADER = ",".join(PLAN_COLUMNS)
@@ -37,45 +37,43 @@ HEADER = ",".join(PLAN_COLUMNS)
 
 @pytest.fixture(scope="module")
 def database(chdb_client: Client) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, name)
-    sessions = SessionStore(chdb_client, name)
-    month = [
-        session("s-1", "2026-11-05T10:00:00"),  # plan p-1: 1.00
-        session("s-2", "2026-11-10T00:00:00"),  # p-2 is in force from this very instant: 1.50
-        session("s-3", "2026-11-12T10:00:00", kind="alert"),  # 0.10
-        session("s-4", "2026-11-13T10:00:00", kind="voice"),  # 2.00
-        session("s-5", "2026-10-31T23:30:00"),  # October in UTC, 1 November in Asia/Kolkata: 1.00
-        session("s-6", "2026-11-02T10:00:00", app_id="sales-bot"),  # no plan ever: unpriced
-        session("s-7", "2026-11-16T10:00:00"),  # of the two plans stamped 11-15 00:00, p-3b: 3.00
-        session("s-8", "2026-11-20T10:00:00"),  # voided below by a reconcile repair: not billed
-    ]
-    sessions.insert(month, "billing-sessions:0:0-7")
-    chdb_client.insert(
-        "session_voids",
-        [["s-8", ACCOUNT, "support-bot", "usage", ms("2026-11-20T10:00:00"), "cs-s-8", 0, "run-1", "extra"]],
-        column_names=["billing_session_id", "account_id", "app_id", "kind", "started_at",
-                      "conversation_session_id", "session_index", "reconcile_run_id", "reason"],
-        database=name,
-    )  # fmt: skip
-    recount(chdb_client, name, [key_of(ACCOUNT, "support-bot", ms("2026-11-20T10:00:00"))])  # as a repair does
-    sessions.insert(month[:2], "billing-sessions:1:0-1")  # replayed under another token: counts once
-    plans = PlanStore(chdb_client, name)
-    plans.insert(
-        [
-            plan(ms("2026-10-20T00:00:00"), event_id="p-1", name="starter"),
-            plan(ms("2026-11-10T00:00:00"), event_id="p-2", name="growth", usage="1.50"),
-            plan(ms("2026-11-15T00:00:00"), event_id="p-3b", name="growth", usage="3.00"),
-            plan(ms("2026-11-15T00:00:00"), event_id="p-3a", name="growth", usage="9.00"),  # same ms, lower id
-            plan(event_id="p-9", name="basic", app_id="idle-bot", threshold="20.00"),
-            funds("100.00", event_id="f-1"),
-        ],
-        "billing-plans:0:0-3",
-    )
-    plans.insert([snapshot(5, "95.40", plan_name="growth")], "balance-state:0:4-4")
-    plans.insert([snapshot(3, "99.00", plan_name="starter")], "balance-state:0:2-2")  # older, arrives later
-    yield name
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": name})
+    with migrated_database(chdb_client) as name:
+        sessions = SessionStore(chdb_client, name)
+        month = [
+            session("s-1", "2026-11-05T10:00:00"),  # plan p-1: 1.00
+            session("s-2", "2026-11-10T00:00:00"),  # p-2 is in force from this very instant: 1.50
+            session("s-3", "2026-11-12T10:00:00", kind="alert"),  # 0.10
+            session("s-4", "2026-11-13T10:00:00", kind="voice"),  # 2.00
+            session("s-5", "2026-10-31T23:30:00"),  # October in UTC, 1 November in Asia/Kolkata: 1.00
+            session("s-6", "2026-11-02T10:00:00", app_id="sales-bot"),  # no plan ever: unpriced
+            session("s-7", "2026-11-16T10:00:00"),  # of the two plans stamped 11-15 00:00, p-3b: 3.00
+            session("s-8", "2026-11-20T10:00:00"),  # voided below by a reconcile repair: not billed
+        ]
+        sessions.insert(month, "billing-sessions:0:0-7")
+        chdb_client.insert(
+            "session_voids",
+            [["s-8", ACCOUNT, "support-bot", "usage", ms("2026-11-20T10:00:00"), "cs-s-8", 0, "run-1", "extra"]],
+            column_names=["billing_session_id", "account_id", "app_id", "kind", "started_at",
+                          "conversation_session_id", "session_index", "reconcile_run_id", "reason"],
+            database=name,
+        )  # fmt: skip
+        recount(chdb_client, name, [key_of(ACCOUNT, "support-bot", ms("2026-11-20T10:00:00"))])  # as a repair does
+        sessions.insert(month[:2], "billing-sessions:1:0-1")  # replayed under another token: counts once
+        plans = PlanStore(chdb_client, name)
+        plans.insert(
+            [
+                plan(ms("2026-10-20T00:00:00"), event_id="p-1", name="starter"),
+                plan(ms("2026-11-10T00:00:00"), event_id="p-2", name="growth", usage="1.50"),
+                plan(ms("2026-11-15T00:00:00"), event_id="p-3b", name="growth", usage="3.00"),
+                plan(ms("2026-11-15T00:00:00"), event_id="p-3a", name="growth", usage="9.00"),  # same ms, lower id
+                plan(event_id="p-9", name="basic", app_id="idle-bot", threshold="20.00"),
+                funds("100.00", event_id="f-1"),
+            ],
+            "billing-plans:0:0-3",
+        )
+        plans.insert([snapshot(5, "95.40", plan_name="growth")], "balance-state:0:4-4")
+        plans.insert([snapshot(3, "99.00", plan_name="starter")], "balance-state:0:2-2")  # older, arrives later
+        yield name
 
 
 def ms(text: str) -> int:

@@ -11,7 +11,6 @@ import os
 import re
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import date
@@ -25,7 +24,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from cli.main import main
 from cli.service import StoreEndpoints, discovery_file, find_running_store, token_file
 from cli.usage_command import migrate_text, usage_text
-from consumers.clickhouse import Client, SessionStore, migrate, usage
+from consumers.clickhouse import Client, SessionStore, usage
 from consumers.clickhouse.migrations import load_migrations
 from consumers.clickhouse.plans import PlanStore, usage_with_agents
 from consumers.reports.usage import UsageParameterError, usage_columns, usage_query, usage_report
@@ -36,7 +35,7 @@ from pipeline.infra.report import render
 from pipeline.infra.settings import Settings
 from pipeline.stream.records import billing_session_record
 from tests.console_support import OPERATOR_TOKEN, serve_console
-from tests.support import T0, meter_run
+from tests.support import T0, meter_run, migrated_database
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -51,26 +50,24 @@ def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def filled(chdb_client: Client, events_file: Path) -> Iterator[str]:
     """A database of this module holding the billing sessions of ``events_file``, in two blocks."""
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    events = [json.loads(line) for line in events_file.read_bytes().splitlines()]
-    records = [billing_session_record(s) for s in meter_run(events)]
-    store = SessionStore(chdb_client, database)
-    half = len(records) // 2
-    store.insert(records[:half], "unit:0:0-1")
-    store.insert(records[half:], "unit:0:2-3")
-    # Seats and started transfers, as the plan sinks store them: the agents columns of usage.
-    now = T0 + 86_400_000 * 400
-    plan_records = [
-        decoded[1]
-        for line in events_file.read_bytes().splitlines()
-        if not isinstance(decoded := decode_event(line, now), Rejection)
-    ]
-    PlanStore(chdb_client, database).insert(
-        [r for r in plan_records if isinstance(r, (AgentsSubscribed, AgentTransfer))], "unit:plans:0-1"
-    )
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        events = [json.loads(line) for line in events_file.read_bytes().splitlines()]
+        records = [billing_session_record(s) for s in meter_run(events)]
+        store = SessionStore(chdb_client, database)
+        half = len(records) // 2
+        store.insert(records[:half], "unit:0:0-1")
+        store.insert(records[half:], "unit:0:2-3")
+        # Seats and started transfers, as the plan sinks store them: the agents columns of usage.
+        now = T0 + 86_400_000 * 400
+        plan_records = [
+            decoded[1]
+            for line in events_file.read_bytes().splitlines()
+            if not isinstance(decoded := decode_event(line, now), Rejection)
+        ]
+        PlanStore(chdb_client, database).insert(
+            [r for r in plan_records if isinstance(r, (AgentsSubscribed, AgentTransfer))], "unit:plans:0-1"
+        )
+        yield database
 
 
 @pytest.fixture(scope="module")

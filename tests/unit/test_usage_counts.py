@@ -29,7 +29,7 @@ from msgspec.structs import replace
 from console.tenancy import AccountScope
 from console.usage import assemble, query_bounds, session_counts
 from console.usage_range import UsageRange, resolve_range
-from consumers.clickhouse import Client, SessionStore, migrate
+from consumers.clickhouse import Client, SessionStore
 from consumers.clickhouse.errors import ClickHouseWriteError
 from consumers.clickhouse.reconcile import ReconcileRun, RepairBatch, SessionVoid, apply_batch
 from consumers.clickhouse.usage import usage
@@ -40,6 +40,7 @@ from pipeline.infra import failpoints
 from pipeline.rules.attribution import period_label
 from pipeline.rules.attribution import zone as zone_of
 from tests.console_support import fill
+from tests.support import migrated_database
 
 SHAPE = traffic.TrafficShape(accounts=1, apps_per_account=3, conversations_per_minute=0.2)
 T0 = to_ms(datetime(2026, 5, 1, 10, tzinfo=UTC))
@@ -50,12 +51,10 @@ KINDS = ("usage", "voice", "alert")
 
 @pytest.fixture
 def counts_db(chdb_client: Client) -> Iterator[str]:
-    database = f"t_{uuid.uuid4().hex}"
-    migrate(chdb_client, database)
-    events = [json.loads(traffic.encode(e)) for e in traffic.events(T0, 3000, seed=21, shape=SHAPE)]
-    fill(chdb_client, database, events, "counts", replay=True)
-    yield database
-    chdb_client.command("DROP DATABASE IF EXISTS {db:Identifier}", parameters={"db": database})
+    with migrated_database(chdb_client) as database:
+        events = [json.loads(traffic.encode(e)) for e in traffic.events(T0, 3000, seed=21, shape=SHAPE)]
+        fill(chdb_client, database, events, "counts", replay=True)
+        yield database
 
 
 @pytest.fixture

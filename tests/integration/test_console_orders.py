@@ -150,6 +150,12 @@ def put_on_plan(settings: Settings, at: datetime, **fields: Any) -> PlanChanged:
     return event
 
 
+def app_on_plan_in_console(settings: Settings, console: Console, what: str = "the app in the console") -> None:
+    """The app on a plan since an hour ago, waited for until the console shows it (its plan applied and stored)."""
+    put_on_plan(settings, datetime.now(UTC) - timedelta(hours=1))
+    wait_until(lambda: console.app() is not None, 90, what)
+
+
 def pdf_text(console: Console, invoice_id: str) -> str:
     answer = console.http.get(f"/api/v1/invoices/{invoice_id}.pdf")
     assert answer.status_code == 200, answer.text
@@ -165,8 +171,7 @@ def test_an_order_is_paid_funds_the_balance_once_and_is_invoiced(
 ) -> None:
     balances.start()
     orders.start()
-    put_on_plan(settings, datetime.now(UTC) - timedelta(hours=1))
-    wait_until(lambda: console.app() is not None, 90, "the app in the console (its plan applied and stored)")
+    app_on_plan_in_console(settings, console, "the app in the console (its plan applied and stored)")
     answer = console.add_funds("125.50")
     assert answer.status_code == 202, answer.text
     order_id = answer.json()["order_id"]
@@ -195,8 +200,7 @@ def test_a_processor_killed_while_paying_an_order_loses_nothing_and_invoices_onc
     settings: Settings, console: Console, orders: Processes, balances: Processes
 ) -> None:
     balances.start()
-    put_on_plan(settings, datetime.now(UTC) - timedelta(hours=1))
-    wait_until(lambda: console.app() is not None, 90, "the app in the console")
+    app_on_plan_in_console(settings, console)
     dying = orders.start(METERING_FAILPOINTS="orders.before_commit=kill")
     assert console.add_funds("40.00").status_code == 202
     dying.wait(timeout=90)
@@ -214,8 +218,7 @@ def test_a_crash_between_order_and_confirmation_issues_no_second_invoice(
 ) -> None:
     balances.start()
     processor = orders.start()
-    put_on_plan(settings, datetime.now(UTC) - timedelta(hours=1))
-    wait_until(lambda: console.app() is not None, 90, "the app in the console")
+    app_on_plan_in_console(settings, console)
     answer = console.add_funds("70.00", method="transfer")
     order_id = answer.json()["order_id"]
     wait_until(lambda: [o["payment_status"] for o in console.orders()] == ["pending"], 60, "the order pending")
@@ -250,8 +253,7 @@ def test_concurrent_add_funds_on_one_app_never_lose_or_double_money(
 ) -> None:
     balances.start()
     orders.start()
-    put_on_plan(settings, datetime.now(UTC) - timedelta(hours=1))
-    wait_until(lambda: console.app() is not None, 90, "the app in the console")
+    app_on_plan_in_console(settings, console)
     answers: list[httpx.Response] = []
     lock = threading.Lock()
 

@@ -40,6 +40,14 @@ def app_row(page: Page, app: str) -> Locator:
     return page.locator(f'#apps-table tbody tr[data-app-id="{app}"]')
 
 
+def open_manage(page: Page, app: str) -> tuple[Locator, Locator]:
+    """Hover the app's row and open its Manage dialog: (row, dialog)."""
+    row = app_row(page, app)
+    row.hover()
+    row.get_by_role("button", name="Manage").click()
+    return row, page.get_by_role("dialog", name=f"Manage {app}")
+
+
 def balance_of(stack: Stack, app: str) -> Decimal:
     apps = stack.api("/api/v1/apps").json()["apps"]
     return Decimal(next(a for a in apps if a["app_id"] == app)["balance"])
@@ -78,10 +86,7 @@ def test_add_funds_creates_an_order_with_an_invoice_and_raises_the_balance(
     app = "app-00-0"
     before = balance_of(stack, app)
     open_plans(page, stack)
-    row = app_row(page, app)
-    row.hover()
-    row.get_by_role("button", name="Manage").click()
-    dialog = page.get_by_role("dialog", name=f"Manage {app}")
+    row, dialog = open_manage(page, app)
     dialog.get_by_label("Amount", exact=True).fill("1234.50")
     dialog.get_by_label("Payment method", exact=True).select_option("manual")
     shoot(page, "plans-manage", full_page=False)
@@ -134,10 +139,7 @@ def test_a_lower_plan_is_scheduled_and_shown_as_a_notice(
     app = "app-00-2"
     current = next(a for a in stack.api("/api/v1/apps").json()["apps"] if a["app_id"] == app)
     open_plans(page, stack)
-    row = app_row(page, app)
-    row.hover()
-    row.get_by_role("button", name="Manage").click()
-    dialog = page.get_by_role("dialog", name=f"Manage {app}")
+    row, dialog = open_manage(page, app)
     options = dialog.get_by_label("Plan", exact=True).locator("option").evaluate_all("os => os.map(o => o.value)")
     plans = page.evaluate("JSON.parse(document.getElementById('page-data').textContent).plans")
     rank = {p["name"]: p["rank"] for p in plans}
@@ -163,10 +165,7 @@ def test_an_extension_request_is_shown_as_a_notice(admin_page: Page, stack: Stac
     page = admin_page
     app = "app-00-2"  # on a plan with a term
     open_plans(page, stack)
-    row = app_row(page, app)
-    row.hover()
-    row.get_by_role("button", name="Manage").click()
-    dialog = page.get_by_role("dialog", name=f"Manage {app}")
+    row, dialog = open_manage(page, app)
     dialog.get_by_label("Days", exact=True).fill("21")
     dialog.get_by_label("Reason", exact=True).fill("Waiting for the annual contract")
     dialog.get_by_role("button", name="Request extension").click()

@@ -132,14 +132,19 @@ def decode(event: dict[str, Any]) -> tuple[int, Event]:
     return decoded
 
 
-def meter_run(events: Iterable[dict[str, Any]], config: RulesConfig | None = None) -> list[BillingSession]:
-    """Billing sessions of ``events`` applied in the given order, then end of input."""
+def finished_meter(events: Iterable[dict[str, Any]], config: RulesConfig | None = None) -> Meter:
+    """A meter that applied ``events`` in the given order, then end of input (outputs not drained yet)."""
     meter = Meter(config or RulesConfig())
     for ev in events:
         t, e = decode(ev)
         meter.apply(t, e)  # type: ignore[arg-type]
     meter.finish()
-    return meter.drain()[0]
+    return meter
+
+
+def meter_run(events: Iterable[dict[str, Any]], config: RulesConfig | None = None) -> list[BillingSession]:
+    """Billing sessions of ``events`` applied in the given order, then end of input."""
+    return finished_meter(events, config).drain()[0]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:

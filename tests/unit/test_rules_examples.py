@@ -11,7 +11,7 @@ from pipeline.contract.decode import to_ms
 from pipeline.rules.attribution import UsageBook
 from pipeline.rules.config import MINUTE, RulesConfig
 from pipeline.rules.meter import Meter, Outcome
-from tests.support import T0, Conversation, alert, at, counts, decode, in_time_order, meter_run
+from tests.support import T0, Conversation, alert, at, counts, decode, finished_meter, in_time_order, meter_run
 
 SESSION = 15 * MINUTE
 
@@ -173,10 +173,7 @@ def test_r2_abandoned_transfer_is_bounded_by_the_open_transfer_timeout() -> None
 
 def test_r4_ended_without_started_is_ignored_and_counted() -> None:
     c = Conversation().user(0).transfer("ended", 5).bot(10)
-    meter = Meter(RulesConfig())
-    for ev in c.events:
-        meter.apply(*decode(ev))  # type: ignore[arg-type]
-    meter.finish()
+    meter = finished_meter(c.events)
     sessions = meter.drain()[0]
     assert sessions[0].agent_ms == 0
     assert meter.stats.transfers_ended_without_start == 1
@@ -184,10 +181,7 @@ def test_r4_ended_without_started_is_ignored_and_counted() -> None:
 
 def test_r4_second_started_while_open_is_ignored() -> None:
     c = Conversation().user(0).transfer("started", 5).transfer("started", 8).transfer("ended", 10).bot(20)
-    meter = Meter(RulesConfig())
-    for ev in c.events:
-        meter.apply(*decode(ev))  # type: ignore[arg-type]
-    meter.finish()
+    meter = finished_meter(c.events)
     assert meter.drain()[0][0].agent_ms == 5 * MINUTE
     assert meter.stats.transfers_started_while_open == 1
 
@@ -197,20 +191,14 @@ def test_r4_second_started_while_open_is_ignored() -> None:
 
 def test_r3_bot_only_session_is_not_billed_but_counted() -> None:
     c = Conversation().bot(0).bot(5)
-    meter = Meter(RulesConfig())
-    for ev in c.events:
-        meter.apply(*decode(ev))  # type: ignore[arg-type]
-    meter.finish()
+    meter = finished_meter(c.events)
     assert meter.drain()[0] == []
     assert meter.stats.sessions_non_interactive == 1
 
 
 def test_r3_test_session_is_not_billed_but_counted() -> None:
     c = Conversation().user(0, is_test=True).bot(5)
-    meter = Meter(RulesConfig())
-    for ev in c.events:
-        meter.apply(*decode(ev))  # type: ignore[arg-type]
-    meter.finish()
+    meter = finished_meter(c.events)
     assert meter.drain()[0] == []
     assert meter.stats.sessions_test == 1
 

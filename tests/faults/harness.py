@@ -452,6 +452,28 @@ def api_usage(settings: Settings, tz: str = "UTC") -> str | None:
         return None
 
 
+def wait_serving(
+    settings: Settings,
+    process: subprocess.Popen[bytes],
+    logs: Callable[[], str],
+    name: str,
+    *,
+    timeout: float,
+    every: float,
+) -> StoreEndpoints:
+    """Wait until ``process`` (still alive) wrote the discovery file and its usage API answers; its endpoints."""
+
+    def serving() -> bool:
+        assert process.poll() is None, f"{name} exited with {process.returncode}:\n{logs()}"
+        found = read_discovery(settings)
+        return found is not None and found.pid == process.pid and api_usage(settings) is not None
+
+    wait_until(serving, timeout, f"{name} to serve", every=every)
+    endpoints = read_discovery(settings)
+    assert endpoints is not None
+    return endpoints
+
+
 @dataclass(frozen=True)
 class Stored:
     """What a stopped store's ClickHouse holds (see chdb_read.py for each figure)."""
@@ -502,17 +524,7 @@ class StoreProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cli", "sink"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        process = self.process
-
-        def serving() -> bool:
-            assert process.poll() is None, f"the store exited with {process.returncode}:\n{self.logs()}"
-            found = read_discovery(self.settings)
-            return found is not None and found.pid == process.pid and api_usage(self.settings) is not None
-
-        wait_until(serving, timeout, "the store process to serve", every=0.2)
-        endpoints = read_discovery(self.settings)
-        assert endpoints is not None
-        return endpoints
+        return wait_serving(self.settings, self.process, self.logs, "the store process", timeout=timeout, every=0.2)
 
     @property
     def endpoints(self) -> StoreEndpoints:
@@ -594,18 +606,8 @@ class MeteringRun:
         return self.wait_serving(timeout)
 
     def wait_serving(self, timeout: float = 180.0) -> StoreEndpoints:
-        process = self.process
-        assert process is not None
-
-        def serving() -> bool:
-            assert process.poll() is None, f"metering run exited with {process.returncode}:\n{self.logs()}"
-            found = read_discovery(self.settings)
-            return found is not None and found.pid == process.pid and api_usage(self.settings) is not None
-
-        wait_until(serving, timeout, "metering run to serve", every=0.5)
-        endpoints = read_discovery(self.settings)
-        assert endpoints is not None
-        return endpoints
+        assert self.process is not None
+        return wait_serving(self.settings, self.process, self.logs, "metering run", timeout=timeout, every=0.5)
 
     def broker_pid(self) -> int | None:
         """The pid of the broker the run started, if it started one (it uses a cluster that answers otherwise)."""

@@ -10,6 +10,8 @@ import itertools
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -153,6 +155,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    """GET ``url``: (status, JSON body), for error statuses too (their body names the problem)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def in_time_order(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ from pipeline.stream.balance import group_id
 from pipeline.stream.records import billing_session_record, encode
 from tests.balance_support import ACCOUNT, funds, plan, session
 from tests.processes import ChildProcesses
-from tests.support import T0, wait_until
+from tests.support import T0, get_json, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -458,14 +458,6 @@ def test_sigkill_mid_transaction_restart_and_every_session_twice_charge_once_and
 # -- (c) entitlement -------------------------------------------------------------------------
 
 
-def get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_entitlement_turns_false_when_depleted_and_true_again_when_funded(
     settings: Settings, processors: BalanceProcess
 ) -> None:
@@ -483,8 +475,8 @@ def test_entitlement_turns_false_when_depleted_and_true_again_when_funded(
             settings,
             plan_messages(settings, [plan(T0, event_id="p", app_id=app), funds("3.00", T0, event_id="f1", app_id=app)]),
         )
-        wait_until(lambda: get(url)[0] == 200, 60, "the app in the read model")
-        status, body = get(url)
+        wait_until(lambda: get_json(url)[0] == 200, 60, "the app in the read model")
+        status, body = get_json(url)
         assert body == {
             "app_id": app,
             "entitled": True,
@@ -494,13 +486,13 @@ def test_entitlement_turns_false_when_depleted_and_true_again_when_funded(
             "as_of": body["as_of"],
         }
         produce(settings, session_messages(settings, [session(f"s{k}", T0 + k * MINUTE, app_id=app) for k in range(3)]))
-        wait_until(lambda: get(url)[1]["status"] == "depleted", 60, "depletion")
-        assert get(url) == (200, {**get(url)[1], "entitled": False, "balance": "0.00"})
+        wait_until(lambda: get_json(url)[1]["status"] == "depleted", 60, "depletion")
+        assert get_json(url) == (200, {**get_json(url)[1], "entitled": False, "balance": "0.00"})
         produce(settings, plan_messages(settings, [funds("100.00", T0 + 10 * MINUTE, event_id="f2", app_id=app)]))
-        wait_until(lambda: get(url)[1]["entitled"], 60, "entitlement back after the top-up")
-        assert get(url)[1]["status"] == "active"
-        assert get(url)[1]["balance"] == "100.00"
-        status, body = get(f"{server.url}/v1/entitlement/never-heard-of")
+        wait_until(lambda: get_json(url)[1]["entitled"], 60, "entitlement back after the top-up")
+        assert get_json(url)[1]["status"] == "active"
+        assert get_json(url)[1]["balance"] == "100.00"
+        status, body = get_json(f"{server.url}/v1/entitlement/never-heard-of")
         assert (status, body["entitled"], body["status"]) == (404, False, "unknown")
     finally:
         server.stop()

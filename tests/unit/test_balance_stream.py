@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +28,7 @@ from pipeline.rules.model import BillingSession
 from pipeline.stream.balance_partition import BalancePartition, Input, Outputs, bucket_key, head_key
 from pipeline.stream.records import billing_session_record, encode
 from tests.balance_support import ACCOUNT, APP, funds, plan, session
-from tests.support import T0
+from tests.support import T0, get_json
 
 PARTITIONS = 6
 PLANS = "billing-plans"
@@ -306,27 +304,19 @@ def snapshot_bytes(app_id: str, balance: str, entitled: bool, version: int) -> b
     return msgspec.json.encode(snap)
 
 
-def fetch(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_the_entitlement_endpoint_answers_from_the_latest_snapshot() -> None:
     model = EntitlementModel()
     server = EntitlementServer(model, "127.0.0.1", 0).start()
     try:
         url = f"{server.url}/v1/entitlement/"
-        assert fetch(url + "a")[0] == 503, "not loaded yet"
+        assert get_json(url + "a")[0] == 503, "not loaded yet"
         model.apply(b"a", snapshot_bytes("a", "10.00", True, 1))
         model.apply(b"a", snapshot_bytes("a", "-1.00", False, 2))
         model.apply(b"b", snapshot_bytes("b", "5.00", True, 1))
         model.apply(b"b", None)
         model.apply(b"c", b"garbage")
         model.ready.set()
-        assert fetch(url + "a") == (
+        assert get_json(url + "a") == (
             200,
             {
                 "app_id": "a",
@@ -337,12 +327,12 @@ def test_the_entitlement_endpoint_answers_from_the_latest_snapshot() -> None:
                 "as_of": "2026-12-01T10:00:00.000Z",
             },
         )
-        status, body = fetch(url + "b")
+        status, body = get_json(url + "b")
         assert (status, body["entitled"], body["status"], body["as_of"]) == (404, False, "unknown", None)
-        assert fetch(url + "c")[0] == 404
+        assert get_json(url + "c")[0] == 404
         assert model.invalid == 1
-        assert fetch(f"{server.url}/v1/other")[0] == 404
-        assert fetch(f"{server.url}/healthz")[0] == 200
+        assert get_json(f"{server.url}/v1/other")[0] == 404
+        assert get_json(f"{server.url}/healthz")[0] == 200
     finally:
         server.stop()
 

@@ -131,22 +131,35 @@ def _merged(records: list[Record]) -> list[Record]:
     return list(heapq.merge(*by_topic.values(), key=_sent))
 
 
-def _split(part: _Partition, records: list[Record], cut: int | None) -> tuple[list[Record], int]:
-    """The records sent up to ``cut`` (each topic's up to its first one after it), the others held in ``part``;
-    and the bytes held."""
+def _split(part: _Partition, held: list[Record], new: list[Record] | None, cut: int | None) -> list[Record]:
+    """The records sent up to ``cut`` (each topic's up to its first one after it); the others held in ``part``.
+
+    What was held at a cut no later than this one stays held as it is: only the new records are looked at
+    (a hold waiting for an input is not scanned again at every batch).
+    """
     if cut is None:
-        return records, 0
-    kept, held = [], part.held
-    first_held: set[str] = set()
-    held_bytes = 0
+        part.held_bytes = 0
+        part.held_topics = set()
+        return held + new if held and new else held or new or []
+    kept: list[Record] = []
+    if held and part.cut is not None and cut <= part.cut:
+        records = new or []
+        part.held = held
+    else:
+        records = (held + new if new else held) if held else new or []
+        part.held, part.held_bytes, part.held_topics = [], 0, set()
+    part.cut = cut
+    out, topics = part.held, part.held_topics
+    size = 0
     for r in records:  # each topic's records in log order
-        if r.topic in first_held or r.timestamp > cut:
-            first_held.add(r.topic)
-            held.append(r)
-            held_bytes += len(r.value)
+        if r.topic in topics or r.timestamp > cut:
+            topics.add(r.topic)
+            out.append(r)
+            size += len(r.value)
         else:
             kept.append(r)
-    return kept, held_bytes
+    part.held_bytes += size
+    return kept
 
 
 def _offsets(part: _Partition, kept: list[Record], offsets: dict[tuple[str, int], int]) -> None:
@@ -197,16 +210,23 @@ class _Partition:
 
     __slots__ = (
         "adopted_at",
+        "cut",
         "ends",
         "given_up",
         "held",
+        "held_bytes",
         "held_since",
+        "held_topics",
         "key",
         "next",
         "number",
         "ordered",
         "paused",
         "processor",
+        "queue",
+        "queue_at",
+        "queue_first",
+        "queue_topics",
         "sent",
         "store",
         "topology",
@@ -232,6 +252,16 @@ class _Partition:
         self.ordered = len(topology.inputs) > 1 and topology.watch_lag
         #: Records fetched but held back (sent after what an input behind has delivered), each topic in log order.
         self.held: list[Record] = []
+        self.held_bytes = 0
+        #: The inputs of the held records, and the cut they were held at.
+        self.held_topics: set[str] = set()
+        self.cut: int | None = None
+        #: Released records in the order they were sent, applied a batch at a time from ``queue_at`` on.
+        self.queue: list[Record] = []
+        self.queue_at = 0
+        #: How many records at the queue's head go whole with its first batch (inputs with few records).
+        self.queue_first = 0
+        self.queue_topics: frozenset[str] = NOTHING
         #: Since when records are held back, or None.
         self.held_since: float | None = None
         #: The Kafka timestamp of the last record delivered per input topic.
@@ -545,26 +575,20 @@ class StreamRuntime:
             if not part.ordered:
                 continue
             new = groups.get(key)
-            if new is None and not part.held:
+            if new is None and not part.held and not part.queue:
                 continue
-            released = bool(part.held)
-            records = (part.held + new if new else part.held) if part.held else new
-            assert records is not None
-            part.held = []
-            kept, held_bytes = _split(part, records, self._cut(part, records, monotonic))
-            self._pause_or_resume(part, held_bytes, monotonic)
-            if released and kept:
-                kept = self._release_held(part, kept, budget)
+            released = bool(part.held or part.queue)
+            kept = self._next_records(part, new, budget, monotonic)
             _offsets(part, kept, offsets)
             if kept:
                 groups[key] = kept
             else:
                 groups.pop(key, None)
-            held_topics = {r.topic for r in part.held}
-            holding.update((t, part.number) for t in held_topics)
+            waiting = part.held_topics.union(part.queue_topics) if part.queue else part.held_topics
+            holding.update((t, part.number) for t in waiting)
             if released:
                 # an end reached while records of its input were held applies once none is
-                reached_ends.extend((t, part.number, o) for t, o in part.ends.items() if t not in held_topics)
+                reached_ends.extend((t, part.number, o) for t, o in part.ends.items() if t not in waiting)
         if holding:
             ends = [e for e in ends if (e[0], e[1]) not in holding]
         return ends + reached_ends if reached_ends else ends
@@ -610,13 +634,13 @@ class StreamRuntime:
             return None
         return cut
 
-    def _pause_or_resume(self, part: _Partition, held_bytes: int, monotonic: float) -> None:
+    def _pause_or_resume(self, part: _Partition, monotonic: float) -> None:
         consumer = self.consumer
         assert consumer is not None
         if part.held:
             if part.held_since is None:
                 part.held_since = monotonic
-            self._pause_ahead(part, held_bytes)
+            self._pause_ahead(part)
             return
         part.held_since = None
         if part.paused:
@@ -624,33 +648,68 @@ class StreamRuntime:
                 consumer.resume(part.paused)
             part.paused = []
 
-    def _release_held(self, part: _Partition, kept: list[Record], budget: list[int]) -> list[Record]:
-        """Released all at once, a long hold would be one huge batch: a batch at a time (records and bytes),
-        the earliest sent first, while no more is consumed (``_step``); the rest waits in ``part.held``."""
-        kept = _merged(kept)
-        records_left, bytes_left = budget
-        size = 0
-        for i, r in enumerate(kept):
-            size += len(r.value)
-            if i >= records_left or size > bytes_left:
-                at = i if i > 0 or records_left < self.config.batch_size else 1  # one record at least per batch
-                rest = kept[at:]
-                kept = kept[:at]
-                # An input with few records left goes whole: one left for later would hold the clock back
-                # (``lagging``) for every batch of the other's until then.
-                counts: dict[str, int] = {}
-                for x in rest:
-                    counts[x.topic] = counts.get(x.topic, 0) + 1
-                few = {t for t, n in counts.items() if n <= self.config.batch_size // 10}
-                if few and len(few) < len(counts):
-                    kept.extend(x for x in rest if x.topic in few)
-                    rest = [x for x in rest if x.topic not in few]
-                part.held[:0] = rest
-                self._deferred = True
-                break
-        budget[0] = max(0, records_left - len(kept))
-        budget[1] = max(0, bytes_left - size)
+    def _next_records(
+        self, part: _Partition, new: list[Record] | None, budget: list[int], monotonic: float
+    ) -> list[Record]:
+        """What ``part``'s processor gets in this batch: released records first, then what no input behind
+        waits for; the others stay held."""
+        if part.queue:  # records released before go first; what is new waits behind them
+            if new:
+                part.held.extend(new)
+                part.held_topics.update(r.topic for r in new)
+            return self._from_queue(part, budget)
+        held, part.held = part.held, []
+        records = (held + new if new else held) if held else new
+        assert records is not None
+        kept = _split(part, held, new, self._cut(part, records, monotonic))
+        self._pause_or_resume(part, monotonic)
+        if held and kept:
+            self._queue(part, kept)
+            return self._from_queue(part, budget)
         return kept
+
+    def _queue(self, part: _Partition, released: list[Record]) -> None:
+        """Released all at once, a long hold would be one huge batch: it goes a batch at a time, the earliest
+        sent first, while no more is consumed (``_step``). An input with few records in it goes with the first
+        batch: one left for later would count as lagging and hold the clock back for every batch of the other."""
+        counts: dict[str, int] = {}
+        for r in released:
+            counts[r.topic] = counts.get(r.topic, 0) + 1
+        few = {t for t, n in counts.items() if n <= self.config.batch_size // 10}
+        if few and len(few) < len(counts):
+            whole = [r for r in released if r.topic in few]
+            part.queue = whole + _merged([r for r in released if r.topic not in few])
+            part.queue_first = len(whole)
+        else:
+            part.queue = _merged(released)
+            part.queue_first = 0
+        part.queue_at = 0
+        part.queue_topics = frozenset(counts)
+
+    def _from_queue(self, part: _Partition, budget: list[int]) -> list[Record]:
+        """The next batch of released records: ``budget`` records and bytes (at least one record per batch)."""
+        queue, start = part.queue, part.queue_at
+        records_left, bytes_left = budget
+        first = part.queue_first if start == 0 else 0
+        end = min(len(queue), start + first + records_left)
+        size = 0
+        stop = end
+        for i in range(start, end):
+            size += len(queue[i].value)
+            if size > bytes_left and i >= start + first:
+                stop = i
+                break
+        if stop == start and records_left == self.config.batch_size:
+            stop = start + 1  # one record at least per batch
+        chunk = queue[start:stop]
+        budget[0] = max(0, records_left - len(chunk))
+        budget[1] = max(0, bytes_left - size)
+        if stop >= len(queue):
+            part.queue, part.queue_at, part.queue_topics = [], 0, NOTHING
+        else:
+            part.queue_at = stop
+            self._deferred = True
+        return chunk
 
     def _ask_unfetched_ends(self, groups: dict[Key, list[Record]]) -> None:
         """Ask the broker the log ends of inputs the consumer knows nothing of (an empty partition reports neither
@@ -679,12 +738,12 @@ class StreamRuntime:
                 continue
             self._log_end[(topic, number)] = (high, asked)
 
-    def _pause_ahead(self, part: _Partition, held_bytes: int) -> None:
+    def _pause_ahead(self, part: _Partition) -> None:
         """Past ``HOLD_RECORDS`` or ``HOLD_BYTES`` held, stop fetching the inputs they come from (their position
         stays after the last record delivered: resumed, they go on from there)."""
         consumer = self.consumer
         assert consumer is not None
-        if part.paused or (len(part.held) < HOLD_RECORDS and held_bytes < HOLD_BYTES):
+        if part.paused or (len(part.held) < HOLD_RECORDS and part.held_bytes < HOLD_BYTES):
             return
         part.paused = [TopicPartition(t, part.number) for t in {r.topic for r in part.held}]
         with contextlib.suppress(KafkaException):

@@ -192,12 +192,24 @@ def test_a_released_hold_goes_a_batch_at_a_time_earliest_sent_first(runtime: Str
     assert step(runtime, turns)[0] == [], "transfers not delivered yet"
     assert not runtime._deferred
     kept, offsets, _ = step(runtime, [rec(TRANSFERS, 0, 5), rec(TRANSFERS, 1, 200)])
-    assert len(kept) == 101, "batch_size records, and the last transfer: an input with few left goes whole"
-    assert [(r.topic, r.offset) for r in kept[:2]] == [(TRANSFERS, 0), (TURNS, 0)], "in the order they were sent"
-    assert kept[-1].topic == TRANSFERS
-    assert offsets == {(TURNS, 0): 99, (TRANSFERS, 0): 2}
+    # an input with few records goes whole with the first batch (the processor merges by send time)
+    assert [(r.topic, r.offset) for r in kept] == [(TRANSFERS, 0), (TRANSFERS, 1), *((TURNS, i) for i in range(100))]
+    assert offsets == {(TURNS, 0): 100, (TRANSFERS, 0): 2}
     assert runtime._deferred, "the next batch consumes nothing new"
     kept, offsets, _ = step(runtime, [])
-    assert [(r.topic, r.offset) for r in kept] == [(TURNS, i) for i in range(99, 150)]
+    assert [(r.topic, r.offset) for r in kept] == [(TURNS, i) for i in range(100, 150)]
     assert offsets == {(TURNS, 0): 150}
     assert not runtime._deferred
+
+
+def test_a_released_hold_of_many_records_on_both_inputs_goes_in_send_order(runtime: StreamRuntime) -> None:
+    runtime.consumer = cast(Any, FakeConsumer({TURNS: 150, TRANSFERS: 150}))
+    assert step(runtime, [rec(TURNS, i, 2 * i + 1) for i in range(150)])[0] == []
+    kept, offsets, _ = step(runtime, [rec(TRANSFERS, i, 2 * i) for i in range(150)])
+    assert len(kept) == 100
+    assert [(r.topic, r.offset) for r in kept[:3]] == [(TRANSFERS, 0), (TURNS, 0), (TRANSFERS, 1)]
+    assert offsets == {(TURNS, 0): 50, (TRANSFERS, 0): 50}
+    got = kept
+    while runtime._deferred:
+        got += step(runtime, [])[0]
+    assert [r.timestamp for r in got] == list(range(300)), "every record once, in the order sent"

@@ -138,8 +138,7 @@ def _split(part: _Partition, held: list[Record], new: list[Record] | None, cut: 
     (a hold waiting for an input is not scanned again at every batch).
     """
     if cut is None:
-        part.held_bytes = 0
-        part.held_topics = set()
+        part.held_bytes, part.held_topics, part.cut = 0, set(), None
         return held + new if held and new else held or new or []
     kept: list[Record] = []
     if held and part.cut is not None and cut <= part.cut:
@@ -657,6 +656,7 @@ class StreamRuntime:
             if new:
                 part.held.extend(new)
                 part.held_topics.update(r.topic for r in new)
+                part.cut = None  # not held at any cut: looked at whole once the queue is done
             return self._from_queue(part, budget)
         held, part.held = part.held, []
         records = (held + new if new else held) if held else new

@@ -208,7 +208,6 @@ class _Partition:
     """A topology's partition in this process: its store, its processor, and where each input is."""
 
     __slots__ = (
-        "adopted_at",
         "cut",
         "ends",
         "given_up",
@@ -246,7 +245,6 @@ class _Partition:
         self.processor = processor
         #: The next offset to process per input topic.
         self.next = next_
-        self.adopted_at = time.monotonic()
         #: Several inputs whose records must meet the processor in the order they were sent (``_in_send_order``).
         self.ordered = len(topology.inputs) > 1 and topology.watch_lag
         #: Records fetched but held back (sent after what an input behind has delivered), each topic in log order.
